@@ -1,0 +1,56 @@
+# Spiral: chaos and fault-injection suites for a Go data plane in front of
+# memcached and a CQL store. See README.md.
+#
+#   make test    the project's tests (quick mode), what CI runs
+#   make chaos   every suite at full strength, with a report in reports/
+#   make soak    the soak suite for SOAK_DURATION (default 2h)
+
+SHELL := /bin/bash
+GO ?= go
+# Package test binaries run one at a time: each starts its own backends and
+# the suites measure process-wide figures (threads, sockets) that a
+# neighbouring binary would disturb.
+GOTEST_FLAGS ?= -p 1 -count=1
+REPORT_DIR ?= reports/$(shell date -u +%Y%m%dT%H%M%SZ)
+GOTESTSUM := $(GO) run gotest.tools/gotestsum@v1.13.0
+SOAK_DURATION ?= 2h
+
+export TESTCONTAINERS_HOST_OVERRIDE ?= 127.0.0.1
+export TESTCONTAINERS_RYUK_DISABLED ?= true
+
+.PHONY: all setup images test chaos soak lint clean help
+
+all: test
+
+help:
+	@sed -n '4,7p' Makefile | sed 's/^# *//'
+
+## setup: make sure a Docker engine answers (installs and starts one on Debian as root).
+setup:
+	@scripts/setup-engine.sh
+
+## images: build the offline images when the official ones can't be pulled (rebuilt only when inputs change).
+images: setup
+	@scripts/images.sh
+
+## test: vet, then every package's tests in quick mode.
+test: images
+	$(GO) vet ./...
+	SPIRAL_MODE=quick $(GO) test $(GOTEST_FLAGS) -timeout 14m ./...
+
+## chaos: the suites at full strength; JUnit XML, JSON and HTML report in $(REPORT_DIR).
+chaos: images
+	@scripts/chaos.sh "$(REPORT_DIR)" full
+
+## soak: the soak suite for $(SOAK_DURATION).
+soak: images
+	@SPIRAL_SOAK_DURATION=$(SOAK_DURATION) scripts/chaos.sh "$(REPORT_DIR)" soak
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+## clean: remove containers and reports Spiral left behind.
+clean:
+	-@ids=$$(docker ps -aq --filter label=dev.spiral.fixture 2>/dev/null); [ -z "$$ids" ] || docker rm -f $$ids >/dev/null
+	rm -rf reports

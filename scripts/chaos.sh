@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# chaos.sh runs the suites and writes a report folder:
+#   junit.xml     one testcase per suite and A/B arm, for CI
+#   go-test.json  the raw `go test -json` stream
+#   <suite>/...   each scenario's summary.json, timeline.json and report.html
+#   index.html    links to every scenario's page
+# Usage: scripts/chaos.sh REPORT_DIR MODE   (MODE: quick, full or soak)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir="${1:?report dir}"
+mode="${2:-full}"
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+
+pkgs=$(go list ./suites/... 2>/dev/null | grep -v '^$' || true)
+if [[ -z $pkgs ]]; then
+	echo "chaos: no suites yet (suites/ is empty); running every package's tests at $mode strength instead" >&2
+	pkgs=./...
+fi
+
+timeout=60m
+[[ $mode == soak ]] && timeout=24h
+
+echo "chaos: mode=$mode report=$dir" >&2
+set +e
+SPIRAL_MODE="$mode" SPIRAL_REPORT_DIR="$dir" \
+	go run gotest.tools/gotestsum@v1.13.0 \
+	--format testname \
+	--junitfile "$dir/junit.xml" \
+	--jsonfile "$dir/go-test.json" \
+	-- -p 1 -count=1 -timeout "$timeout" $pkgs
+rc=$?
+set -e
+
+if [[ -x scripts/index.sh ]]; then
+	scripts/index.sh "$dir" || true
+fi
+echo "chaos: report in $dir (exit $rc)" >&2
+exit $rc
