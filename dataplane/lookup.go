@@ -1,0 +1,306 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/gocql/gocql"
+	"golang.org/x/sync/errgroup"
+)
+
+// batch is one request in flight: its answers and its tallies by source.
+type batch[T any] struct {
+	d      *DataPlane
+	k      *kind[T]
+	client string
+	keys   []string
+	out    []*T
+	cache  atomic.Int64
+	store  atomic.Int64
+	miss   atomic.Int64
+}
+
+// lookup is every RPC: check, then look each key up in memcached, then the
+// store on a miss, and account for it.
+func lookup[T any](ctx context.Context, d *DataPlane, k *kind[T], client string, keys []string) ([]*T, error) {
+	start := time.Now()
+	if err := d.checkClient(client); err != nil {
+		d.m.requests.WithLabelValues(clientLabel(client), k.method, codeBadRequest).Inc()
+		return nil, err
+	}
+	d.m.batchSize.WithLabelValues(client, k.method).Observe(float64(len(keys)))
+	if err := checkKeys(d.cfg.MaxBatch, k.field, k.what, k.check, keys); err != nil {
+		d.m.requests.WithLabelValues(client, k.method, codeBadRequest).Inc()
+		return nil, err
+	}
+	b := &batch[T]{d: d, k: k, client: client, keys: keys, out: make([]*T, len(keys))}
+	err := b.run(ctx)
+
+	code := codeOK
+	if err != nil {
+		code = resultCode(err)
+	}
+	cache, store, miss := b.cache.Load(), b.store.Load(), b.miss.Load()
+	add := func(source string, n int64) {
+		if n > 0 {
+			d.m.lookups.WithLabelValues(client, k.method, source).Add(float64(n))
+		}
+	}
+	add(sourceCache, cache)
+	add(sourceStore, store)
+	add(sourceMiss, miss)
+	add(sourceError, int64(len(keys))-cache-store-miss)
+	d.m.requests.WithLabelValues(client, k.method, code).Inc()
+	d.m.requestSeconds.WithLabelValues(client, k.method).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", k.method, err)
+	}
+	return b.out, nil
+}
+
+// checkClient is checkClientIn with a map lookup for allowed names.
+func (d *DataPlane) checkClient(client string) error {
+	if d.clients[client] {
+		return nil
+	}
+	if err := checkClientIn(d.cfg.Clients, client); err != nil {
+		return err
+	}
+	return nil
+}
+
+// clientLabel is the client label of a request rejected for its client:
+// the name itself would let any caller mint label values.
+func clientLabel(client string) string {
+	if client == "" {
+		return "none"
+	}
+	return "rejected"
+}
+
+func resultCode(err error) string {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return codeDeadline
+	case errors.Is(err, context.Canceled):
+		return codeCanceled
+	case errors.Is(err, ErrCache):
+		return codeCacheError
+	case errors.Is(err, ErrStore):
+		return codeStoreError
+	default:
+		return codeUnavailable
+	}
+}
+
+func (b *batch[T]) run(ctx context.Context) error {
+	n := len(b.keys)
+	if n == 0 {
+		return nil
+	}
+	d := b.d
+	d.m.lookupsInFlight.Add(float64(n))
+	defer d.m.lookupsInFlight.Sub(float64(n))
+	ctx, cancel := d.deadline(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	if d.cfg.BatchConcurrency > 0 {
+		g.SetLimit(d.cfg.BatchConcurrency)
+	}
+	switch d.cfg.Lookup {
+	case PerKeyGet:
+		for i := range b.keys {
+			if gctx.Err() != nil {
+				break
+			}
+			g.Go(func() error { return b.perKey(gctx, i) })
+		}
+	default:
+		size := d.cfg.ChunkSize
+		for lo := 0; lo < n; lo += size {
+			if gctx.Err() != nil {
+				break
+			}
+			hi := min(lo+size, n)
+			g.Go(func() error { return b.chunk(gctx, lo, hi) })
+		}
+	}
+	err := g.Wait()
+	if err == nil {
+		// A deadline that passed while launching leaves keys unanswered
+		// without a failing goroutine.
+		err = context.Cause(gctx)
+	}
+	return err
+}
+
+// perKey is the postmortem's goroutine body: one Get, then the store on a
+// miss.
+func (b *batch[T]) perKey(ctx context.Context, i int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	key := b.keys[i]
+	ck := cacheKey(b.k.prefix, key)
+	if err := b.d.acquireMem(ctx); err != nil {
+		return err
+	}
+	item, err := b.d.mc.Get(ck)
+	b.d.releaseMem()
+	switch {
+	case err == nil:
+		v, derr := b.k.decode(key, item.Value)
+		if derr == nil {
+			b.out[i] = v
+			b.cache.Add(1)
+			return nil
+		}
+		b.cacheError(ctx, "get", key, derr) // a corrupt value is a miss
+	case errors.Is(err, memcache.ErrCacheMiss):
+	default:
+		b.cacheError(ctx, "get", key, err)
+		if b.d.cfg.OnCacheError == FailRequest {
+			return fmt.Errorf("%w: get %s %s: %w", ErrCache, b.k.keyAttr, key, err)
+		}
+	}
+	return b.fromStore(ctx, i)
+}
+
+// chunk reads keys[lo:hi] with one GetMulti, then each miss from the store.
+func (b *batch[T]) chunk(ctx context.Context, lo, hi int) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cks := make([]string, hi-lo)
+	for j := range cks {
+		cks[j] = cacheKey(b.k.prefix, b.keys[lo+j])
+	}
+	if err := b.d.acquireMem(ctx); err != nil {
+		return err
+	}
+	items, err := b.d.mc.GetMulti(cks)
+	b.d.releaseMem()
+	if err != nil {
+		// GetMulti may return the items of the servers that answered.
+		b.cacheError(ctx, "get", b.keys[lo], err)
+		if b.d.cfg.OnCacheError == FailRequest {
+			return fmt.Errorf("%w: get %d keys from %s %s: %w", ErrCache, hi-lo, b.k.keyAttr, b.keys[lo], err)
+		}
+	}
+	var misses []int
+	for j, ck := range cks {
+		i := lo + j
+		if item, ok := items[ck]; ok {
+			v, derr := b.k.decode(b.keys[i], item.Value)
+			if derr == nil {
+				b.out[i] = v
+				continue
+			}
+			b.cacheError(ctx, "get", b.keys[i], derr)
+		}
+		misses = append(misses, i)
+	}
+	b.cache.Add(int64(hi - lo - len(misses)))
+	switch len(misses) {
+	case 0:
+		return nil
+	case 1:
+		return b.fromStore(ctx, misses[0])
+	}
+	sg, sctx := errgroup.WithContext(ctx)
+	for _, i := range misses {
+		sg.Go(func() error { return b.fromStore(sctx, i) })
+	}
+	return sg.Wait()
+}
+
+// fromStore reads keys[i] from the CQL store and, if found, fills the cache.
+func (b *batch[T]) fromStore(ctx context.Context, i int) error {
+	d, key := b.d, b.keys[i]
+	v, err := storeGet(ctx, d, b.k, key)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.m.storeErrors.WithLabelValues(b.k.table, errorKind(err)).Inc()
+			d.log.LogAttrs(ctx, slogError, "failed to read "+b.k.cache+" from store",
+				attrStr(b.k.keyAttr, key), attrStr("table", b.k.table), attrStr("client", b.client),
+				attrStr("kind", errorKind(err)), attrErr(err))
+		}
+		return err
+	}
+	if v == nil {
+		b.miss.Add(1)
+		return nil
+	}
+	b.out[i] = v
+	b.store.Add(1)
+	item := &memcache.Item{Key: cacheKey(b.k.prefix, key), Value: b.k.encode(v), Expiration: d.cacheTTL()}
+	if err := d.acquireMem(ctx); err != nil {
+		return nil // answered; the fill is skipped past the deadline
+	}
+	err = d.mc.Set(item)
+	d.releaseMem()
+	if err != nil {
+		b.cacheError(ctx, "set", key, err)
+	}
+	return nil
+}
+
+// storeGet reads one row within Config.StoreConcurrency and
+// Config.StoreTimeout; nil, nil is not found.
+func storeGet[T any](ctx context.Context, d *DataPlane, k *kind[T], key string) (*T, error) {
+	if d.storeSem != nil {
+		if err := d.storeSem.Acquire(ctx, 1); err != nil {
+			return nil, err
+		}
+		defer d.storeSem.Release(1)
+	}
+	d.m.storeInFlight.Inc()
+	defer d.m.storeInFlight.Dec()
+	qctx, cancel := context.WithTimeout(ctx, d.cfg.StoreTimeout)
+	defer cancel()
+	v, err := k.scan(d.session.Query(k.query, key).WithContext(qctx).Idempotent(true), key)
+	switch {
+	case err == nil:
+		return v, nil
+	case errors.Is(err, gocql.ErrNotFound):
+		return nil, nil
+	case ctx.Err() != nil && !errors.Is(err, ctx.Err()):
+		// The request's deadline or cancellation, not the store's fault.
+		return nil, fmt.Errorf("read %s %s: %w: %w", k.table, key, ctx.Err(), err)
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("read %s %s: %w", k.table, key, err)
+	default:
+		return nil, fmt.Errorf("%w: read %s %s: %w", ErrStore, k.table, key, err)
+	}
+}
+
+// cacheError counts and logs one memcached failure in the postmortem's
+// words ("failed to set post cache item").
+func (b *batch[T]) cacheError(ctx context.Context, op, key string, err error) {
+	kindName := errorKind(err)
+	b.d.m.cacheErrors.WithLabelValues(b.k.cache, op, kindName).Inc()
+	b.d.log.LogAttrs(ctx, slogError, "failed to "+op+" "+b.k.cache+" cache item",
+		attrStr("cache", b.k.cache), attrStr(b.k.keyAttr, key), attrStr("client", b.client),
+		attrStr("kind", kindName), attrErr(err))
+}
+
+func (d *DataPlane) acquireMem(ctx context.Context) error {
+	if d.memSem != nil {
+		if err := d.memSem.Acquire(ctx, 1); err != nil {
+			return err
+		}
+	}
+	d.m.memcacheInFlight.Inc()
+	return nil
+}
+
+func (d *DataPlane) releaseMem() {
+	d.m.memcacheInFlight.Dec()
+	if d.memSem != nil {
+		d.memSem.Release(1)
+	}
+}
