@@ -67,10 +67,7 @@ func (d *DataPlane) checkClient(client string) error {
 	if d.clients[client] {
 		return nil
 	}
-	if err := checkClientIn(d.cfg.Clients, client); err != nil {
-		return err
-	}
-	return nil
+	return checkClientIn(d.cfg.Clients, client)
 }
 
 // clientLabel is the client label of a request rejected for its client:

@@ -55,9 +55,9 @@ type Request struct {
 // requestBody is the JSON body of an RPC: {"client": "...", "uris": [...]}
 // or, for GetProfiles, {"client": "...", "dids": [...]}.
 type requestBody struct {
-	Client string   `json:"client,omitempty"`
-	URIs   []string `json:"uris,omitempty"`
-	DIDs   []string `json:"dids,omitempty"`
+	Client string   `json:"client"`
+	URIs   []string `json:"uris"`
+	DIDs   []string `json:"dids"`
 }
 
 // EncodeRequest returns the JSON body of req, the inverse of DecodeRequest.
@@ -66,15 +66,13 @@ func EncodeRequest(req Request) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("encode request: unknown method %q", req.Method)
 	}
-	body := requestBody{Client: req.Client}
 	keys := req.Keys
 	if keys == nil {
 		keys = []string{}
 	}
-	if field == "dids" {
-		body.DIDs = keys
-	} else {
-		body.URIs = keys
+	body := map[string]any{field: keys}
+	if req.Client != "" {
+		body["client"] = req.Client
 	}
 	b, err := json.Marshal(body)
 	if err != nil {
@@ -93,7 +91,7 @@ func EncodeRequest(req Request) ([]byte, error) {
 func DecodeRequest(method, headerClient string, body io.Reader) (Request, error) {
 	field, ok := keyField(method)
 	if !ok {
-		return Request{}, inputErr(http.StatusNotFound, CodeUnknownMethod, -1, "unknown method %q: want %s, %s or %s",
+		return Request{}, inputErr(http.StatusNotFound, CodeUnknownMethod, -1, "unknown method %s: want %s, %s or %s",
 			truncate(method), MethodGetPostRecords, MethodGetProfiles, MethodGetInteractionCounts)
 	}
 	dec := json.NewDecoder(body)
@@ -114,7 +112,7 @@ func DecodeRequest(method, headerClient string, body io.Reader) (Request, error)
 		req.Client = headerClient
 	case headerClient != "" && headerClient != b.Client:
 		return Request{}, inputErr(http.StatusBadRequest, CodeInvalidRequest, -1,
-			"body names client %q, header %s names %q", truncate(b.Client), ClientHeader, truncate(headerClient))
+			"body names client %s, header %s names %s", truncate(b.Client), ClientHeader, truncate(headerClient))
 	}
 	switch {
 	case field == "dids" && b.URIs != nil:
@@ -152,7 +150,7 @@ func CheckRequest(cfg Config, req Request) error {
 	case MethodGetProfiles:
 		check, field, what = CheckDID, "dids", "DID"
 	default:
-		return inputErr(http.StatusNotFound, CodeUnknownMethod, -1, "unknown method %q", truncate(req.Method))
+		return inputErr(http.StatusNotFound, CodeUnknownMethod, -1, "unknown method %s", truncate(req.Method))
 	}
 	if err := checkClientIn(cfg.Clients, req.Client); err != nil {
 		return err
@@ -160,7 +158,7 @@ func CheckRequest(cfg Config, req Request) error {
 	return checkKeys(cfg.MaxBatch, field, what, check, req.Keys)
 }
 
-func checkClientIn(clients []string, client string) *InputError {
+func checkClientIn(clients []string, client string) error {
 	if client == "" {
 		return inputErr(http.StatusBadRequest, CodeMissingClient, -1,
 			"no client named: set the \"client\" field or the %s header", ClientHeader)
@@ -174,7 +172,7 @@ func checkClientIn(clients []string, client string) *InputError {
 	return nil
 }
 
-func checkKeys(maxBatch int, field, what string, check func(string) error, keys []string) *InputError {
+func checkKeys(maxBatch int, field, what string, check func(string) error, keys []string) error {
 	if maxBatch > 0 && len(keys) > maxBatch {
 		return inputErr(http.StatusBadRequest, CodeBatchTooLarge, -1,
 			"batch of %d keys is over the limit of %d", len(keys), maxBatch)
