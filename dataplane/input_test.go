@@ -77,7 +77,7 @@ func TestCheckATURI(t *testing.T) {
 		{"at://did:plc:abc/app.bsky.feed.post/..", "reserved"},
 		{"at://did:plc:abc/post/3jwd", "fewer than 3 segments"},
 		{"at://did:plc:abc/app.bsky.feed.9post/3jwd", "does not start with a letter"},
-		{"at://DID:plc:abc/app.bsky.feed.post/3jwd", "handle label has':'"},
+		{"at://DID:plc:abc/app.bsky.feed.post/3jwd", "handle label has ':'"},
 		{"at://did:PLC:abc/app.bsky.feed.post/3jwd", "method"},
 		{"at://did:plc:ab:/app.bsky.feed.post/3jwd", "ends with"},
 		{"at://localhost/app.bsky.feed.post/3jwd", "single label"},
