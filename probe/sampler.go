@@ -1,0 +1,189 @@
+package probe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Sampler reads a list of Sources at a fixed interval into a Timeline and
+// keeps phase marks. What one sample costs is the sum of its sources' costs:
+// with the process, runtime and one socket source it is about 60 µs with a
+// few sockets and about a millisecond with 20,000 matching sockets
+// (BenchmarkSample); every Sample records its own cost and Timeline.Cost
+// states it. Mark, Sample and Timeline are safe for concurrent use.
+type Sampler struct {
+	interval time.Duration
+	sources  []Source
+	offsets  []int // offsets[i] is the first column of sources[i]
+
+	mu       sync.Mutex
+	tl       Timeline
+	failures map[int]*sourceFailure
+	running  bool
+}
+
+type sourceFailure struct {
+	count int
+	first error
+}
+
+// NewSampler returns a Sampler that reads sources every interval once Run
+// starts. It fails if interval is not positive or two metrics share a name.
+func NewSampler(interval time.Duration, sources ...Source) (*Sampler, error) {
+	if interval <= 0 {
+		return nil, fmt.Errorf("new sampler: interval %s is not positive", interval)
+	}
+	s := &Sampler{interval: interval, failures: map[int]*sourceFailure{}}
+	seen := map[string]bool{}
+	for _, src := range sources {
+		if src == nil {
+			return nil, errors.New("new sampler: nil source")
+		}
+		names := src.Metrics()
+		if len(names) == 0 {
+			return nil, errors.New("new sampler: source names no metric")
+		}
+		s.offsets = append(s.offsets, len(s.tl.Metrics))
+		for _, n := range names {
+			if n == "" {
+				return nil, errors.New("new sampler: empty metric name")
+			}
+			if seen[n] {
+				return nil, fmt.Errorf("new sampler: metric %q named twice", n)
+			}
+			seen[n] = true
+			s.tl.Metrics = append(s.tl.Metrics, n)
+		}
+		s.sources = append(s.sources, src)
+	}
+	s.tl.Interval = interval
+	s.tl.Start = time.Now()
+	return s, nil
+}
+
+// Run samples at once, then every interval, until ctx is done. It returns
+// nil when ctx ends, or an error naming every source that failed, how often,
+// and its first error; a failing source leaves NaN in its columns and the
+// other sources go on. Run blocks; start it in an errgroup beside the load
+// and the faults. A Sampler runs once: a second Run fails.
+func (s *Sampler) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("run sampler: already run")
+	}
+	s.running = true
+	s.mu.Unlock()
+
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		_ = s.Sample(ctx) // failures are counted and reported below
+		select {
+		case <-ctx.Done():
+			return s.failureReport()
+		case <-t.C:
+		}
+	}
+}
+
+// Sample takes one sample now, whether or not Run is running, and returns the
+// errors of the sources that failed. It blocks for as long as the sources
+// take to read.
+func (s *Sampler) Sample(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, sourceTimeout)
+		defer cancel()
+	}
+	vals := make([]float64, len(s.tl.Metrics))
+	var errs []error
+	failed := map[int]error{}
+	start := time.Now()
+	for i, src := range s.sources {
+		lo := s.offsets[i]
+		hi := len(vals)
+		if i+1 < len(s.offsets) {
+			hi = s.offsets[i+1]
+		}
+		if err := src.Read(ctx, vals[lo:hi]); err != nil {
+			for k := lo; k < hi; k++ {
+				vals[k] = math.NaN()
+			}
+			failed[i] = err
+			errs = append(errs, fmt.Errorf("read %s: %w", describe(src), err))
+		}
+	}
+	cost := time.Since(start)
+	if len(failed) > 0 && ctx.Err() != nil {
+		// Cut short by the caller, not a source failure: keep no half sample.
+		return fmt.Errorf("sample: %w", ctx.Err())
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, err := range failed {
+		f := s.failures[i]
+		if f == nil {
+			f = &sourceFailure{first: err}
+			s.failures[i] = f
+		}
+		f.count++
+	}
+	smp := Sample{At: start, Phase: s.phaseLocked(), Cost: cost, Values: vals}
+	// Concurrent Samples may finish out of order; keep the timeline sorted.
+	i := len(s.tl.Samples)
+	for i > 0 && s.tl.Samples[i-1].At.After(start) {
+		i--
+	}
+	s.tl.Samples = slices.Insert(s.tl.Samples, i, smp)
+	return errors.Join(errs...)
+}
+
+// Mark starts phase name now and ends the one before. It does not sample:
+// call Sample after Mark for a reading at the phase's start.
+func (s *Sampler) Mark(name string) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := len(s.tl.Phases); n > 0 {
+		s.tl.Phases[n-1].End = now
+	}
+	s.tl.Phases = append(s.tl.Phases, Phase{Name: name, Start: now})
+}
+
+func (s *Sampler) phaseLocked() string {
+	if n := len(s.tl.Phases); n > 0 {
+		return s.tl.Phases[n-1].Name
+	}
+	return ""
+}
+
+// Timeline returns a copy of what has been recorded so far. It costs a copy
+// of every sample.
+func (s *Sampler) Timeline() *Timeline {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tl.clone()
+}
+
+// Metrics returns the metric names in column order.
+func (s *Sampler) Metrics() []string { return slices.Clone(s.tl.Metrics) }
+
+func (s *Sampler) failureReport() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for i, src := range s.sources {
+		if f := s.failures[i]; f != nil {
+			errs = append(errs, fmt.Errorf("source %s failed %d of %d samples, first: %w",
+				describe(src), f.count, len(s.tl.Samples), f.first))
+		}
+	}
+	return errors.Join(errs...)
+}

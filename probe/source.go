@@ -1,0 +1,213 @@
+package probe
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Source is a named set of figures a Sampler reads at every tick. Sources let
+// a scenario add its own figures (a TIME_WAIT count toward memcached,
+// load-generator latency) beside the built-in ones.
+type Source interface {
+	// Metrics names the figures Read fills, in order. The Sampler calls it
+	// once, when it is built; names must be unique across its sources.
+	Metrics() []string
+	// Read stores the current figures into dst, which has one element per
+	// metric. On error the Sampler records every metric of the source as
+	// missing (NaN) for this sample. Read must return promptly: a slow
+	// source delays the whole sample.
+	Read(ctx context.Context, dst []float64) error
+}
+
+// Names of the built-in metrics.
+const (
+	MetricThreads           = "threads"              // live OS threads, /proc/PID/status
+	MetricFDs               = "fds"                  // open file descriptors
+	MetricRSS               = "rss_bytes"            // resident set size
+	MetricGoroutines        = "goroutines"           // live goroutines
+	MetricGoroutinesNotInGo = "goroutines_not_in_go" // goroutines in syscalls or cgo, approximate
+	MetricHeap              = "heap_bytes"           // heap objects, live or unswept
+	MetricHeapGoal          = "heap_goal_bytes"      // GC heap goal
+	MetricGCCycles          = "gc_cycles"            // completed GC cycles, cumulative
+	MetricGCPauseP50        = "gc_pause_p50_seconds" // median GC pause in the interval
+	MetricGCPauseP99        = "gc_pause_p99_seconds" // 99th percentile GC pause in the interval
+	MetricGCPauseMax        = "gc_pause_max_seconds" // longest GC pause in the interval
+	MetricGCCPUFraction     = "gc_cpu_fraction"      // share of available CPU spent in GC
+)
+
+type funcSource struct {
+	name string
+	read func(context.Context) (float64, error)
+}
+
+func (s funcSource) Metrics() []string { return []string{s.name} }
+
+func (s funcSource) Read(ctx context.Context, dst []float64) error {
+	v, err := s.read(ctx)
+	if err != nil {
+		return err
+	}
+	dst[0] = v
+	return nil
+}
+
+// Func returns a Source of one metric read by calling f, such as a load
+// generator's request count. f must be safe to call from the sampler's
+// goroutine and must not block.
+func Func(name string, f func() float64) Source {
+	return funcSource{name: name, read: func(context.Context) (float64, error) { return f(), nil }}
+}
+
+// FuncErr is Func for a reading that can fail or needs the context.
+func FuncErr(name string, f func(context.Context) (float64, error)) Source {
+	return funcSource{name: name, read: f}
+}
+
+type prefixed struct {
+	prefix string
+	Source
+}
+
+func (p prefixed) Metrics() []string {
+	names := p.Source.Metrics()
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = p.prefix + n
+	}
+	return out
+}
+
+// Prefix renames every metric of s by prefixing it, so two sources of the
+// same kind can share a sampler: Prefix("child_", NewProcessSource(pid)).
+func Prefix(prefix string, s Source) Source { return prefixed{prefix: prefix, Source: s} }
+
+type processSource struct{ pid int }
+
+// NewProcessSource returns a Source of threads, fds and rss_bytes for process
+// pid (0 means the calling process). Each read costs ReadProcess.
+func NewProcessSource(pid int) Source { return processSource{pid: pid} }
+
+func (processSource) Metrics() []string { return []string{MetricThreads, MetricFDs, MetricRSS} }
+
+func (s processSource) Read(ctx context.Context, dst []float64) error {
+	st, err := ReadProcess(ctx, s.pid)
+	if err != nil {
+		return err
+	}
+	dst[0], dst[1], dst[2] = float64(st.Threads), float64(st.FDs), float64(st.RSSBytes)
+	return nil
+}
+
+type runtimeSource struct{ r *RuntimeReader }
+
+// NewRuntimeSource returns a Source of the calling process's Go runtime
+// figures: goroutines, goroutines_not_in_go, heap_bytes, heap_goal_bytes,
+// gc_cycles, and the GC pause quantiles and GC CPU fraction over each
+// sampling interval. Each read costs RuntimeReader.Read.
+func NewRuntimeSource() Source { return runtimeSource{r: &RuntimeReader{}} }
+
+func (runtimeSource) Metrics() []string {
+	return []string{MetricGoroutines, MetricGoroutinesNotInGo, MetricHeap, MetricHeapGoal, MetricGCCycles,
+		MetricGCPauseP50, MetricGCPauseP99, MetricGCPauseMax, MetricGCCPUFraction}
+}
+
+func (s runtimeSource) Read(_ context.Context, dst []float64) error {
+	st := s.r.Read()
+	dst[0] = float64(st.Goroutines)
+	dst[1] = float64(st.GoroutinesNotInGo)
+	dst[2] = float64(st.HeapBytes)
+	dst[3] = float64(st.HeapGoalBytes)
+	dst[4] = float64(st.GCCycles)
+	dst[5] = st.GCPauses.P50.Seconds()
+	dst[6] = st.GCPauses.P99.Seconds()
+	dst[7] = st.GCPauses.Max.Seconds()
+	dst[8] = st.GCCPUFraction
+	return nil
+}
+
+// NewSocketSource returns a Source of one metric: the number of sockets that
+// match f (every state in f.States, or all states). Each read costs one
+// Census.Count, for example:
+//
+//	probe.NewSocketSource("timewait_memcached", probe.Census{},
+//		probe.Filter{RemotePort: 11211, States: []probe.State{probe.TimeWait}})
+func NewSocketSource(name string, c Census, f Filter) Source {
+	return FuncErr(name, func(ctx context.Context) (float64, error) {
+		n, err := c.Count(ctx, f)
+		if err != nil {
+			return math.NaN(), err
+		}
+		return float64(n.Total()), nil
+	})
+}
+
+type socketStates struct {
+	prefix string
+	c      Census
+	f      Filter
+	states []State
+}
+
+// NewSocketStatesSource returns a Source of one metric per TCP state, named
+// prefix + "_" + the state in lower case with underscores
+// ("sockets_time_wait"), counting the sockets that match f in that state. A
+// nil or empty f.States means every state. Each read costs one Census.Count.
+func NewSocketStatesSource(prefix string, c Census, f Filter) Source {
+	states := f.States
+	if len(states) == 0 {
+		states = States()
+	}
+	return socketStates{prefix: prefix, c: c, f: f, states: states}
+}
+
+// StateMetric returns the metric name NewSocketStatesSource uses for s.
+func StateMetric(prefix string, s State) string {
+	return prefix + "_" + strings.ReplaceAll(strings.ToLower(s.String()), "-", "_")
+}
+
+func (s socketStates) Metrics() []string {
+	out := make([]string, len(s.states))
+	for i, st := range s.states {
+		out[i] = StateMetric(s.prefix, st)
+	}
+	return out
+}
+
+func (s socketStates) Read(ctx context.Context, dst []float64) error {
+	n, err := s.c.Count(ctx, s.f)
+	if err != nil {
+		return err
+	}
+	for i, st := range s.states {
+		dst[i] = float64(n.Get(st))
+	}
+	return nil
+}
+
+// NewHeadroomSource returns a Source of one metric: the free ephemeral ports
+// toward dest (Headroom.Free). Each read costs one Census.Headroom.
+func NewHeadroomSource(name string, c Census, dest netip.AddrPort) Source {
+	return FuncErr(name, func(ctx context.Context) (float64, error) {
+		h, err := c.Headroom(ctx, dest)
+		if err != nil {
+			return math.NaN(), err
+		}
+		return float64(h.Free), nil
+	})
+}
+
+// sourceTimeout bounds one read of all sources when the context has no
+// deadline of its own; a census of 20,000 sockets takes milliseconds.
+const sourceTimeout = 10 * time.Second
+
+func describe(s Source) string {
+	names := s.Metrics()
+	if len(names) == 1 {
+		return names[0]
+	}
+	return fmt.Sprintf("%s..%s", names[0], names[len(names)-1])
+}

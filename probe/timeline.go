@@ -1,0 +1,211 @@
+package probe
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// Timeline is what a Sampler recorded: named metrics sampled over time, and
+// the phases marked while it ran. A Timeline returned by Sampler.Timeline is
+// a copy the caller owns.
+type Timeline struct {
+	// Start is when the sampler started; offsets in JSON count from it.
+	Start time.Time
+	// Interval is the sampling interval asked for.
+	Interval time.Duration
+	// Metrics names the columns of every Sample's Values.
+	Metrics []string
+	// Samples in time order.
+	Samples []Sample
+	// Phases in the order they were marked; the last may still be open.
+	Phases []Phase
+}
+
+// Sample is one reading of every metric.
+type Sample struct {
+	At time.Time
+	// Phase is the phase marked last before At ("" before the first mark).
+	Phase string
+	// Cost is how long reading every source took.
+	Cost time.Duration
+	// Values holds one value per Timeline.Metrics; NaN where a source failed.
+	Values []float64
+}
+
+// Phase is a named span of a run, from one mark to the next.
+type Phase struct {
+	Name  string
+	Start time.Time
+	// End is the start of the next phase, or the zero time while open.
+	End time.Time
+}
+
+// Index returns the column of metric in Samples' Values, or -1.
+func (t *Timeline) Index(metric string) int { return slices.Index(t.Metrics, metric) }
+
+// Series returns metric's values in sample order (NaN where missing), or nil
+// if the timeline does not record metric.
+func (t *Timeline) Series(metric string) []float64 {
+	i := t.Index(metric)
+	if i < 0 {
+		return nil
+	}
+	out := make([]float64, len(t.Samples))
+	for j, s := range t.Samples {
+		out[j] = s.Values[i]
+	}
+	return out
+}
+
+// CostSummary states what sampling cost.
+type CostSummary struct {
+	Samples int           `json:"samples"`
+	Mean    time.Duration `json:"mean_ns"`
+	Max     time.Duration `json:"max_ns"`
+	// Share is Mean over the interval: the fraction of one core spent sampling.
+	Share float64 `json:"share_of_interval"`
+}
+
+// String reads "120 samples, mean 85µs, max 1.2ms, 0.09% of the interval".
+func (c CostSummary) String() string {
+	return fmt.Sprintf("%d samples, mean %s, max %s, %.2f%% of the interval",
+		c.Samples, c.Mean, c.Max, 100*c.Share)
+}
+
+// Cost summarises the cost of the samples taken.
+func (t *Timeline) Cost() CostSummary {
+	c := CostSummary{Samples: len(t.Samples)}
+	if c.Samples == 0 {
+		return c
+	}
+	var sum time.Duration
+	for _, s := range t.Samples {
+		sum += s.Cost
+		c.Max = max(c.Max, s.Cost)
+	}
+	c.Mean = sum / time.Duration(c.Samples)
+	if t.Interval > 0 {
+		c.Share = float64(c.Mean) / float64(t.Interval)
+	}
+	return c
+}
+
+func (t *Timeline) clone() *Timeline {
+	out := &Timeline{
+		Start:    t.Start,
+		Interval: t.Interval,
+		Metrics:  slices.Clone(t.Metrics),
+		Samples:  make([]Sample, len(t.Samples)),
+		Phases:   slices.Clone(t.Phases),
+	}
+	for i, s := range t.Samples {
+		s.Values = slices.Clone(s.Values)
+		out.Samples[i] = s
+	}
+	return out
+}
+
+// The JSON form counts time in seconds from Start, ready for charts, and
+// writes missing values as null.
+type timelineJSON struct {
+	Start           time.Time    `json:"start"`
+	IntervalSeconds float64      `json:"interval_seconds"`
+	Metrics         []string     `json:"metrics"`
+	Phases          []phaseJSON  `json:"phases"`
+	Cost            CostSummary  `json:"cost"`
+	Samples         []sampleJSON `json:"samples"`
+}
+
+type phaseJSON struct {
+	Name  string   `json:"name"`
+	Start float64  `json:"start_seconds"`
+	End   *float64 `json:"end_seconds"`
+}
+
+type sampleJSON struct {
+	T           float64    `json:"t"`
+	Phase       string     `json:"phase,omitempty"`
+	CostSeconds float64    `json:"cost_seconds"`
+	Values      []*float64 `json:"values"`
+}
+
+// MarshalJSON encodes t as
+//
+//	{"start": "...", "interval_seconds": 0.1, "metrics": ["threads", ...],
+//	 "phases": [{"name": "inject", "start_seconds": 2, "end_seconds": 5}],
+//	 "cost": {...},
+//	 "samples": [{"t": 0.1, "phase": "inject", "cost_seconds": 8e-05, "values": [12, null]}]}
+//
+// with times in seconds from start and missing values as null.
+func (t *Timeline) MarshalJSON() ([]byte, error) {
+	j := timelineJSON{
+		Start:           t.Start,
+		IntervalSeconds: t.Interval.Seconds(),
+		Metrics:         t.Metrics,
+		Phases:          make([]phaseJSON, len(t.Phases)),
+		Cost:            t.Cost(),
+		Samples:         make([]sampleJSON, len(t.Samples)),
+	}
+	if j.Metrics == nil {
+		j.Metrics = []string{}
+	}
+	for i, p := range t.Phases {
+		j.Phases[i] = phaseJSON{Name: p.Name, Start: p.Start.Sub(t.Start).Seconds()}
+		if !p.End.IsZero() {
+			e := p.End.Sub(t.Start).Seconds()
+			j.Phases[i].End = &e
+		}
+	}
+	for i, s := range t.Samples {
+		vals := make([]*float64, len(s.Values))
+		for k := range s.Values {
+			if v := s.Values[k]; !math.IsNaN(v) && !math.IsInf(v, 0) {
+				vals[k] = &s.Values[k]
+			}
+		}
+		j.Samples[i] = sampleJSON{T: s.At.Sub(t.Start).Seconds(), Phase: s.Phase, CostSeconds: s.Cost.Seconds(), Values: vals}
+	}
+	b, err := json.Marshal(j)
+	if err != nil {
+		return nil, fmt.Errorf("marshal timeline: %w", err)
+	}
+	return b, nil
+}
+
+// UnmarshalJSON decodes the form MarshalJSON writes. Times come back to the
+// nanosecond only to the precision of float64 seconds (well under a
+// microsecond for runs of days).
+func (t *Timeline) UnmarshalJSON(b []byte) error {
+	var j timelineJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return fmt.Errorf("unmarshal timeline: %w", err)
+	}
+	at := func(sec float64) time.Time { return j.Start.Add(seconds(sec)) }
+	*t = Timeline{Start: j.Start, Interval: seconds(j.IntervalSeconds), Metrics: j.Metrics}
+	for _, p := range j.Phases {
+		ph := Phase{Name: p.Name, Start: at(p.Start)}
+		if p.End != nil {
+			ph.End = at(*p.End)
+		}
+		t.Phases = append(t.Phases, ph)
+	}
+	for i, s := range j.Samples {
+		if len(s.Values) != len(j.Metrics) {
+			return fmt.Errorf("unmarshal timeline: sample %d has %d values for %d metrics", i, len(s.Values), len(j.Metrics))
+		}
+		vals := make([]float64, len(s.Values))
+		for k, v := range s.Values {
+			vals[k] = math.NaN()
+			if v != nil {
+				vals[k] = *v
+			}
+		}
+		t.Samples = append(t.Samples, Sample{At: at(s.T), Phase: s.Phase, Cost: seconds(s.CostSeconds), Values: vals})
+	}
+	return nil
+}
+
+func seconds(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }
