@@ -51,6 +51,12 @@ const (
 
 var diagBuffers = sync.Pool{New: func() any { b := make([]byte, diagRecvBuffer); return &b }}
 
+// openDiagSocket opens a NETLINK_SOCK_DIAG socket; tests replace it to play
+// a kernel that refuses netlink.
+var openDiagSocket = func() (int, error) {
+	return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+}
+
 // netlinkRefusal reports whether errno means the kernel won't serve sock_diag
 // to this process at all, as opposed to a failure of one dump.
 func netlinkRefusal(err error) bool {
@@ -63,7 +69,7 @@ func netlinkRefusal(err error) bool {
 // socket. It reports ErrNetlinkRefused only when no socket was visited, so a
 // fallback never counts twice.
 func netlinkWalk(ctx context.Context, f Filter, count func(State), list func(Socket)) error {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	fd, err := openDiagSocket()
 	if err != nil {
 		if netlinkRefusal(err) {
 			return fmt.Errorf("open sock_diag socket: %w: %w", ErrNetlinkRefused, err)

@@ -2,26 +2,39 @@ package probe
 
 import (
 	"math"
+	"runtime"
 	"runtime/metrics"
 	"sync"
 	"time"
 )
 
-// runtime/metrics names this package reads (see the runtime/metrics package
-// documentation for each one's meaning).
+// Columns of the runtime/metrics samples RuntimeReader reads.
 const (
-	rmGoroutines      = "/sched/goroutines:goroutines"
-	rmNotInGo         = "/sched/goroutines/not-in-go:goroutines"
-	rmRuntimeThreads  = "/sched/threads/total:threads"
-	rmHeapObjects     = "/memory/classes/heap/objects:bytes"
-	rmHeapGoal        = "/gc/heap/goal:bytes"
-	rmMappedTotal     = "/memory/classes/total:bytes"
-	rmGCCycles        = "/gc/cycles/total:gc-cycles"
-	rmGCPauses        = "/sched/pauses/total/gc:seconds"
-	rmCPUGCTotal      = "/cpu/classes/gc/total:cpu-seconds"
-	rmCPUTotal        = "/cpu/classes/total:cpu-seconds"
-	runtimeMetricsLen = 10
+	rmNotInGo = iota
+	rmRuntimeThreads
+	rmHeapObjects
+	rmHeapGoal
+	rmMappedTotal
+	rmGCCycles
+	rmGCPauses
+	rmCPUGCTotal
+	rmCPUTotal
+	runtimeMetricsLen
 )
+
+// runtimeMetricNames are the runtime/metrics names read, by column (see the
+// runtime/metrics package documentation for each one's meaning).
+var runtimeMetricNames = [runtimeMetricsLen]string{
+	rmNotInGo:        "/sched/goroutines/not-in-go:goroutines",
+	rmRuntimeThreads: "/sched/threads/total:threads",
+	rmHeapObjects:    "/memory/classes/heap/objects:bytes",
+	rmHeapGoal:       "/gc/heap/goal:bytes",
+	rmMappedTotal:    "/memory/classes/total:bytes",
+	rmGCCycles:       "/gc/cycles/total:gc-cycles",
+	rmGCPauses:       "/sched/pauses/total/gc:seconds",
+	rmCPUGCTotal:     "/cpu/classes/gc/total:cpu-seconds",
+	rmCPUTotal:       "/cpu/classes/total:cpu-seconds",
+}
 
 // PauseSummary describes the GC stop-the-world pauses that ended within an
 // interval. Quantiles are the upper bounds of runtime/metrics histogram
@@ -36,7 +49,8 @@ type PauseSummary struct {
 
 // RuntimeStats are the Go runtime's figures for the calling process.
 type RuntimeStats struct {
-	// Goroutines is the number of live goroutines.
+	// Goroutines is the number of live goroutines, as runtime.NumGoroutine
+	// counts them (the runtime's own system goroutines excluded).
 	Goroutines int `json:"goroutines"`
 	// GoroutinesNotInGo approximates the goroutines in a system call or cgo
 	// call, such as those blocked in write(2) to a stalled log sink.
@@ -78,7 +92,7 @@ type RuntimeReader struct {
 
 var processStart = time.Now()
 
-// Read returns the current figures. It costs one metrics.Read of ten metrics
+// Read returns the current figures. It costs one metrics.Read of nine metrics
 // (a few microseconds; it does not stop the world) plus a pass over the pause
 // histogram's buckets.
 func (r *RuntimeReader) Read() RuntimeStats {
@@ -86,8 +100,7 @@ func (r *RuntimeReader) Read() RuntimeStats {
 	defer r.mu.Unlock()
 	if r.samples == nil {
 		r.samples = make([]metrics.Sample, runtimeMetricsLen)
-		for i, n := range []string{rmGoroutines, rmNotInGo, rmRuntimeThreads, rmHeapObjects, rmHeapGoal,
-			rmMappedTotal, rmGCCycles, rmGCPauses, rmCPUGCTotal, rmCPUTotal} {
+		for i, n := range runtimeMetricNames {
 			r.samples[i].Name = n
 		}
 		r.prevAt = processStart
@@ -95,25 +108,25 @@ func (r *RuntimeReader) Read() RuntimeStats {
 	metrics.Read(r.samples)
 	now := time.Now()
 	st := RuntimeStats{
-		Goroutines:        int(uint64Of(r.samples[0])),
-		GoroutinesNotInGo: int(uint64Of(r.samples[1])),
-		RuntimeThreads:    int(uint64Of(r.samples[2])),
-		HeapBytes:         uint64Of(r.samples[3]),
-		HeapGoalBytes:     uint64Of(r.samples[4]),
-		MappedBytes:       uint64Of(r.samples[5]),
-		GCCycles:          uint64Of(r.samples[6]),
+		Goroutines:        runtime.NumGoroutine(),
+		GoroutinesNotInGo: int(uint64Of(r.samples[rmNotInGo])),
+		RuntimeThreads:    int(uint64Of(r.samples[rmRuntimeThreads])),
+		HeapBytes:         uint64Of(r.samples[rmHeapObjects]),
+		HeapGoalBytes:     uint64Of(r.samples[rmHeapGoal]),
+		MappedBytes:       uint64Of(r.samples[rmMappedTotal]),
+		GCCycles:          uint64Of(r.samples[rmGCCycles]),
 		Interval:          now.Sub(r.prevAt),
 	}
 	r.prevAt = now
-	if r.samples[7].Value.Kind() == metrics.KindFloat64Histogram {
-		h := r.samples[7].Value.Float64Histogram()
+	if r.samples[rmGCPauses].Value.Kind() == metrics.KindFloat64Histogram {
+		h := r.samples[rmGCPauses].Value.Float64Histogram()
 		st.GCPauses = summarise(h, r.prevPauses)
 		if len(r.prevPauses) != len(h.Counts) {
 			r.prevPauses = make([]uint64, len(h.Counts))
 		}
 		copy(r.prevPauses, h.Counts)
 	}
-	gc, total := float64Of(r.samples[8]), float64Of(r.samples[9])
+	gc, total := float64Of(r.samples[rmCPUGCTotal]), float64Of(r.samples[rmCPUTotal])
 	if dt := total - r.prevTotal; dt > 0 {
 		st.GCCPUFraction = (gc - r.prevGC) / dt
 	}

@@ -1,0 +1,22 @@
+package probe
+
+import (
+	"bufio"
+	"context"
+)
+
+// SetOpenDiagSocket replaces how the census opens its netlink socket and
+// returns a function that restores it.
+func SetOpenDiagSocket(open func() (int, error)) (restore func()) {
+	old := openDiagSocket
+	openDiagSocket = open
+	return func() { openDiagSocket = old }
+}
+
+// ParseProcNetTCP parses a /proc/net/tcp table and lists the sockets that
+// match f.
+func ParseProcNetTCP(ctx context.Context, r *bufio.Reader, fam Family, f Filter) ([]Socket, error) {
+	var out []Socket
+	err := parseProcNetTCP(ctx, r, fam, f, nil, func(s Socket) { out = append(out, s) })
+	return out, err
+}

@@ -1,0 +1,223 @@
+package probe_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/spiral-chaos/spiral/probe"
+)
+
+// settleTimeout bounds how long a population takes to reach its states on
+// loopback, where every transition is a local packet.
+const settleTimeout = 10 * time.Second
+
+// server accepts on a loopback listener and closes each connection only after
+// its client has: the client is the active closer and ends in TIME_WAIT.
+type server struct {
+	ln       net.Listener
+	network  string
+	addr     netip.AddrPort
+	accepted atomic.Int64
+	closed   atomic.Int64
+	wg       sync.WaitGroup
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// startServer listens on host:0 with network tcp4 or tcp6, on a port no
+// socket of any state points at yet (a new listener may get a port that old
+// TIME_WAIT sockets still name as their peer). It skips the test if the
+// family has no loopback here.
+func startServer(t testing.TB, network, host string) *server {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
+		if err != nil && network == "tcp6" {
+			t.Skipf("IPv6 loopback unavailable here, skipping the IPv6 census: %v", err)
+		}
+		require.NoError(t, err)
+		addr := ln.Addr().(*net.TCPAddr).AddrPort()
+		c, err := probe.Census{}.Count(t.Context(), probe.Filter{RemotePort: addr.Port()})
+		require.NoError(t, err)
+		if c.Total() > 0 {
+			require.NoError(t, ln.Close())
+			continue
+		}
+		s := &server{ln: ln, network: network, addr: addr, conns: map[net.Conn]struct{}{}}
+		s.wg.Go(s.acceptLoop)
+		t.Cleanup(s.stop)
+		return s
+	}
+	t.Fatalf("no %s port free of old sockets after 20 listeners", network)
+	return nil
+}
+
+func (s *server) port() uint16 { return s.addr.Port() }
+
+func (s *server) acceptLoop() {
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return // listener closed
+		}
+		s.accepted.Add(1)
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.wg.Go(func() {
+			_, _ = io.Copy(io.Discard, c) // until the client closes
+			_ = c.Close()
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			s.closed.Add(1)
+		})
+	}
+}
+
+// stop closes the listener and every connection still open, and waits for
+// the server's goroutines.
+func (s *server) stop() {
+	_ = s.ln.Close()
+	s.mu.Lock()
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// waitFor polls until counter reaches want.
+func waitFor(ctx context.Context, counter *atomic.Int64, want int64, what string) error {
+	deadline := time.Now().Add(settleTimeout)
+	for counter.Load() < want {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: %d of %d after %s", what, counter.Load(), want, settleTimeout)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+// dialEstablished opens n connections to s and keeps them open until the
+// test ends.
+func (s *server) dialEstablished(t testing.TB, n int) []net.Conn {
+	t.Helper()
+	want := s.accepted.Load() + int64(n)
+	conns := make([]net.Conn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	var d net.Dialer
+	for range n {
+		c, err := d.DialContext(t.Context(), s.network, s.addr.String())
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	require.NoError(t, waitFor(t.Context(), &s.accepted, want, "accepted"))
+	return conns
+}
+
+// timeWaitSources spreads IPv4 clients over this many loopback source
+// addresses (127.0.1.1-127.0.1.64). With tcp_tw_reuse=2, connect(2) reuses a
+// loopback TIME_WAIT socket older than a second when its port walk wraps;
+// 20,000 connects from one address wrap the 28,232-port range, fewer than 400
+// per address do not.
+const timeWaitSources = 64
+
+// ipBindAddressNoPort is IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h):
+// bind(2) takes the address only and connect(2) picks the port per 4-tuple.
+const ipBindAddressNoPort = 24
+
+func sourceDialer(i int) *net.Dialer {
+	return &net.Dialer{
+		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%timeWaitSources))},
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, ipBindAddressNoPort, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+}
+
+// makeTimeWait leaves n client sockets in TIME_WAIT toward s: connect, close
+// at once (the client closes first), and wait for the server to close its
+// end. Each client fd is freed right away, so n is not bound by the open
+// files limit. IPv4 clients come from timeWaitSources addresses.
+func (s *server) makeTimeWait(ctx context.Context, n int) error {
+	want := s.closed.Load() + int64(n)
+	var plain net.Dialer
+	for i := range n {
+		d := &plain
+		if s.network == "tcp4" {
+			d = sourceDialer(i)
+		}
+		c, err := d.DialContext(ctx, s.network, s.addr.String())
+		if err != nil {
+			return fmt.Errorf("dial %d of %d: %w", i+1, n, err)
+		}
+		if err := c.Close(); err != nil {
+			return fmt.Errorf("close %d of %d: %w", i+1, n, err)
+		}
+	}
+	return waitFor(ctx, &s.closed, want, "server closes")
+}
+
+// waitCounts polls the census until it reports exactly want (states not in
+// want count zero) and returns the last counts.
+func waitCounts(t testing.TB, c probe.Census, f probe.Filter, want map[probe.State]int) probe.Counts {
+	t.Helper()
+	var last probe.Counts
+	var lastErr error
+	deadline := time.Now().Add(settleTimeout)
+	for time.Now().Before(deadline) {
+		last, lastErr = c.Count(t.Context(), f)
+		if lastErr == nil && equalCounts(last, want) {
+			return last
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.NoError(t, lastErr)
+	require.Equal(t, want, countsMap(last), "census %s of %+v never settled", c.Method, f)
+	return last
+}
+
+func countsMap(c probe.Counts) map[probe.State]int {
+	m := map[probe.State]int{}
+	for _, s := range probe.States() {
+		if n := c.Get(s); n > 0 {
+			m[s] = n
+		}
+	}
+	return m
+}
+
+func equalCounts(c probe.Counts, want map[probe.State]int) bool {
+	for _, s := range probe.States() {
+		if c.Get(s) != want[s] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,212 @@
+package probe_test
+
+import (
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/probe"
+)
+
+// blockedThreads is how many goroutines the thread tests park in read(2):
+// the shape of step 3 of the postmortem (goroutines stuck in a blocking
+// syscall, one OS thread each), scaled down.
+const blockedThreads = 24
+
+// spareThreads is the slack the thread tests allow: besides the blocked
+// threads, sysmon and the thread running the test, the runtime may start or
+// keep a few idle Ms (5 live threads in an idle test binary here).
+const spareThreads = 4
+
+// blockInRead starts n goroutines that each block an OS thread in a raw
+// read(2) on a blocking pipe; with lock, each first locks its thread and
+// exits still locked, which ends the thread. The returned release makes
+// every read return and waits for the goroutines.
+func blockInRead(t *testing.T, n int, lock bool) (release func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	writers := make([]int, 0, n)
+	for range n {
+		var p [2]int
+		require.NoError(t, syscall.Pipe2(p[:], syscall.O_CLOEXEC))
+		r, w := p[0], p[1]
+		writers = append(writers, w)
+		wg.Go(func() {
+			if lock {
+				runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+			}
+			var b [1]byte
+			for {
+				_, err := syscall.Read(r, b[:])
+				if err != syscall.EINTR {
+					break
+				}
+			}
+			_ = syscall.Close(r)
+		})
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			for _, w := range writers {
+				_, _ = syscall.Write(w, []byte{1})
+				_ = syscall.Close(w)
+			}
+			wg.Wait()
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// pollThreads polls probe.Threads in the test goroutine until ok accepts the
+// count, and returns the last count.
+func pollThreads(t *testing.T, ok func(int) bool) (int, bool) {
+	t.Helper()
+	deadline := time.Now().Add(settleTimeout)
+	for {
+		n, err := probe.Threads(0)
+		require.NoError(t, err)
+		if ok(n) || time.Now().After(deadline) {
+			return n, ok(n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// While n goroutines block in read(2), each holds an OS thread of its own,
+// besides sysmon and the thread running the test; when locked ones return
+// and exit, their threads end and the count falls by about n.
+func TestThreadsFollowBlockedSyscalls(t *testing.T) {
+	release := blockInRead(t, blockedThreads, true)
+	during, ok := pollThreads(t, func(n int) bool { return n >= blockedThreads+2 })
+	require.True(t, ok, "threads %d while %d block in read(2), want >= %d", during, blockedThreads, blockedThreads+2)
+	time.Sleep(50 * time.Millisecond) // let the runtime start any spare M it wants
+	during, err := probe.Threads(0)
+	require.NoError(t, err)
+
+	release()
+	after, ok := pollThreads(t, func(n int) bool { return n <= during-blockedThreads+spareThreads })
+	assert.True(t, ok, "threads %d while blocked, %d after %d locked threads ended, want <= %d",
+		during, after, blockedThreads, during-blockedThreads+spareThreads)
+
+	st, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+	assert.InDelta(t, after, st.Threads, spareThreads)
+}
+
+// The postmortem's shape: goroutines blocked in write(2)-like syscalls
+// without locking their threads. The runtime starts Ms to replace the blocked
+// ones and keeps them idle afterwards, so the thread count's high-water mark
+// stays after the syscalls return.
+func TestThreadsStayAfterUnlockedSyscalls(t *testing.T) {
+	release := blockInRead(t, blockedThreads, false)
+	during, ok := pollThreads(t, func(n int) bool { return n >= blockedThreads+2 })
+	require.True(t, ok, "threads %d while %d block in read(2), want >= %d", during, blockedThreads, blockedThreads+2)
+
+	release()
+	time.Sleep(50 * time.Millisecond)
+	after, err := probe.Threads(0)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, after, blockedThreads+2, "idle Ms are kept")
+}
+
+// Goroutine and fd counts follow known changes exactly.
+func TestGoroutinesAndFDsFollowChanges(t *testing.T) {
+	const extra = 25
+	var rr probe.RuntimeReader
+	g0 := rr.Read().Goroutines
+	st0, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range extra {
+		wg.Go(func() { <-stop })
+	}
+	files := make([]*os.File, 0, extra)
+	t.Cleanup(func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	})
+	for range extra {
+		f, err := os.Open(os.DevNull)
+		require.NoError(t, err)
+		files = append(files, f)
+	}
+
+	assert.Equal(t, g0+extra, rr.Read().Goroutines)
+	st1, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+	assert.Equal(t, st0.FDs+extra, st1.FDs)
+
+	close(stop)
+	wg.Wait()
+	for _, f := range files {
+		require.NoError(t, f.Close())
+	}
+	files = nil
+	// Exited goroutines are gone once wg.Wait returns.
+	assert.Equal(t, g0, rr.Read().Goroutines)
+	st2, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+	assert.Equal(t, st0.FDs, st2.FDs)
+}
+
+// Heap and RSS follow a live allocation; GC pauses and cycles are counted
+// over the interval between reads only.
+func TestRuntimeFiguresFollowAllocationAndGC(t *testing.T) {
+	const size = 64 << 20
+	var rr probe.RuntimeReader
+	debug.FreeOSMemory() // so the ballast needs fresh pages, which RSS shows
+	base := rr.Read()
+	st0, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+
+	ballast := make([]byte, size)
+	for i := 0; i < len(ballast); i += os.Getpagesize() {
+		ballast[i] = 1
+	}
+	grown := rr.Read()
+	st1, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+	// Sweeping may free some of base's dead objects meanwhile: allow 1/16.
+	assert.GreaterOrEqual(t, grown.HeapBytes, base.HeapBytes+size-size/16)
+	assert.GreaterOrEqual(t, st1.RSSBytes, st0.RSSBytes+size*3/4, "rss %d -> %d", st0.RSSBytes, st1.RSSBytes)
+
+	runtime.GC()
+	runtime.GC()
+	afterGC := rr.Read()
+	// Two forced cycles, and maybe one the allocation triggered.
+	assert.GreaterOrEqual(t, afterGC.GCCycles, base.GCCycles+2)
+	// Each cycle stops the world twice (sweep termination, mark termination).
+	assert.GreaterOrEqual(t, afterGC.GCPauses.Count, uint64(4))
+	assert.Positive(t, afterGC.GCPauses.Max)
+	assert.LessOrEqual(t, afterGC.GCPauses.P50, afterGC.GCPauses.P99)
+	assert.LessOrEqual(t, afterGC.GCPauses.P99, afterGC.GCPauses.Max)
+	assert.Positive(t, afterGC.GCCPUFraction)
+	assert.LessOrEqual(t, afterGC.GCCPUFraction, 1.0)
+
+	quiet := rr.Read()
+	assert.Zero(t, quiet.GCPauses.Count, "no pause since the previous read")
+	assert.Zero(t, quiet.GCCPUFraction, "no cycle ended since the previous read")
+	runtime.KeepAlive(ballast)
+}
+
+func TestReadProcessOfAnotherPID(t *testing.T) {
+	st, err := probe.ReadProcess(t.Context(), 1)
+	require.NoError(t, err)
+	assert.Positive(t, st.Threads)
+	assert.Positive(t, st.RSSBytes)
+
+	_, err = probe.ReadProcess(t.Context(), 1<<30)
+	require.Error(t, err)
+}
