@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/spiral-chaos/spiral/probe"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// spiral runs the command line in-process and returns its exit code, stdout
+// and stderr.
+func spiral(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(t.Context(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// population listens on 127.0.0.1, holds `established` connections to it and
+// leaves `timeWait` client sockets in TIME_WAIT toward it (the client closes
+// first), and returns the port once the kernel shows exactly that.
+func population(t *testing.T, established, timeWait int) uint16 {
+	t.Helper()
+	ln := freshListener(t)
+	var wg sync.WaitGroup
+	var closed atomic.Int64
+	var mu sync.Mutex
+	var serverConns []net.Conn
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			serverConns = append(serverConns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				_, _ = io.Copy(io.Discard, c)
+				_ = c.Close()
+				closed.Add(1)
+			})
+		}
+	})
+	var clients []net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		for _, c := range clients {
+			_ = c.Close()
+		}
+		mu.Lock()
+		for _, c := range serverConns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	addr := ln.Addr().String()
+	for range established {
+		c, err := net.Dial("tcp4", addr)
+		require.NoError(t, err)
+		clients = append(clients, c)
+	}
+	for range timeWait {
+		c, err := net.Dial("tcp4", addr)
+		require.NoError(t, err)
+		require.NoError(t, c.Close())
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	f := probe.Filter{RemotePort: port}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := probe.Census{}.Count(t.Context(), f)
+		require.NoError(t, err)
+		if c.Get(probe.Established) == established && c.Get(probe.TimeWait) == timeWait && c.Total() == established+timeWait {
+			return port
+		}
+		require.False(t, time.Now().After(deadline), "population never settled: %s", c)
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// freshListener listens on a loopback port that no socket names as its peer
+// yet: a new listener may get a port old TIME_WAIT sockets still point at.
+func freshListener(t *testing.T) net.Listener {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		require.NoError(t, err)
+		c, err := probe.Census{}.Count(t.Context(), probe.Filter{RemotePort: uint16(ln.Addr().(*net.TCPAddr).Port)})
+		require.NoError(t, err)
+		if c.Total() == 0 {
+			return ln
+		}
+		require.NoError(t, ln.Close())
+	}
+	t.Fatal("no loopback port free of old sockets after 20 listeners")
+	return nil
+}
+
+func TestSocketsJSON(t *testing.T) {
+	port := population(t, 2, 3)
+	for _, method := range []string{"netlink", "procfs"} {
+		code, out, errOut := spiral(t, "sockets", "--port", strconv.Itoa(int(port)), "--json", "--method", method)
+		require.Equal(t, 0, code, errOut)
+		var rep struct {
+			Filter struct {
+				RemotePort int `json:"remote_port"`
+			} `json:"filter"`
+			Method string         `json:"method"`
+			States map[string]int `json:"states"`
+			Total  int            `json:"total"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+		assert.Equal(t, method, rep.Method)
+		assert.Equal(t, int(port), rep.Filter.RemotePort)
+		assert.Equal(t, 5, rep.Total)
+		assert.Equal(t, 2, rep.States["ESTAB"])
+		assert.Equal(t, 3, rep.States["TIME-WAIT"])
+		assert.Len(t, rep.States, len(probe.States()), "no --state: every state's count")
+	}
+}
+
+func TestSocketsTextOneState(t *testing.T) {
+	port := population(t, 1, 4)
+	code, out, errOut := spiral(t, "sockets", "--port", strconv.Itoa(int(port)), "--state", "time-wait")
+	require.Equal(t, 0, code, errOut)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 4, out)
+	assert.Equal(t, "TCP sockets, peer *:"+strconv.Itoa(int(port))+" (netlink)", lines[0])
+	assert.Equal(t, []string{"TIME-WAIT", "4"}, strings.Fields(lines[2]))
+	assert.Equal(t, []string{"Total", "4"}, strings.Fields(lines[3]))
+}
+
+func TestSocketsListAndHeadroom(t *testing.T) {
+	port := population(t, 2, 0)
+	p := strconv.Itoa(int(port))
+	code, out, errOut := spiral(t, "sockets", "--port", p, "--state", "estab", "--list", "--headroom", "--dst", "127.0.0.1")
+	require.Equal(t, 0, code, errOut)
+	assert.Equal(t, 2, strings.Count(out, "\nESTAB  127.0.0.1:"), out)
+	assert.Contains(t, out, "2 held toward 127.0.0.1:"+p)
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"sockets", "--state", "sleeping"},
+		{"sockets", "--port", "70000"},
+		{"sockets", "--family", "7"},
+		{"sockets", "--headroom"},
+		{"sockets", "extra"},
+		{"nonesuch"},
+		{},
+	} {
+		code, _, errOut := spiral(t, args...)
+		assert.Equal(t, exitUsage, code, "%q: %s", args, errOut)
+		assert.NotEmpty(t, errOut, "%q", args)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	code, out, _ := spiral(t, "help")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "sockets")
+	assert.Contains(t, out, "help")
+
+	code, out, _ = spiral(t, "help", "sockets")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "spiral sockets --port 11211 --state time-wait")
+	assert.Contains(t, out, "-json")
+
+	code, out, _ = spiral(t, "sockets", "-h")
+	require.Equal(t, 0, code)
+	assert.Contains(t, out, "-port")
+}
