@@ -241,3 +241,33 @@ func (d *DataPlane) deadline(ctx context.Context) (context.Context, context.Canc
 
 // cacheTTL is Config.CacheTTL in memcached's seconds.
 func (d *DataPlane) cacheTTL() int32 { return int32(d.cfg.CacheTTL / time.Second) }
+
+// Evict deletes the items of keys (AT-URIs or DIDs, as the RPCs take them)
+// from cache (CachePost, CacheProfile or CacheCounts), so their next lookup
+// reads the store: a cold cache for these keys without flushing memcached.
+// Missing items are not an error. It costs one memcached round trip per
+// key, within Config.MemcacheConcurrency.
+func (d *DataPlane) Evict(ctx context.Context, cache string, keys []string) error {
+	var prefix string
+	switch cache {
+	case CachePost:
+		prefix = d.posts.prefix
+	case CacheProfile:
+		prefix = d.profiles.prefix
+	case CacheCounts:
+		prefix = d.counts.prefix
+	default:
+		return fmt.Errorf("evict: unknown cache %q", cache)
+	}
+	for _, k := range keys {
+		if err := d.acquireMem(ctx); err != nil {
+			return fmt.Errorf("evict: %w", err)
+		}
+		err := d.mc.Delete(cacheKey(prefix, k))
+		d.releaseMem()
+		if err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+			return fmt.Errorf("evict %s %s: %w", cache, k, err)
+		}
+	}
+	return nil
+}

@@ -108,31 +108,38 @@ func (b *batch[T]) run(ctx context.Context) error {
 	if d.cfg.BatchConcurrency > 0 {
 		g.SetLimit(d.cfg.BatchConcurrency)
 	}
+	launched, tasks := 0, 0
 	switch d.cfg.Lookup {
 	case PerKeyGet:
+		tasks = n
 		for i := range b.keys {
 			if gctx.Err() != nil {
 				break
 			}
 			g.Go(func() error { return b.perKey(gctx, i) })
+			launched++
 		}
 	default:
 		size := d.cfg.ChunkSize
+		tasks = (n + size - 1) / size
 		for lo := 0; lo < n; lo += size {
 			if gctx.Err() != nil {
 				break
 			}
 			hi := min(lo+size, n)
 			g.Go(func() error { return b.chunk(gctx, lo, hi) })
+			launched++
 		}
 	}
-	err := g.Wait()
-	if err == nil {
-		// A deadline that passed while launching leaves keys unanswered
-		// without a failing goroutine.
-		err = context.Cause(gctx)
+	if err := g.Wait(); err != nil {
+		return err
 	}
-	return err
+	if launched < tasks {
+		// The deadline passed or the caller gave up while launching: keys
+		// are unanswered though no goroutine failed.
+		return fmt.Errorf("%d of %d keys not looked up: %w", n-int(b.cache.Load()+b.store.Load()+b.miss.Load()), n, context.Cause(ctx))
+	}
+	return nil
 }
 
 // perKey is the postmortem's goroutine body: one Get, then the store on a

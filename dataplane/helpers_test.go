@@ -1,0 +1,130 @@
+package dataplane_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/fixtures"
+)
+
+// Seeded rows, shared by every test and benchmark of the package. Tests
+// use disjoint key ranges so that the cache state one leaves does not
+// change another's outcome.
+const (
+	seedPosts    = 20_000 // the benchmarks' 20k-key batches (the postmortem's largest)
+	seedProfiles = 2_000
+	seedCounts   = 2_000
+	// absent is the first key index never seeded: keys from there on are
+	// not found.
+	absent = 1_000_000
+)
+
+// Key ranges of posts, each used by one test or benchmark.
+const (
+	postsLookup   = 100    // TestLookups, 100 keys
+	postsClients  = 300    // TestPerClientMetrics, 200 keys
+	postsHTTP     = 600    // TestHTTP*, 100 keys
+	postsLogs     = 800    // TestCacheErrors*, 200 keys
+	postsTimeWait = 5_000  // TestTimeWait, 15,000 keys
+	postsBench    = 0      // benchmarks, 20,000 keys (all seeded posts)
+	timeWaitBatch = 15_000 // the postmortem's 15-20k URIs
+)
+
+var seed struct {
+	once sync.Once
+	err  error
+}
+
+// seededEnv returns the shared environment with the package's rows
+// seeded (once per test binary: a few seconds).
+func seededEnv(tb testing.TB) *fixtures.Env {
+	tb.Helper()
+	env := fixtures.Shared(tb)
+	seed.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		s, err := env.NewCluster().CreateSession()
+		if err != nil {
+			seed.err = err
+			return
+		}
+		defer s.Close()
+		// Seed is idempotent: retry when a busy single node times out.
+		for attempt := range 3 {
+			seed.err = fixtures.Seed(ctx, s, env.Keyspace, fixtures.SeedSpec{
+				Posts: seedPosts, Profiles: seedProfiles, Counts: seedCounts, Concurrency: 8,
+			})
+			if seed.err == nil || ctx.Err() != nil {
+				return
+			}
+			time.Sleep(time.Duration(attempt+1) * time.Second)
+		}
+	})
+	require.NoError(tb, seed.err, "seed the store")
+	return env
+}
+
+// newDataPlane returns a DataPlane with cfg on the seeded environment,
+// closed (with its CQL session) when tb ends.
+func newDataPlane(tb testing.TB, cfg dataplane.Config) *dataplane.DataPlane {
+	tb.Helper()
+	env := seededEnv(tb)
+	return newDataPlaneOn(tb, cfg, env.MemcachedAddrs, env)
+}
+
+// newDataPlaneOn is newDataPlane with other memcached addresses.
+func newDataPlaneOn(tb testing.TB, cfg dataplane.Config, memcached []string, env *fixtures.Env) *dataplane.DataPlane {
+	tb.Helper()
+	dp, err := dataplane.New(cfg, dataplane.Backends{
+		MemcachedAddrs: memcached,
+		Session:        env.Session(tb),
+		Keyspace:       env.Keyspace,
+	})
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = dp.Close() })
+	return dp
+}
+
+// noLeaks fails tb if goroutines started after this call outlive it. Call
+// it before acquiring anything the test closes, after fixtures.Shared.
+func noLeaks(tb testing.TB) {
+	tb.Helper()
+	ignore := goleak.IgnoreCurrent()
+	tb.Cleanup(func() { goleak.VerifyNone(tb, ignore) })
+}
+
+// closedPort returns a loopback address nothing listens on: dials are
+// refused at once.
+func closedPort(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	addr := ln.Addr().String()
+	require.NoError(tb, ln.Close())
+	return addr
+}
+
+// sourceDial returns a dialer bound to a fresh random 127.77.x.y source
+// address, and that address: sockets of one data plane can then be told
+// from every other in a socket census.
+func sourceDial() (dataplane.DialFunc, net.IP) {
+	ip := net.IPv4(127, 77, byte(rand.IntN(256)), byte(1+rand.IntN(254)))
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: time.Second}
+	return d.DialContext, ip
+}
+
+// snapshot gathers dp's metrics.
+func snapshot(tb testing.TB, dp *dataplane.DataPlane) dataplane.Snapshot {
+	tb.Helper()
+	s, err := dp.Metrics()
+	require.NoError(tb, err)
+	return s
+}
