@@ -1,0 +1,227 @@
+package faults_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/probe"
+)
+
+// sinkWriters is how many writers the sink tests block: enough that the
+// thread growth stands out of the runtime's few idle threads.
+const sinkWriters = 50
+
+// sinkLine is one log line, about the size of the postmortem's error line.
+var sinkLine = append(bytes.Repeat([]byte("x"), 255), '\n')
+
+// sinkWait bounds every wait of the sink tests.
+const sinkWait = 10 * time.Second
+
+// newSink returns a sink closed when t ends.
+func newSink(t testing.TB, cfg faults.SinkConfig) *faults.Sink {
+	t.Helper()
+	s, err := faults.NewSink(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	return s
+}
+
+// fillPipe writes exactly the pipe's capacity, which completes without
+// blocking on a pipe nobody drains.
+func fillPipe(t testing.TB, s *faults.Sink) {
+	t.Helper()
+	n, err := s.Write(make([]byte, s.PipeBytes()))
+	require.NoError(t, err)
+	require.Equal(t, s.PipeBytes(), n)
+}
+
+// blockedWriters starts n writers of one line each on a stalled, full sink
+// and waits until all n are in Write. Their errors come back from the
+// returned group, which t's cleanup waits for after the sink is closed.
+func blockedWriters(t testing.TB, s *faults.Sink, n int) *errgroup.Group {
+	t.Helper()
+	var g errgroup.Group
+	t.Cleanup(func() {
+		_ = s.Close() // releases the writers if the test stopped early
+		_ = g.Wait()
+	})
+	for range n {
+		g.Go(func() error {
+			_, err := s.Write(sinkLine)
+			return err
+		})
+	}
+	require.Eventually(t, func() bool { return s.Stats().InFlight == int64(n) },
+		sinkWait, 10*time.Millisecond, "all %d writers inside Write", n)
+	return &g
+}
+
+// threads returns this process's live OS thread count.
+func threads(t testing.TB) int {
+	t.Helper()
+	n, err := probe.Threads(0)
+	require.NoError(t, err)
+	return n
+}
+
+// TestSinkStallBlocksWritersOneThreadEach: writers that don't share a lock
+// each hold an OS thread while the sink is stalled.
+func TestSinkStallBlocksWritersOneThreadEach(t *testing.T) {
+	noLeaks(t)
+	s := newSink(t, faults.SinkConfig{Stall: true, PipeBytes: 4096, Mode: faults.SinkDirect})
+	ctx := t.Context()
+	require.NoError(t, s.Inject(ctx))
+	require.ErrorIs(t, s.Inject(ctx), faults.ErrInjected)
+	fillPipe(t, s)
+	before := threads(t)
+
+	g := blockedWriters(t, s, sinkWriters)
+	var inWrite int
+	require.Eventually(t, func() bool {
+		n, err := s.ThreadsInWrite()
+		inWrite = n
+		return err == nil && n == sinkWriters
+	}, sinkWait, 10*time.Millisecond, "every writer blocked in write(2) on its own thread")
+	during := threads(t)
+	time.Sleep(200 * time.Millisecond) // the stall holds: nothing completes
+	st := s.Stats()
+	assert.Equal(t, int64(1), st.Writes, "only the write that filled the pipe completed")
+	assert.Equal(t, int64(sinkWriters), st.InFlight)
+	t.Logf("direct mode, %d writers blocked: threads %d -> %d (+%d), %d in write(2) on the pipe",
+		sinkWriters, before, during, during-before, inWrite)
+	assert.GreaterOrEqual(t, during-before, sinkWriters*4/5, "OS threads grow by about one per blocked writer")
+
+	require.NoError(t, s.Recover(ctx))
+	require.NoError(t, g.Wait(), "every write completes after Recover")
+	require.NoError(t, s.Recover(ctx), "Recover is idempotent")
+	st = s.Stats()
+	assert.Equal(t, int64(sinkWriters+1), st.Writes)
+	assert.Zero(t, st.InFlight, "nothing blocked after Recover")
+	require.Eventually(t, func() bool { return s.Stats().BytesDrained == s.Stats().BytesWritten },
+		sinkWait, 10*time.Millisecond, "the drain catches up")
+	n, err := s.ThreadsInWrite()
+	require.NoError(t, err)
+	assert.Zero(t, n)
+	t.Logf("after Recover: threads %d (the runtime keeps idle threads)", threads(t))
+}
+
+// TestSinkStallFileModeSerialisesWriters: through one *os.File, Go's file
+// lock lets one writer into write(2); the others wait as goroutines.
+func TestSinkStallFileModeSerialisesWriters(t *testing.T) {
+	noLeaks(t)
+	s := newSink(t, faults.SinkConfig{Stall: true, PipeBytes: 4096, Mode: faults.SinkFile})
+	ctx := t.Context()
+	require.NoError(t, s.Inject(ctx))
+	fillPipe(t, s)
+	before := threads(t)
+
+	g := blockedWriters(t, s, sinkWriters)
+	require.Eventually(t, func() bool {
+		n, err := s.ThreadsInWrite()
+		return err == nil && n == 1
+	}, sinkWait, 10*time.Millisecond, "one writer in write(2)")
+	time.Sleep(200 * time.Millisecond)
+	inWrite, err := s.ThreadsInWrite()
+	require.NoError(t, err)
+	during := threads(t)
+	st := s.Stats()
+	t.Logf("file mode, %d writers blocked: threads %d -> %d (+%d), %d in write(2) on the pipe",
+		sinkWriters, before, during, during-before, inWrite)
+	assert.Equal(t, 1, inWrite, "the file's lock lets one writer into the kernel")
+	assert.Equal(t, int64(1), st.Writes, "only the write that filled the pipe completed")
+	assert.Equal(t, int64(sinkWriters), st.InFlight)
+	assert.Less(t, during-before, sinkWriters/2, "waiting for the lock costs no thread")
+
+	require.NoError(t, s.Recover(ctx))
+	require.NoError(t, g.Wait())
+	assert.Equal(t, int64(sinkWriters+1), s.Stats().Writes)
+	assert.Zero(t, s.Stats().InFlight)
+}
+
+// TestSinkDrainRateThrottlesWriters: a throttled sink lets writers through
+// at about its drain rate, and freely after Recover.
+func TestSinkDrainRateThrottlesWriters(t *testing.T) {
+	noLeaks(t)
+	const rate = 64 << 10 // B/s
+	s := newSink(t, faults.SinkConfig{DrainBytesPerSec: rate, PipeBytes: 4096})
+	require.Equal(t, "sink drain 65536 B/s", s.Name())
+	ctx := t.Context()
+	require.NoError(t, s.Inject(ctx))
+
+	// 32 KiB through a 4 KiB pipe at 64 KiB/s: at least (32-4)/64 s.
+	const total = 32 << 10
+	line := make([]byte, 1024)
+	began := time.Now()
+	for range total / len(line) {
+		_, err := s.Write(line)
+		require.NoError(t, err)
+	}
+	throttled := time.Since(began)
+	t.Logf("%d KiB at %d KiB/s through a %d B pipe: %v", total>>10, rate>>10, s.PipeBytes(), throttled.Round(time.Millisecond))
+	assert.GreaterOrEqual(t, throttled, time.Duration(float64(total-s.PipeBytes())/rate*float64(time.Second))*4/5,
+		"writers wait for the drain")
+
+	require.NoError(t, s.Recover(ctx))
+	began = time.Now()
+	for range 10 * total / len(line) {
+		_, err := s.Write(line)
+		require.NoError(t, err)
+	}
+	free := time.Since(began)
+	t.Logf("after Recover, %d KiB: %v", 10*total>>10, free.Round(time.Millisecond))
+	assert.Less(t, free, throttled, "after Recover ten times the bytes pass sooner")
+}
+
+// TestSinkCloseReleasesBlockedWriters: Close lets blocked writers finish,
+// refuses later writes and leaves no descriptor or goroutine.
+func TestSinkCloseReleasesBlockedWriters(t *testing.T) {
+	noLeaks(t)
+	fds := openFDs(t)
+	for _, mode := range []faults.SinkMode{faults.SinkDirect, faults.SinkFile} {
+		s, err := faults.NewSink(faults.SinkConfig{Stall: true, PipeBytes: 4096, Mode: mode})
+		require.NoError(t, err)
+		require.NoError(t, s.Inject(t.Context()))
+		fillPipe(t, s)
+		g := blockedWriters(t, s, 8)
+
+		require.NoError(t, s.Close(), "mode %v", mode)
+		require.NoError(t, g.Wait(), "mode %v: blocked writes complete on Close", mode)
+		require.NoError(t, s.Close(), "Close twice")
+		_, err = s.Write(sinkLine)
+		require.ErrorIs(t, err, os.ErrClosed)
+		require.ErrorIs(t, s.Inject(context.Background()), os.ErrClosed)
+		assert.Zero(t, s.Stats().InFlight)
+	}
+	assert.Equal(t, fds, openFDs(t), "no descriptor left")
+}
+
+func TestSinkRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []faults.SinkConfig{
+		{},                     // neither a rate nor a stall
+		{DrainBytesPerSec: -1}, // negative rate
+		{Stall: true, Mode: 7}, // unknown mode
+		{Stall: true, PipeBytes: -1},
+		{Stall: true, PipeBytes: 1 << 30}, // past pipe-max-size
+	} {
+		s, err := faults.NewSink(cfg)
+		if !assert.Error(t, err, "%+v", cfg) {
+			_ = s.Close()
+		}
+	}
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	st, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+	return st.FDs
+}
