@@ -85,6 +85,32 @@ func TestCensusCountsPopulation(t *testing.T) {
 	}
 }
 
+// A census of both families answers the same from one legacy dump as from
+// one SOCK_DIAG_BY_FAMILY dump per family.
+func TestCensusDumpKindsAgree(t *testing.T) {
+	var filters []probe.Filter
+	for _, fam := range families {
+		srv := startServer(t, fam.network, fam.host)
+		srv.dialEstablished(t, 2)
+		require.NoError(t, srv.makeTimeWait(t.Context(), 3))
+		f := probe.Filter{RemotePort: srv.port()}
+		waitCounts(t, probe.Census{}, f, map[probe.State]int{probe.Established: 2, probe.TimeWait: 3})
+		filters = append(filters, f, probe.Filter{LocalPort: srv.port()})
+	}
+	var legacy []map[probe.State]int
+	for _, f := range filters {
+		c, err := probe.Census{Method: probe.Netlink}.Count(t.Context(), f)
+		require.NoError(t, err)
+		legacy = append(legacy, countsMap(c))
+	}
+	t.Cleanup(probe.SetLegacyDump(false))
+	for i, f := range filters {
+		c, err := probe.Census{Method: probe.Netlink}.Count(t.Context(), f)
+		require.NoError(t, err)
+		assert.Equal(t, legacy[i], countsMap(c), "%+v", f)
+	}
+}
+
 // List decodes addresses, ports and families; netlink and procfs agree.
 func TestCensusListsSockets(t *testing.T) {
 	for _, fam := range families {

@@ -20,3 +20,11 @@ func ParseProcNetTCP(ctx context.Context, r *bufio.Reader, fam Family, f Filter)
 	err := parseProcNetTCP(ctx, r, fam, f, nil, func(s Socket) { out = append(out, s) })
 	return out, err
 }
+
+// SetLegacyDump turns the one-walk TCPDIAG_GETSOCK dump on or off and returns
+// a function that restores it.
+func SetLegacyDump(on bool) (restore func()) {
+	old := legacyDump
+	legacyDump = on
+	return func() { legacyDump = old }
+}

@@ -17,12 +17,14 @@ import (
 // not the inet_diag structures, so they are encoded here.
 const (
 	sockDiagByFamily    = 20 // SOCK_DIAG_BY_FAMILY
+	tcpDiagGetSock      = 18 // TCPDIAG_GETSOCK, the inet_diag request before SOCK_DIAG_BY_FAMILY
 	inetDiagReqBytecode = 1  // INET_DIAG_REQ_BYTECODE attribute
 	inetDiagBCSCond     = 7  // INET_DIAG_BC_S_COND: local address/port condition
 	inetDiagBCDCond     = 8  // INET_DIAG_BC_D_COND: remote address/port condition
 
 	sizeofNlmsghdr      = 16 // struct nlmsghdr
 	sizeofInetDiagReqV2 = 56 // struct inet_diag_req_v2, with its 48-byte inet_diag_sockid
+	sizeofInetDiagReq   = 60 // struct inet_diag_req (TCPDIAG_GETSOCK): family, lengths, ext, sockid, states, dbs
 	sizeofInetDiagMsg   = 72 // struct inet_diag_msg
 	sizeofRtattr        = 4  // struct rtattr
 	sizeofBCOp          = 4  // struct inet_diag_bc_op {u8 code; u8 yes; u16 no}
@@ -50,6 +52,10 @@ const (
 )
 
 var diagBuffers = sync.Pool{New: func() any { b := make([]byte, diagRecvBuffer); return &b }}
+
+// legacyDump lets a census of both families use one TCPDIAG_GETSOCK dump;
+// tests turn it off to compare with per-family dumps.
+var legacyDump = true
 
 // openDiagSocket opens a NETLINK_SOCK_DIAG socket; tests replace it to play
 // a kernel that refuses netlink.
@@ -89,9 +95,26 @@ func netlinkWalk(ctx context.Context, f Filter, count func(State), list func(Soc
 
 	bp := diagBuffers.Get().(*[]byte)
 	defer diagBuffers.Put(bp)
+
+	if f.Family == AnyFamily && legacyDump {
+		// One TCPDIAG_GETSOCK dump covers both families in one walk of the
+		// kernel's socket tables (inet_diag_dump_compat asks for AF_UNSPEC);
+		// SOCK_DIAG_BY_FAMILY needs a walk per family, as ss does. Each walk
+		// visits every bucket of the established hash (262,144 here), so
+		// one walk instead of two halves the census's kernel time.
+		n, err := dump(ctx, fd, 1, true, AnyFamily, f, *bp, count, list)
+		if err == nil {
+			return nil
+		}
+		if n > 0 || !netlinkRefusal(err) && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("dump: %w", err)
+		}
+		// A kernel without the old request: ask per family.
+	}
+
 	visited := 0
 	for i, fam := range f.families() {
-		n, err := dumpFamily(ctx, fd, uint32(i+1), fam, f, *bp, count, list)
+		n, err := dump(ctx, fd, uint32(i+2), false, fam, f, *bp, count, list)
 		visited += n
 		if err == nil {
 			continue
@@ -108,10 +131,11 @@ func netlinkWalk(ctx context.Context, f Filter, count func(State), list func(Soc
 	return nil
 }
 
-// dumpFamily sends one inet_diag_req_v2 dump request and reads the answers
-// until NLMSG_DONE. It returns how many sockets it visited.
-func dumpFamily(ctx context.Context, fd int, seq uint32, fam Family, f Filter, buf []byte, count func(State), list func(Socket)) (int, error) {
-	req := diagRequest(seq, fam, f)
+// dump sends one dump request, legacy TCPDIAG_GETSOCK for both families or
+// SOCK_DIAG_BY_FAMILY for fam, and reads the answers until NLMSG_DONE. It
+// returns how many sockets it visited.
+func dump(ctx context.Context, fd int, seq uint32, legacy bool, fam Family, f Filter, buf []byte, count func(State), list func(Socket)) (int, error) {
+	req := diagRequest(seq, legacy, fam, f)
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return 0, fmt.Errorf("send dump request: %w", err)
 	}
@@ -158,7 +182,7 @@ func dumpFamily(ctx context.Context, fd int, seq uint32, fam Family, f Filter, b
 				if e := int32(binary.NativeEndian.Uint32(payload)); e < 0 {
 					return visited, fmt.Errorf("kernel answered: %w", unix.Errno(-e))
 				}
-			case sockDiagByFamily:
+			case sockDiagByFamily, tcpDiagGetSock:
 				if len(payload) < sizeofInetDiagMsg {
 					return visited, fmt.Errorf("read dump: short inet_diag_msg of %d bytes", len(payload))
 				}
@@ -203,33 +227,40 @@ func decodeDiagMsg(p []byte, st State) Socket {
 	return s
 }
 
-// diagRequest encodes a dump request: nlmsghdr, inet_diag_req_v2 carrying the
-// state mask, and an INET_DIAG_REQ_BYTECODE program for the ports and remote
-// address, so the kernel only answers with matching sockets.
-func diagRequest(seq uint32, fam Family, f Filter) []byte {
+// diagRequest encodes a dump request: nlmsghdr, then inet_diag_req_v2 (or
+// the legacy inet_diag_req) carrying the state mask, then an
+// INET_DIAG_REQ_BYTECODE program for the ports and remote address, so the
+// kernel only answers with matching sockets.
+func diagRequest(seq uint32, legacy bool, fam Family, f Filter) []byte {
 	bc := diagBytecode(f)
 	attrLen := 0
 	if len(bc) > 0 {
 		attrLen = sizeofRtattr + len(bc)
 	}
-	total := sizeofNlmsghdr + sizeofInetDiagReqV2 + attrLen
+	reqLen, typ, statesOff := sizeofInetDiagReqV2, uint16(sockDiagByFamily), 4
+	if legacy {
+		reqLen, typ, statesOff = sizeofInetDiagReq, tcpDiagGetSock, 52
+	}
+	total := sizeofNlmsghdr + reqLen + attrLen
 	b := make([]byte, total)
 	ne := binary.NativeEndian
 	ne.PutUint32(b[0:], uint32(total))
-	ne.PutUint16(b[4:], sockDiagByFamily)
+	ne.PutUint16(b[4:], typ)
 	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	ne.PutUint32(b[8:], seq)
 	r := b[sizeofNlmsghdr:]
-	r[0] = familyAF(fam)
-	r[1] = unix.IPPROTO_TCP
+	if !legacy {
+		r[0] = familyAF(fam)
+		r[1] = unix.IPPROTO_TCP // the legacy request names TCP by its type
+	}
 	mask := maskOf(f.States)
 	if mask.has(SynRecv) {
 		mask |= 1 << tcpNewSynRecv
 	}
-	ne.PutUint32(r[4:], uint32(mask))
+	ne.PutUint32(r[statesOff:], uint32(mask))
 	// inet_diag_sockid stays zero: a dump takes its filters from the bytecode.
 	if attrLen > 0 {
-		a := b[sizeofNlmsghdr+sizeofInetDiagReqV2:]
+		a := b[sizeofNlmsghdr+reqLen:]
 		ne.PutUint16(a[0:], uint16(attrLen))
 		ne.PutUint16(a[2:], inetDiagReqBytecode)
 		copy(a[sizeofRtattr:], bc)

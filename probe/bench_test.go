@@ -1,0 +1,184 @@
+package probe_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	psnet "github.com/shirou/gopsutil/v4/net"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/probe"
+)
+
+// benchPopulationEnv sets how many TIME_WAIT sockets BenchmarkCensus creates
+// toward its port; the default keeps a plain -bench run quick, the issue's
+// figure is 20000.
+const (
+	benchPopulationEnv     = "SPIRAL_BENCH_TIMEWAIT"
+	defaultBenchPopulation = 2000
+)
+
+func benchPopulation(b *testing.B) int {
+	b.Helper()
+	v := os.Getenv(benchPopulationEnv)
+	if v == "" {
+		return defaultBenchPopulation
+	}
+	n, err := strconv.Atoi(v)
+	require.NoError(b, err, benchPopulationEnv)
+	return n
+}
+
+// timeWaitPopulation leaves n TIME_WAIT sockets toward a fresh loopback port
+// and returns the server. They last 60 s (TCP_TIMEWAIT_LEN), so benchmarks
+// that use them must finish within that.
+func timeWaitPopulation(tb testing.TB, ctx context.Context, n int) *server {
+	tb.Helper()
+	requireTimeWaitRoom(tb, n)
+	srv := startServer(tb, "tcp4", "127.0.0.1")
+	require.NoError(tb, srv.makeTimeWait(ctx, n))
+	waitCounts(tb, probe.Census{}, probe.Filter{RemotePort: srv.port(), States: []probe.State{probe.TimeWait}},
+		map[probe.State]int{probe.TimeWait: n})
+	return srv
+}
+
+// requireTimeWaitRoom skips when the namespace's TIME_WAIT table
+// (net.ipv4.tcp_max_tw_buckets, shared with every other test on the machine)
+// can't take n more: the kernel would close the overflow at once and the
+// counts would be short.
+func requireTimeWaitRoom(tb testing.TB, n int) {
+	tb.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_max_tw_buckets")
+	require.NoError(tb, err)
+	limit, err := strconv.Atoi(string(b[:len(b)-1]))
+	require.NoError(tb, err)
+	c, err := probe.Census{}.Count(context.Background(), probe.Filter{States: []probe.State{probe.TimeWait}})
+	require.NoError(tb, err)
+	if have := c.Get(probe.TimeWait); have+n > limit {
+		tb.Skipf("TIME_WAIT table holds %d of %d; no room for %d more now (retry in a minute)", have, limit, n)
+	}
+}
+
+// BenchmarkCensus states what one census of the TIME_WAIT sockets toward one
+// port costs in-process, beside baselines in the same run: reading the procfs
+// tables raw, the procfs census, gopsutil's connection listing, and ss as a
+// whole process. Run with SPIRAL_BENCH_TIMEWAIT=20000 for the figure.
+func BenchmarkCensus(b *testing.B) {
+	n := benchPopulation(b)
+	srv := timeWaitPopulation(b, b.Context(), n)
+	f := probe.Filter{RemotePort: srv.port(), States: []probe.State{probe.TimeWait}}
+	check := func(b *testing.B, got int) {
+		b.Helper()
+		if got != n {
+			b.Fatalf("counted %d TIME_WAIT sockets, want %d", got, n)
+		}
+	}
+
+	for _, m := range []probe.Method{probe.Netlink, probe.Procfs} {
+		b.Run(m.String(), func(b *testing.B) {
+			c := probe.Census{Method: m}
+			var got probe.Counts
+			for b.Loop() {
+				var err error
+				got, err = c.Count(b.Context(), f)
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			check(b, got.Get(probe.TimeWait))
+			b.ReportMetric(float64(n), "sockets")
+		})
+	}
+	b.Run("read-proc-net-tcp-raw", func(b *testing.B) {
+		for b.Loop() {
+			for _, p := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+				if _, err := os.ReadFile(p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	b.Run("gopsutil-connections", func(b *testing.B) {
+		got := 0
+		for b.Loop() {
+			conns, err := psnet.ConnectionsWithContext(b.Context(), "tcp")
+			if err != nil {
+				b.Fatal(err)
+			}
+			got = 0
+			for _, c := range conns {
+				if c.Raddr.Port == uint32(srv.port()) && c.Status == "TIME_WAIT" {
+					got++
+				}
+			}
+		}
+		check(b, got)
+	})
+	b.Run("ss-process", func(b *testing.B) {
+		ss, err := exec.LookPath("ss")
+		if err != nil {
+			b.Skip("no ss here")
+		}
+		filter := fmt.Sprintf("( dport = :%d )", srv.port())
+		for b.Loop() {
+			if err := exec.CommandContext(b.Context(), ss, "-Htan", "state", "time-wait", filter).Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkSample states what one Sampler sample costs with the sources a
+// scenario typically registers: process, runtime, and a TIME_WAIT count
+// toward a port holding the benchmark population.
+func BenchmarkSample(b *testing.B) {
+	n := benchPopulation(b)
+	srv := timeWaitPopulation(b, b.Context(), n)
+	census := probe.Census{}
+	for _, tc := range []struct {
+		name    string
+		sources []probe.Source
+	}{
+		{"process+runtime", []probe.Source{probe.NewProcessSource(0), probe.NewRuntimeSource()}},
+		{"process+runtime+timewait", []probe.Source{probe.NewProcessSource(0), probe.NewRuntimeSource(),
+			probe.NewSocketSource("timewait", census, probe.Filter{RemotePort: srv.port(), States: []probe.State{probe.TimeWait}})}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			s, err := probe.NewSampler(time.Second, tc.sources...)
+			require.NoError(b, err)
+			for b.Loop() {
+				if err := s.Sample(b.Context()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkReadProcess(b *testing.B) {
+	for b.Loop() {
+		if _, err := probe.ReadProcess(b.Context(), 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkThreads(b *testing.B) {
+	for b.Loop() {
+		if _, err := probe.Threads(0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkRuntimeRead(b *testing.B) {
+	var r probe.RuntimeReader
+	for b.Loop() {
+		r.Read()
+	}
+}
