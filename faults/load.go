@@ -1,0 +1,416 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/fixtures"
+)
+
+// LoadProfile is an open-loop load shape: requests leave on a seeded Poisson
+// schedule whether or not earlier ones have answered, as real clients do.
+type LoadProfile struct {
+	// Client is the client name every request carries.
+	Client string
+	// Method is the RPC called. Defaults to dataplane.MethodGetPostRecords.
+	Method string
+	// Rate is the mean number of requests started per second.
+	Rate float64
+	// BatchMin and BatchMax bound the keys per request, drawn uniformly.
+	BatchMin, BatchMax int
+	// KeySpace is how many distinct keys batches are drawn from: post i is
+	// fixtures.PostURI(i) (or fixtures.DID(i) for GetProfiles). Keys at or
+	// past the seeded row count are misses in both cache and store.
+	// Defaults to 100,000.
+	KeySpace int
+	// Duration bounds the run. Required.
+	Duration time.Duration
+	// MaxRequests is a hard cap on requests started. Required.
+	MaxRequests int
+	// MaxInFlight bounds requests outstanding at once; a request due while
+	// the bound is reached is not sent and is counted as skipped (the load
+	// generator fell behind). Defaults to 256.
+	MaxInFlight int
+	// Timeout bounds one request. Defaults to 10 s.
+	Timeout time.Duration
+	// Seed makes the schedule, batch sizes and keys repeatable.
+	Seed uint64
+}
+
+// Named load profiles.
+var (
+	// Background is the data plane's everyday traffic: hundreds of requests a
+	// second of 1-50 URIs ("typically ... between 1-50 post lookups per
+	// request").
+	Background = LoadProfile{
+		Client: "appview", Rate: 200, BatchMin: 1, BatchMax: 50,
+		Duration: 30 * time.Second, MaxRequests: 20_000, MaxInFlight: 256, Timeout: 5 * time.Second,
+	}
+	// InternalBatch is the postmortem's new internal service: "less than
+	// three GetPostRecords requests per second, but ... batches of 15-20
+	// thousand URIs at a time".
+	InternalBatch = LoadProfile{
+		Client: "internal-batch", Rate: 2, BatchMin: 15_000, BatchMax: 20_000,
+		Duration: 30 * time.Second, MaxRequests: 100, MaxInFlight: 8, Timeout: 30 * time.Second,
+	}
+)
+
+// loadMaxRate and loadMaxBatch keep a profile within what one machine can
+// take on loopback and within the open-files limit (20000).
+const (
+	loadMaxRate  = 10_000
+	loadMaxBatch = 50_000
+)
+
+func (p LoadProfile) withDefaults() LoadProfile {
+	if p.Method == "" {
+		p.Method = dataplane.MethodGetPostRecords
+	}
+	if p.KeySpace == 0 {
+		p.KeySpace = 100_000
+	}
+	if p.MaxInFlight == 0 {
+		p.MaxInFlight = 256
+	}
+	if p.Timeout == 0 {
+		p.Timeout = 10 * time.Second
+	}
+	return p
+}
+
+// Validate reports every problem with p, or nil.
+func (p LoadProfile) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if p.Client == "" {
+		bad("load: Client is empty: every request names its client")
+	}
+	if p.Rate <= 0 || p.Rate > loadMaxRate {
+		bad("load: Rate is %g: want more than 0 and at most %d per second", p.Rate, loadMaxRate)
+	}
+	if p.BatchMin < 1 || p.BatchMax < p.BatchMin || p.BatchMax > loadMaxBatch {
+		bad("load: batch %d-%d: want 1 <= BatchMin <= BatchMax <= %d", p.BatchMin, p.BatchMax, loadMaxBatch)
+	}
+	if p.Duration <= 0 {
+		bad("load: Duration is %v: a load must stop by itself", p.Duration)
+	}
+	if p.MaxRequests <= 0 {
+		bad("load: MaxRequests is %d: a load needs a hard cap", p.MaxRequests)
+	}
+	if p.MaxInFlight < 0 || p.KeySpace < 0 || p.Timeout < 0 {
+		bad("load: MaxInFlight, KeySpace and Timeout can't be negative")
+	}
+	switch p.Method {
+	case "", dataplane.MethodGetPostRecords, dataplane.MethodGetProfiles, dataplane.MethodGetInteractionCounts:
+	default:
+		bad("load: unknown method %q", p.Method)
+	}
+	return errors.Join(errs...)
+}
+
+// Outcome classes of one request.
+const (
+	OutcomeOK        = "ok"
+	OutcomeTimeout   = "timeout"
+	OutcomeRejected  = "rejected"  // 4xx: bad input, batch over the limit
+	OutcomeFailed    = "failed"    // 5xx: the data plane answered with an error
+	OutcomeTransport = "transport" // no answer: refused, reset, dial failed
+)
+
+// Request is the record of one request the load sent.
+type Request struct {
+	// Start is when it left, relative to the start of the run.
+	Start time.Duration `json:"start_ns"`
+	// Latency is from send to the end of the answer (or the error).
+	Latency time.Duration `json:"latency_ns"`
+	Batch   int           `json:"batch"`
+	Outcome string        `json:"outcome"`
+	// Error is the error text for outcomes other than ok.
+	Error string `json:"error,omitempty"`
+}
+
+// LoadStats are a load's live counters.
+type LoadStats struct {
+	Sent     int64 `json:"sent"`
+	OK       int64 `json:"ok"`
+	Errors   int64 `json:"errors"`
+	Skipped  int64 `json:"skipped"`
+	InFlight int64 `json:"in_flight"`
+}
+
+// LoadReport is what a finished load saw.
+type LoadReport struct {
+	Profile  LoadProfile    `json:"profile"`
+	Stats    LoadStats      `json:"stats"`
+	Outcomes map[string]int `json:"outcomes"`
+	// P50, P99 and Max are latency quantiles of every answered request.
+	P50      time.Duration `json:"p50_ns"`
+	P99      time.Duration `json:"p99_ns"`
+	Max      time.Duration `json:"max_ns"`
+	Requests []Request     `json:"requests"`
+}
+
+// Load is an open-loop load generator against a data plane's HTTP
+// endpoint. Its counters can be read while it runs.
+type Load struct {
+	profile LoadProfile
+	client  *dataplane.Client
+
+	sent, ok, errs, skipped, inflight atomic.Int64
+
+	mu       sync.Mutex
+	requests []Request
+}
+
+// NewLoad returns a load of profile p against the data plane at baseURL
+// (dataplane.Server.URL). Bad profiles are refused with every problem named.
+func NewLoad(baseURL string, p LoadProfile) (*Load, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	p = p.withDefaults()
+	tr := &http.Transport{
+		MaxIdleConnsPerHost: p.MaxInFlight,
+		IdleConnTimeout:     5 * time.Second,
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+	}
+	return &Load{
+		profile: p,
+		client:  &dataplane.Client{URL: baseURL, Name: p.Client, HTTP: &http.Client{Transport: tr, Timeout: p.Timeout}},
+	}, nil
+}
+
+// Profile returns the profile the load runs, defaults applied.
+func (l *Load) Profile() LoadProfile { return l.profile }
+
+// Stats returns the live counters. Safe to call from any goroutine; it does
+// not block.
+func (l *Load) Stats() LoadStats {
+	return LoadStats{
+		Sent: l.sent.Load(), OK: l.ok.Load(), Errors: l.errs.Load(),
+		Skipped: l.skipped.Load(), InFlight: l.inflight.Load(),
+	}
+}
+
+// Run sends requests until Duration has passed, MaxRequests have left, or
+// ctx is done, then waits for outstanding requests (each bounded by
+// Timeout) and returns the report. It returns ctx's error only if ctx ended
+// the run; request failures are outcomes, not errors.
+func (l *Load) Run(ctx context.Context) (LoadReport, error) {
+	p := l.profile
+	rng := rand.New(rand.NewPCG(p.Seed, 0x5a1a1))
+	began := time.Now()
+	deadline := began.Add(p.Duration)
+	sem := make(chan struct{}, p.MaxInFlight)
+	var wg sync.WaitGroup
+	defer l.client.HTTP.CloseIdleConnections()
+
+	next := began
+	var runErr error
+	for started := 0; started < p.MaxRequests; started++ {
+		next = next.Add(time.Duration(rng.ExpFloat64() / p.Rate * float64(time.Second)))
+		if next.After(deadline) {
+			break
+		}
+		if wait := time.Until(next); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				runErr = ctx.Err()
+			case <-t.C:
+			}
+			if runErr != nil {
+				break
+			}
+		}
+		keys := l.keys(rng)
+		select {
+		case sem <- struct{}{}:
+		default:
+			l.skipped.Add(1)
+			continue
+		}
+		l.sent.Add(1)
+		l.inflight.Add(1)
+		wg.Add(1)
+		go func(start time.Time) {
+			defer wg.Done()
+			defer func() { <-sem; l.inflight.Add(-1) }()
+			l.record(ctx, start.Sub(began), keys)
+		}(time.Now())
+	}
+	wg.Wait()
+	return l.report(), runErr
+}
+
+func (l *Load) keys(rng *rand.Rand) []string {
+	p := l.profile
+	n := p.BatchMin + rng.IntN(p.BatchMax-p.BatchMin+1)
+	keys := make([]string, n)
+	for k := range keys {
+		i := rng.IntN(p.KeySpace)
+		if p.Method == dataplane.MethodGetProfiles {
+			keys[k] = fixtures.DID(i)
+		} else {
+			keys[k] = fixtures.PostURI(i)
+		}
+	}
+	return keys
+}
+
+func (l *Load) record(ctx context.Context, start time.Duration, keys []string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.profile.Timeout)
+	defer cancel()
+	t0 := time.Now()
+	var resp struct{}
+	err := l.client.Call(ctx, l.profile.Method, keys, &resp)
+	r := Request{Start: start, Latency: time.Since(t0), Batch: len(keys), Outcome: classify(err)}
+	if err != nil {
+		r.Error = err.Error()
+		l.errs.Add(1)
+	} else {
+		l.ok.Add(1)
+	}
+	l.mu.Lock()
+	l.requests = append(l.requests, r)
+	l.mu.Unlock()
+}
+
+func classify(err error) string {
+	var ce *dataplane.CallError
+	var ne net.Error
+	switch {
+	case err == nil:
+		return OutcomeOK
+	case errors.As(err, &ce) && ce.Status < 500:
+		return OutcomeRejected
+	case errors.As(err, &ce):
+		return OutcomeFailed
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return OutcomeTimeout
+	default:
+		return OutcomeTransport
+	}
+}
+
+func (l *Load) report() LoadReport {
+	l.mu.Lock()
+	reqs := append([]Request(nil), l.requests...)
+	l.mu.Unlock()
+	sort.Slice(reqs, func(i, j int) bool { return reqs[i].Start < reqs[j].Start })
+	rep := LoadReport{Profile: l.profile, Stats: l.Stats(), Outcomes: map[string]int{}, Requests: reqs}
+	lat := make([]time.Duration, 0, len(reqs))
+	for _, r := range reqs {
+		rep.Outcomes[r.Outcome]++
+		if r.Outcome == OutcomeOK {
+			lat = append(lat, r.Latency)
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	q := func(f float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[int(math.Ceil(f*float64(len(lat))))-1]
+	}
+	rep.P50, rep.P99, rep.Max = q(0.5), q(0.99), q(1)
+	return rep
+}
+
+// Flood is a Load run as a Fault: Inject starts it in the background,
+// Recover stops it and waits for its outstanding requests.
+type Flood struct {
+	load *Load
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+	report LoadReport
+	err    error
+}
+
+// NewFlood returns a flood of profile p against the data plane at baseURL.
+func NewFlood(baseURL string, p LoadProfile) (*Flood, error) {
+	l, err := NewLoad(baseURL, p)
+	if err != nil {
+		return nil, err
+	}
+	return &Flood{load: l}, nil
+}
+
+// Name implements Fault.
+func (f *Flood) Name() string { return "flood " + f.load.profile.Client }
+
+// Load returns the flood's load generator, for its live counters.
+func (f *Flood) Load() *Load { return f.load }
+
+// Inject starts the load and returns at once. The load stops by itself
+// after its Duration or MaxRequests.
+func (f *Flood) Inject(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done != nil {
+		return ErrInjected
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel, f.done = cancel, make(chan struct{})
+	go func() {
+		defer close(f.done)
+		rep, err := f.load.Run(ctx)
+		f.mu.Lock()
+		f.report, f.err = rep, err
+		f.mu.Unlock()
+	}()
+	return nil
+}
+
+// Recover stops sending and waits for outstanding requests (each bounded by
+// the profile's Timeout) or ctx. Idempotent.
+func (f *Flood) Recover(ctx context.Context) error {
+	f.mu.Lock()
+	cancel, done := f.cancel, f.done
+	f.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	cancel()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("recover %s: %w", f.Name(), ctx.Err())
+	}
+}
+
+// Wait blocks until the load has stopped by itself (or ctx ends) and returns
+// its report.
+func (f *Flood) Wait(ctx context.Context) (LoadReport, error) {
+	f.mu.Lock()
+	done := f.done
+	f.mu.Unlock()
+	if done == nil {
+		return LoadReport{}, errors.New("flood: not injected")
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return LoadReport{}, ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if errors.Is(f.err, context.Canceled) {
+		return f.report, nil // stopped by Recover
+	}
+	return f.report, f.err
+}
