@@ -42,7 +42,10 @@ type CacheErrorPolicy int
 
 const (
 	// FailRequest returns the error: the whole batch fails, as the
-	// postmortem's code did (`if err != nil { return err }`).
+	// postmortem's code did (`if err != nil { return err }`). As there, a
+	// failure does not cancel the other keys' lookups (errgroup.Group
+	// without a context): every key is tried, and every failure logged,
+	// before the request answers.
 	FailRequest CacheErrorPolicy = iota + 1
 	// FallBackToStore treats the key as a miss and reads the CQL store,
 	// within Config.StoreConcurrency.

@@ -104,7 +104,15 @@ func (b *batch[T]) run(ctx context.Context) error {
 	defer d.m.lookupsInFlight.Sub(float64(n))
 	ctx, cancel := d.deadline(ctx)
 	defer cancel()
-	g, gctx := errgroup.WithContext(ctx)
+	var g *errgroup.Group
+	gctx := ctx
+	if d.cfg.OnCacheError == FailRequest {
+		// The postmortem's errgroup.Group had no context: every key is
+		// tried (and every failure logged) before the first error returns.
+		g = new(errgroup.Group)
+	} else {
+		g, gctx = errgroup.WithContext(ctx)
+	}
 	if d.cfg.BatchConcurrency > 0 {
 		g.SetLimit(d.cfg.BatchConcurrency)
 	}
