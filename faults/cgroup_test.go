@@ -90,7 +90,7 @@ func TestOOMCgroupParseKeyed(t *testing.T) {
 	assert.Equal(t, uint64(2), n, "v2 memory.events: oom_kill, not oom or oom_group_kill")
 
 	_, err = cgParseKeyed([]byte("oom_kill_disable 0\nunder_oom 0\n"), "oom_kill")
-	assert.ErrorContains(t, err, "4.13", "an old kernel's oom_control says why")
+	require.ErrorContains(t, err, "4.13", "an old kernel's oom_control says why")
 	_, err = cgParseKeyed([]byte("oom_kill x\n"), "oom_kill")
 	assert.Error(t, err)
 }
@@ -239,7 +239,7 @@ func TestOOMCgroupV2Placement(t *testing.T) {
 
 	require.NoError(t, c.Close())
 	_, err = os.Stat(dir)
-	assert.ErrorIs(t, err, fs.ErrNotExist)
+	require.ErrorIs(t, err, fs.ErrNotExist)
 	t.Logf("cgroup v2 placement verified in %s (CgroupFD, cgroup.procs, cgroup.kill, rmdir)", dir)
 }
 

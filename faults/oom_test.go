@@ -85,9 +85,8 @@ func oomGet(t *testing.T, addr, path string) (int, string) {
 	require.NoError(t, err)
 	resp, err := c.Do(req)
 	require.NoError(t, err)
-	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
+	require.NoError(t, errors.Join(err, resp.Body.Close()))
 	return resp.StatusCode, string(body)
 }
 
@@ -109,18 +108,18 @@ func requireOOMNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.Memo
 	require.NoError(t, err)
 	assert.Empty(t, procs, "processes left in %s", cg.Dir())
 	for _, pid := range pids {
-		assert.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "child pid %d still exists", pid)
+		require.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "child pid %d still exists", pid)
 	}
 	for _, addr := range addrs {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			_ = conn.Close()
 		}
-		assert.Error(t, err, "%s still accepts connections", addr)
+		require.Error(t, err, "%s still accepts connections", addr)
 	}
 	require.NoError(t, cg.Close())
 	_, err = os.Stat(cg.Dir())
-	assert.ErrorIs(t, err, fs.ErrNotExist, "cgroup dir left")
+	require.ErrorIs(t, err, fs.ErrNotExist, "cgroup dir left")
 	left, err := faults.ListMemoryCgroups()
 	require.NoError(t, err)
 	assert.Empty(t, left, "spiral-oom-* cgroups left")
@@ -265,7 +264,7 @@ func TestOOMSupervisorRestartBudget(t *testing.T) {
 	assert.Contains(t, sup.Err().Error(), "restart budget of 1 spent")
 	assert.Contains(t, sup.Err().Error(), "exited with status 3")
 	_, err = sup.WaitHealthy(t.Context(), 0)
-	assert.ErrorContains(t, err, "restart budget")
+	require.ErrorContains(t, err, "restart budget")
 	st := sup.Stats()
 	assert.Equal(t, 2, st.Starts)
 	assert.Equal(t, 2, st.Exits)

@@ -181,7 +181,7 @@ func RunOOMChild(ctx context.Context, cfg OOMChildConfig) (int, error) {
 	if err != nil {
 		return 1, fmt.Errorf("listen: %w", err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }() // Shutdown closes it first; this covers early returns
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -284,7 +284,7 @@ func (h *oomChildHandler) alloc(w http.ResponseWriter, r *http.Request) {
 		}
 		h.kept = append(h.kept, b)
 	}
-	fmt.Fprintf(w, "kept %d MiB\n", len(h.kept))
+	_, _ = fmt.Fprintf(w, "kept %d MiB\n", len(h.kept))
 }
 
 // OOMChildMem is the child's /debug/mem answer.

@@ -514,7 +514,7 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
-		defer outR.Close()
+		defer func() { _ = outR.Close() }()
 		sc := bufio.NewScanner(outR)
 		announced := false
 		for sc.Scan() {
