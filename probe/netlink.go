@@ -82,7 +82,7 @@ func netlinkWalk(ctx context.Context, f Filter, count func(State), list func(Soc
 		}
 		return fmt.Errorf("open sock_diag socket: %w", err)
 	}
-	defer unix.Close(fd)
+	defer func() { _ = unix.Close(fd) }() // a netlink socket has nothing to flush
 
 	timeout := diagTimeout
 	if dl, ok := ctx.Deadline(); ok {

@@ -40,27 +40,27 @@ type server struct {
 // socket of any state points at yet (a new listener may get a port that old
 // TIME_WAIT sockets still name as their peer). It skips the test if the
 // family has no loopback here.
-func startServer(t testing.TB, network, host string) *server {
-	t.Helper()
+func startServer(tb testing.TB, network, host string) *server {
+	tb.Helper()
 	for range 20 {
 		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
 		if err != nil && network == "tcp6" {
-			t.Skipf("IPv6 loopback unavailable here, skipping the IPv6 census: %v", err)
+			tb.Skipf("IPv6 loopback unavailable here, skipping the IPv6 census: %v", err)
 		}
-		require.NoError(t, err)
+		require.NoError(tb, err)
 		addr := ln.Addr().(*net.TCPAddr).AddrPort()
-		c, err := probe.Census{}.Count(t.Context(), probe.Filter{RemotePort: addr.Port()})
-		require.NoError(t, err)
+		c, err := probe.Census{}.Count(tb.Context(), probe.Filter{RemotePort: addr.Port()})
+		require.NoError(tb, err)
 		if c.Total() > 0 {
-			require.NoError(t, ln.Close())
+			require.NoError(tb, ln.Close())
 			continue
 		}
 		s := &server{ln: ln, network: network, addr: addr, conns: map[net.Conn]struct{}{}}
 		s.wg.Go(s.acceptLoop)
-		t.Cleanup(s.stop)
+		tb.Cleanup(s.stop)
 		return s
 	}
-	t.Fatalf("no %s port free of old sockets after 20 listeners", network)
+	tb.Fatalf("no %s port free of old sockets after 20 listeners", network)
 	return nil
 }
 
@@ -116,22 +116,22 @@ func waitFor(ctx context.Context, counter *atomic.Int64, want int64, what string
 
 // dialEstablished opens n connections to s and keeps them open until the
 // test ends.
-func (s *server) dialEstablished(t testing.TB, n int) []net.Conn {
-	t.Helper()
+func (s *server) dialEstablished(tb testing.TB, n int) []net.Conn {
+	tb.Helper()
 	want := s.accepted.Load() + int64(n)
 	conns := make([]net.Conn, 0, n)
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		for _, c := range conns {
 			_ = c.Close()
 		}
 	})
 	var d net.Dialer
 	for range n {
-		c, err := d.DialContext(t.Context(), s.network, s.addr.String())
-		require.NoError(t, err)
+		c, err := d.DialContext(tb.Context(), s.network, s.addr.String())
+		require.NoError(tb, err)
 		conns = append(conns, c)
 	}
-	require.NoError(t, waitFor(t.Context(), &s.accepted, want, "accepted"))
+	require.NoError(tb, waitFor(tb.Context(), &s.accepted, want, "accepted"))
 	return conns
 }
 
@@ -192,20 +192,20 @@ func (s *server) makeTimeWait(ctx context.Context, n int) error {
 
 // waitCounts polls the census until it reports exactly want (states not in
 // want count zero) and returns the last counts.
-func waitCounts(t testing.TB, c probe.Census, f probe.Filter, want map[probe.State]int) probe.Counts {
-	t.Helper()
+func waitCounts(tb testing.TB, c probe.Census, f probe.Filter, want map[probe.State]int) probe.Counts {
+	tb.Helper()
 	var last probe.Counts
 	var lastErr error
 	deadline := time.Now().Add(settleTimeout)
 	for time.Now().Before(deadline) {
-		last, lastErr = c.Count(t.Context(), f)
+		last, lastErr = c.Count(tb.Context(), f)
 		if lastErr == nil && equalCounts(last, want) {
 			return last
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	require.NoError(t, lastErr)
-	require.Equal(t, want, countsMap(last), "census %s of %+v never settled", c.Method, f)
+	require.NoError(tb, lastErr)
+	require.Equal(tb, want, countsMap(last), "census %s of %+v never settled", c.Method, f)
 	return last
 }
 

@@ -92,7 +92,7 @@ func TestSamplerReportsFailingSource(t *testing.T) {
 	waitSamples(t, s, 3)
 	err = stop()
 	require.ErrorIs(t, err, boom)
-	assert.ErrorContains(t, err, "source flaky failed")
+	require.ErrorContains(t, err, "source flaky failed")
 
 	tl := s.Timeline()
 	for _, smp := range tl.Samples {

@@ -70,7 +70,7 @@ func main() {
 // run dispatches args to a command and returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		writeHelp(stderr)
+		printf(stderr, "%s", helpText())
 		return exitUsage
 	}
 	name := args[0]
@@ -79,8 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	c, ok := commands[name]
 	if !ok {
-		fmt.Fprintf(stderr, "spiral: unknown command %q\n\n", name)
-		writeHelp(stderr)
+		printf(stderr, "spiral: unknown command %q\n\n%s", name, helpText())
 		return exitUsage
 	}
 	err := c.run(ctx, args[1:], stdout)
@@ -88,11 +87,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if ue, ok := errors.AsType[*usageError](err); ok {
-		fmt.Fprintf(stderr, "spiral %s: %s\nRun 'spiral help %s' for usage.\n", c.name, ue.msg, c.name)
+		printf(stderr, "spiral %s: %s\nRun 'spiral help %s' for usage.\n", c.name, ue.msg, c.name)
 		return exitUsage
 	}
-	fmt.Fprintf(stderr, "spiral %s: %v\n", c.name, err)
+	printf(stderr, "spiral %s: %v\n", c.name, err)
 	return exitFailure
+}
+
+// printf writes a diagnostic; there is nowhere left to report a failure to
+// write to stderr, so it is dropped.
+func printf(w io.Writer, format string, args ...any) {
+	_, _ = fmt.Fprintf(w, format, args...)
 }
 
 // newFlagSet returns a flag set for command c that reports errors as usage
@@ -102,10 +107,9 @@ func newFlagSet(c string, out io.Writer) *flag.FlagSet {
 	fs.SetOutput(out)
 	fs.Usage = func() {
 		if cmd, ok := commands[c]; ok {
-			fmt.Fprintln(out, strings.TrimSpace(cmd.usage))
-			fmt.Fprintln(out)
+			printf(out, "%s\n\n", strings.TrimSpace(cmd.usage))
 		}
-		fmt.Fprintln(out, "Flags:")
+		printf(out, "Flags:\n")
 		fs.PrintDefaults()
 	}
 	return fs
@@ -125,23 +129,21 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func writeHelp(w io.Writer) {
-	fmt.Fprintln(w, "Spiral turns the TIME_WAIT death spiral of seeds/000 into chaos tests.")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Usage:")
-	fmt.Fprintln(w, "\tspiral <command> [flags]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Commands:")
+// helpText lists the commands.
+func helpText() string {
+	var b strings.Builder
+	b.WriteString("Spiral turns the TIME_WAIT death spiral of seeds/000 into chaos tests.\n\n")
+	b.WriteString("Usage:\n\tspiral <command> [flags]\n\nCommands:\n")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
 		names = append(names, n)
 	}
 	slices.Sort(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "\t%-10s %s\n", n, commands[n].summary)
+		fmt.Fprintf(&b, "\t%-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'spiral help <command>' for a command's flags.")
+	b.WriteString("\nRun 'spiral help <command>' for a command's flags.\n")
+	return b.String()
 }
 
 func init() {
@@ -152,7 +154,9 @@ func init() {
 		run: func(_ context.Context, args []string, out io.Writer) error {
 			switch len(args) {
 			case 0:
-				writeHelp(out)
+				if _, err := io.WriteString(out, helpText()); err != nil {
+					return fmt.Errorf("write help: %w", err)
+				}
 				return nil
 			case 1:
 				c, ok := commands[args[0]]

@@ -153,7 +153,7 @@ func TestSocketsListAndHeadroom(t *testing.T) {
 	p := strconv.Itoa(int(port))
 	code, out, errOut := spiral(t, "sockets", "--port", p, "--state", "estab", "--list", "--headroom", "--dst", "127.0.0.1")
 	require.Equal(t, 0, code, errOut)
-	assert.Equal(t, 2, strings.Count(out, "\nESTAB  127.0.0.1:"), out)
+	assert.Equal(t, 2, strings.Count(out, "\nESTAB        127.0.0.1:"), out)
 	assert.Contains(t, out, "2 held toward 127.0.0.1:"+p)
 }
 

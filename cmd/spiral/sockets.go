@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 
 	"github.com/spiral-chaos/spiral/probe"
 )
@@ -139,6 +138,9 @@ func runSockets(ctx context.Context, args []string, out io.Writer) error {
 		if rep.Sockets, err = census.List(ctx, f); err != nil {
 			return err
 		}
+		if rep.Sockets == nil {
+			rep.Sockets = []probe.Socket{} // listed, none matched
+		}
 	}
 	if *headroom {
 		dest := netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(port))
@@ -189,26 +191,28 @@ func describeFilter(f probe.Filter) string {
 }
 
 func writeSocketsText(out io.Writer, f probe.Filter, shown []probe.State, counts probe.Counts, rep socketsReport) error {
-	fmt.Fprintf(out, "%s (%s)\n", describeFilter(f), counts.Method)
-	fmt.Fprintf(out, "%-12s %8s\n", "State", "Count")
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (%s)\n", describeFilter(f), counts.Method)
+	fmt.Fprintf(&b, "%-12s %8s\n", "State", "Count")
 	for _, s := range shown {
-		fmt.Fprintf(out, "%-12s %8d\n", s, counts.Get(s))
+		fmt.Fprintf(&b, "%-12s %8d\n", s, counts.Get(s))
 	}
-	fmt.Fprintf(out, "%-12s %8d\n", "Total", rep.Total)
+	fmt.Fprintf(&b, "%-12s %8d\n", "Total", rep.Total)
 	if rep.Sockets != nil {
-		fmt.Fprintln(out)
-		lw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(lw, "State\tLocal Address:Port\tPeer Address:Port")
+		width := len("Local Address:Port")
 		for _, s := range rep.Sockets {
-			fmt.Fprintf(lw, "%s\t%s\t%s\n", s.State, s.Local, s.Remote)
+			width = max(width, len(s.Local.String()))
 		}
-		if err := lw.Flush(); err != nil {
-			return fmt.Errorf("write sockets: %w", err)
+		fmt.Fprintf(&b, "\n%-12s %-*s  %s\n", "State", width, "Local Address:Port", "Peer Address:Port")
+		for _, s := range rep.Sockets {
+			fmt.Fprintf(&b, "%-12s %-*s  %s\n", s.State, width, s.Local, s.Remote)
 		}
 	}
 	if rep.Headroom != nil {
-		fmt.Fprintln(out)
-		fmt.Fprintln(out, rep.Headroom.String())
+		fmt.Fprintf(&b, "\n%s\n", rep.Headroom)
+	}
+	if _, err := io.WriteString(out, b.String()); err != nil {
+		return fmt.Errorf("write counts: %w", err)
 	}
 	return nil
 }
