@@ -1,0 +1,121 @@
+package dataplane_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/fixtures"
+)
+
+// benchBatch is the postmortem's largest batch ("15-20 thousand URIs").
+const benchBatch = dataplane.PostmortemBatchSize
+
+// Run side by side, the raw GetMulti baseline with the data plane's hits:
+//
+//	go test -run '^$' -bench . -benchtime 20x ./dataplane/
+//
+// The goal is hits within 1.5x of the raw baseline: the data plane's own
+// work (validation, decoding, metrics) must not dominate memcached's.
+func BenchmarkGetPostRecords(b *testing.B) {
+	env := seededEnv(b)
+	uris := fixtures.PostURIs(postsBench, benchBatch)
+
+	b.Run(fmt.Sprintf("hits-%d", benchBatch), func(b *testing.B) {
+		dp := newDataPlane(b, dataplane.DefaultConfig())
+		warmBench(b, dp, uris)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			if _, err := dp.GetPostRecords(b.Context(), "bench", uris); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		s := snapshot(b, dp)
+		require.InDelta(b, s.Sum("lookups_total", "client", "bench"), s.Sum("lookups_total", "client", "bench", "source", "cache"), 0, "all hits")
+	})
+
+	b.Run(fmt.Sprintf("misses-%d", benchBatch), func(b *testing.B) {
+		dp := newDataPlane(b, dataplane.DefaultConfig())
+		mc := memcache.New(env.MemcachedAddrs...)
+		b.Cleanup(func() { _ = mc.Close() })
+		b.ReportAllocs()
+		for b.Loop() {
+			b.StopTimer()
+			require.NoError(b, mc.FlushAll(), "empty the cache")
+			b.StartTimer()
+			if _, err := dp.GetPostRecords(b.Context(), "bench", uris); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StopTimer()
+		s := snapshot(b, dp)
+		require.InDelta(b, s.Sum("lookups_total", "client", "bench"), s.Sum("lookups_total", "client", "bench", "source", "store"), 0, "all misses")
+	})
+}
+
+// BenchmarkRawGetMulti is the baseline of BenchmarkGetPostRecords/hits:
+// gomemcache's GetMulti of the same keys, with the same chunking,
+// concurrency and idle pool as DefaultConfig, and no data plane.
+func BenchmarkRawGetMulti(b *testing.B) {
+	env := seededEnv(b)
+	uris := fixtures.PostURIs(postsBench, benchBatch)
+	cfg := dataplane.DefaultConfig()
+
+	b.Run(fmt.Sprintf("hits-%d", benchBatch), func(b *testing.B) {
+		warmBench(b, newDataPlane(b, cfg), uris)
+		mc := memcache.New(env.MemcachedAddrs...)
+		mc.MaxIdleConns = cfg.MemcacheMaxIdleConns
+		mc.Timeout = cfg.MemcacheTimeout
+		b.Cleanup(func() { _ = mc.Close() })
+		keys := make([]string, len(uris))
+		for i, u := range uris {
+			keys[i] = "post:" + u // the data plane's post key space
+		}
+		getAll := func() (int, error) {
+			var g errgroup.Group
+			g.SetLimit(cfg.BatchConcurrency)
+			found := make([]int, (len(keys)+cfg.ChunkSize-1)/cfg.ChunkSize)
+			for c := range found {
+				lo, hi := c*cfg.ChunkSize, min((c+1)*cfg.ChunkSize, len(keys))
+				g.Go(func() error {
+					items, err := mc.GetMulti(keys[lo:hi])
+					found[c] = len(items)
+					return err
+				})
+			}
+			err := g.Wait()
+			n := 0
+			for _, f := range found {
+				n += f
+			}
+			return n, err
+		}
+		n, err := getAll()
+		require.NoError(b, err)
+		require.Equal(b, len(keys), n, "every key is a hit, so the baseline reads what the data plane reads")
+		b.ReportAllocs()
+		b.ResetTimer()
+		for b.Loop() {
+			if _, err := getAll(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// warmBench fills the cache with uris through dp and checks they are all
+// seeded.
+func warmBench(b *testing.B, dp *dataplane.DataPlane, uris []string) {
+	b.Helper()
+	posts, err := dp.GetPostRecords(b.Context(), "warm", uris)
+	require.NoError(b, err)
+	for i, p := range posts {
+		require.NotNil(b, p, "post %d is seeded", i)
+	}
+}
