@@ -36,10 +36,11 @@ type server struct {
 	conns map[net.Conn]struct{}
 }
 
-// startServer listens on host:0 with network tcp4 or tcp6, on a port no
-// socket of any state points at yet (a new listener may get a port that old
-// TIME_WAIT sockets still name as their peer). It skips the test if the
-// family has no loopback here.
+// startServer listens on host:0 with network tcp4 or tcp6, on a port number
+// that nothing else uses yet: no socket names it as its peer (a new listener
+// may get a port that old TIME_WAIT sockets still point at), and no other
+// socket has it as its local port (the other family may listen on the same
+// number). It skips the test if the family has no loopback here.
 func startServer(tb testing.TB, network, host string) *server {
 	tb.Helper()
 	for range 20 {
@@ -49,9 +50,11 @@ func startServer(tb testing.TB, network, host string) *server {
 		}
 		require.NoError(tb, err)
 		addr := ln.Addr().(*net.TCPAddr).AddrPort()
-		c, err := probe.Census{}.Count(tb.Context(), probe.Filter{RemotePort: addr.Port()})
+		peers, err := probe.Census{}.Count(tb.Context(), probe.Filter{RemotePort: addr.Port()})
 		require.NoError(tb, err)
-		if c.Total() > 0 {
+		locals, err := probe.Census{}.Count(tb.Context(), probe.Filter{LocalPort: addr.Port()})
+		require.NoError(tb, err)
+		if peers.Total() > 0 || locals.Total() != 1 {
 			require.NoError(tb, ln.Close())
 			continue
 		}
@@ -60,7 +63,7 @@ func startServer(tb testing.TB, network, host string) *server {
 		tb.Cleanup(s.stop)
 		return s
 	}
-	tb.Fatalf("no %s port free of old sockets after 20 listeners", network)
+	tb.Fatalf("no %s port free of other sockets after 20 listeners", network)
 	return nil
 }
 

@@ -96,21 +96,25 @@ func population(t *testing.T, established, timeWait int) uint16 {
 	}
 }
 
-// freshListener listens on a loopback port that no socket names as its peer
-// yet: a new listener may get a port old TIME_WAIT sockets still point at.
+// freshListener listens on a loopback port number nothing else uses yet: no
+// socket names it as its peer (a new listener may get a port old TIME_WAIT
+// sockets still point at) and no other socket has it as its local port.
 func freshListener(t *testing.T) net.Listener {
 	t.Helper()
 	for range 20 {
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
 		require.NoError(t, err)
-		c, err := probe.Census{}.Count(t.Context(), probe.Filter{RemotePort: uint16(ln.Addr().(*net.TCPAddr).Port)})
+		port := uint16(ln.Addr().(*net.TCPAddr).Port)
+		peers, err := probe.Census{}.Count(t.Context(), probe.Filter{RemotePort: port})
 		require.NoError(t, err)
-		if c.Total() == 0 {
+		locals, err := probe.Census{}.Count(t.Context(), probe.Filter{LocalPort: port})
+		require.NoError(t, err)
+		if peers.Total() == 0 && locals.Total() == 1 {
 			return ln
 		}
 		require.NoError(t, ln.Close())
 	}
-	t.Fatal("no loopback port free of old sockets after 20 listeners")
+	t.Fatal("no loopback port free of other sockets after 20 listeners")
 	return nil
 }
 
