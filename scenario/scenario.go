@@ -1,0 +1,521 @@
+// Package scenario runs Spiral's scenarios: a data plane configuration in a
+// backend environment, load and faults applied in phases (baseline, inject,
+// observe, recover, validate), the process and the kernel sampled into a
+// timeline, and budgets judged against it.
+//
+// A scenario is data (Scenario); Run executes it and returns a Result that
+// the report package renders. Every random choice comes from Scenario.Seed.
+package scenario
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gocql/gocql"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
+)
+
+// Phase names, in the order Run marks them.
+const (
+	PhaseBaseline = "baseline"
+	PhaseInject   = "inject"
+	PhaseObserve  = "observe"
+	PhaseRecover  = "recover"
+	PhaseValidate = "validate"
+)
+
+// Metrics Run samples besides probe's process and runtime figures.
+const (
+	// MetricMemcachedTimeWait counts this host's TIME_WAIT sockets toward the
+	// memcached port: the postmortem's exhausted resource.
+	MetricMemcachedTimeWait = "memcached_time_wait"
+	// MetricMemcachedTimeWaitAdded is MetricMemcachedTimeWait less its value
+	// when the run began (never below 0): the sockets this run left.
+	MetricMemcachedTimeWaitAdded = "memcached_time_wait_added"
+	// MetricMemcachedEstablished counts ESTABLISHED sockets toward memcached.
+	MetricMemcachedEstablished = "memcached_established"
+	// MetricLookupsInFlight is the data plane's keys being looked up.
+	MetricLookupsInFlight = "dp_lookups_in_flight"
+	// MetricCacheErrors is the data plane's memcached errors, cumulative.
+	MetricCacheErrors = "dp_cache_errors"
+	// MetricLogLines is log lines written to the sink, cumulative.
+	MetricLogLines = "dp_log_lines_written"
+	// MetricLoadErrors is failed requests of every load, cumulative.
+	MetricLoadErrors = "load_errors"
+	// MetricLoadOK is answered requests of every load, cumulative.
+	MetricLoadOK = "load_ok"
+)
+
+// Phases are the durations of a run's phases. Inject lasts while the faults
+// are in, observe watches them act, recover removes them and watches the
+// system return; validate checks the data plane answers again.
+type Phases struct {
+	Baseline, Inject, Observe, Recover time.Duration
+}
+
+// Harness is what a fault factory may act on.
+type Harness struct {
+	Env       *fixtures.Env
+	DataPlane *dataplane.DataPlane
+	Server    *dataplane.Server
+}
+
+// FaultFunc builds a fault for a run, once the data plane is up.
+type FaultFunc func(h Harness) (faults.Fault, error)
+
+// Scenario is one run: who, what load, what faults, what must hold.
+type Scenario struct {
+	// Name is short and file-name safe ("batch-flood/incident").
+	Name string
+	// Config is the data plane under test.
+	Config dataplane.Config
+	// Seed drives every random choice (load schedule, batches, keys).
+	Seed uint64
+	// Data is the rows seeded in the store before the run.
+	Data fixtures.SeedSpec
+	// WarmPosts posts (0..WarmPosts-1) are read once before the baseline so
+	// that they are in the cache.
+	WarmPosts int
+	// Background loads run from baseline to the end of recover.
+	Background []faults.LoadProfile
+	// Faults are injected at the start of inject and recovered at the start
+	// of recover, in order (recovered in reverse order).
+	Faults []FaultFunc
+	// Phases are the phase durations.
+	Phases Phases
+	// Budgets must hold; every violation is reported.
+	Budgets []probe.Budget
+	// Interval is the sampling interval. Defaults to 100 ms.
+	Interval time.Duration
+	// ValidateTimeout bounds how long the data plane may take to answer a
+	// small batch after recover. Defaults to 10 s.
+	ValidateTimeout time.Duration
+}
+
+// Result is what a run saw.
+type Result struct {
+	Scenario   string              `json:"scenario"`
+	Seed       uint64              `json:"seed"`
+	Config     dataplane.Config    `json:"-"`
+	Started    time.Time           `json:"started"`
+	Timeline   *probe.Timeline     `json:"-"`
+	Budgets    []probe.Budget      `json:"budgets"`
+	Violations probe.Violations    `json:"violations"`
+	Loads      []faults.LoadReport `json:"-"`
+	// LoadSummary is Loads without per-request records.
+	LoadSummary []LoadSummary `json:"loads"`
+	// Faults names the faults injected.
+	Faults []string `json:"faults"`
+	// Validated says whether the data plane answered after recover, and
+	// ValidateError why not.
+	Validated     bool   `json:"validated"`
+	ValidateError string `json:"validate_error,omitempty"`
+	// Peaks is each metric's high-water mark per phase.
+	Peaks map[string]map[string]float64 `json:"peaks"`
+	// Replay is the command that runs this scenario again.
+	Replay string `json:"replay"`
+}
+
+// LoadSummary is a load's report without per-request records.
+type LoadSummary struct {
+	Client   string           `json:"client"`
+	Stats    faults.LoadStats `json:"stats"`
+	Outcomes map[string]int   `json:"outcomes"`
+	P50      time.Duration    `json:"p50_ns"`
+	P99      time.Duration    `json:"p99_ns"`
+	Max      time.Duration    `json:"max_ns"`
+}
+
+// Held reports whether every budget held and the data plane answered after
+// recover.
+func (r *Result) Held() bool { return len(r.Violations) == 0 && r.Validated }
+
+// Violated reports whether budget metric was violated.
+func (r *Result) Violated(metric string) bool {
+	for _, v := range r.Violations {
+		if v.Budget.Metric == metric && v.Problem == "" {
+			return true
+		}
+	}
+	return false
+}
+
+func (sc Scenario) withDefaults() Scenario {
+	if sc.Interval == 0 {
+		sc.Interval = 100 * time.Millisecond
+	}
+	if sc.ValidateTimeout == 0 {
+		sc.ValidateTimeout = 10 * time.Second
+	}
+	return sc
+}
+
+// Validate reports every problem with sc, or nil.
+func (sc Scenario) Validate() error {
+	var errs []error
+	if sc.Name == "" {
+		errs = append(errs, errors.New("scenario: Name is empty"))
+	}
+	if err := sc.Config.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("scenario %s: config: %w", sc.Name, err))
+	}
+	p := sc.Phases
+	if p.Baseline <= 0 || p.Inject <= 0 || p.Observe < 0 || p.Recover <= 0 {
+		errs = append(errs, fmt.Errorf("scenario %s: phases %+v: baseline, inject and recover must be positive", sc.Name, p))
+	}
+	for _, l := range sc.Background {
+		if err := l.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("scenario %s: background: %w", sc.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run executes sc against env and returns what it saw. It fails only when
+// the run itself could not happen (bad scenario, data plane or fault that
+// can't start); budgets that don't hold are in Result.Violations. Every fault
+// is recovered and every load stopped before Run returns. It blocks for the
+// sum of the phases plus set-up (seconds).
+func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
+	sc = sc.withDefaults()
+	if err := sc.Validate(); err != nil {
+		return nil, err
+	}
+	res := &Result{Scenario: sc.Name, Seed: sc.Seed, Config: sc.Config, Started: time.Now(), Budgets: sc.Budgets, Replay: replayCommand(sc)}
+	progress("%s: seed %d; set-up", sc.Name, sc.Seed)
+
+	session, err := env.NewCluster().CreateSession()
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: cql session: %w", sc.Name, err)
+	}
+	defer session.Close()
+	if sc.Data != (fixtures.SeedSpec{}) {
+		if err := fixtures.Seed(ctx, session, env.Keyspace, sc.Data); err != nil {
+			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+		}
+	}
+	dp, err := dataplane.New(sc.Config, dataplane.Backends{MemcachedAddrs: env.MemcachedAddrs, Session: session, Keyspace: env.Keyspace})
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: data plane: %w", sc.Name, err)
+	}
+	defer dp.Close()
+	srv, err := dataplane.NewServer(dp)
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
+	defer srv.Close()
+	if err := warm(ctx, env, session, sc.WarmPosts); err != nil {
+		return nil, fmt.Errorf("scenario %s: warm cache: %w", sc.Name, err)
+	}
+
+	h := Harness{Env: env, DataPlane: dp, Server: srv}
+	var injected []faults.Fault
+	for _, mk := range sc.Faults {
+		f, err := mk(h)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: build fault: %w", sc.Name, err)
+		}
+		injected = append(injected, f)
+		res.Faults = append(res.Faults, f.Name())
+	}
+	// Whatever happens below, no fault outlives the run.
+	defer func() {
+		for i := len(injected) - 1; i >= 0; i-- {
+			rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			_ = injected[i].Recover(rctx)
+			cancel()
+		}
+	}()
+
+	var loads []*faults.Load
+	for i, p := range sc.Background {
+		p.Seed = sc.Seed + uint64(i)
+		p.Duration = sc.Phases.Baseline + sc.Phases.Inject + sc.Phases.Observe + sc.Phases.Recover
+		l, err := faults.NewLoad(srv.URL, p)
+		if err != nil {
+			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+		}
+		loads = append(loads, l)
+	}
+	for _, f := range injected {
+		if fl, ok := f.(*faults.Flood); ok {
+			loads = append(loads, fl.Load())
+		}
+	}
+
+	sampler, err := newSampler(env, dp, loads, sc.Interval)
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
+
+	runCtx, stopSampler := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return sampler.Run(gctx) })
+	var bg []faults.LoadReport
+	bgDone := make(chan struct{})
+	reports := make([]faults.LoadReport, len(sc.Background))
+	loadCtx, stopLoads := context.WithCancel(ctx)
+	defer stopLoads()
+	lg, lctx := errgroup.WithContext(loadCtx)
+	for i := range sc.Background {
+		lg.Go(func() error {
+			rep, err := loads[i].Run(lctx)
+			reports[i] = rep
+			return err
+		})
+	}
+	go func() { _ = lg.Wait(); close(bgDone) }()
+
+	phase := func(name string, d time.Duration) error {
+		sampler.Mark(name)
+		progress("%s: %s for %v", sc.Name, name, d)
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		}
+	}
+	runErr := func() error {
+		if err := phase(PhaseBaseline, sc.Phases.Baseline); err != nil {
+			return err
+		}
+		sampler.Mark(PhaseInject)
+		for _, f := range injected {
+			progress("%s: inject %s", sc.Name, f.Name())
+			if err := f.Inject(ctx); err != nil {
+				return fmt.Errorf("inject %s: %w", f.Name(), err)
+			}
+		}
+		if err := phase(PhaseInject, sc.Phases.Inject); err != nil {
+			return err
+		}
+		if err := phase(PhaseObserve, sc.Phases.Observe); err != nil {
+			return err
+		}
+		sampler.Mark(PhaseRecover)
+		for i := len(injected) - 1; i >= 0; i-- {
+			progress("%s: recover %s", sc.Name, injected[i].Name())
+			if err := injected[i].Recover(ctx); err != nil {
+				return fmt.Errorf("recover %s: %w", injected[i].Name(), err)
+			}
+		}
+		if err := phase(PhaseRecover, sc.Phases.Recover); err != nil {
+			return err
+		}
+		sampler.Mark(PhaseValidate)
+		<-bgDone
+		vctx, cancel := context.WithTimeout(ctx, sc.ValidateTimeout)
+		defer cancel()
+		if err := validate(vctx, srv.URL); err != nil {
+			res.ValidateError = err.Error()
+		} else {
+			res.Validated = true
+		}
+		return sampler.Sample(ctx)
+	}()
+	if runErr != nil {
+		stopLoads()
+	}
+	<-bgDone
+	stopSampler()
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		progress("%s: sampler: %v", sc.Name, err)
+	}
+	if runErr != nil {
+		return res, fmt.Errorf("scenario %s: %w", sc.Name, runErr)
+	}
+
+	bg = reports
+	for _, f := range injected {
+		if fl, ok := f.(*faults.Flood); ok {
+			rep, err := fl.Wait(ctx)
+			if err == nil {
+				bg = append(bg, rep)
+			}
+		}
+	}
+	res.Loads = bg
+	for _, r := range bg {
+		res.LoadSummary = append(res.LoadSummary, LoadSummary{Client: r.Profile.Client, Stats: r.Stats, Outcomes: r.Outcomes, P50: r.P50, P99: r.P99, Max: r.Max})
+	}
+	res.Timeline = sampler.Timeline()
+	res.Violations = res.Timeline.Check(sc.Budgets...)
+	res.Peaks = peaks(res.Timeline)
+	progress("%s: done: %d violation(s), validated=%v", sc.Name, len(res.Violations), res.Validated)
+	return res, nil
+}
+
+// warm reads posts 0..n-1 through a fixed data plane of its own, so that
+// they are in the cache: warming through the configuration under test would
+// itself be a flood.
+func warm(ctx context.Context, env *fixtures.Env, session *gocql.Session, n int) error {
+	if n == 0 {
+		return nil
+	}
+	dp, err := dataplane.New(dataplane.DefaultConfig(), dataplane.Backends{MemcachedAddrs: env.MemcachedAddrs, Session: session, Keyspace: env.Keyspace})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	const chunk = 5_000
+	for lo := 0; lo < n; lo += chunk {
+		if _, err := dp.GetPostRecords(ctx, "warmup", fixtures.PostURIs(lo, min(chunk, n-lo))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validate asks the data plane for a small batch over HTTP.
+func validate(ctx context.Context, url string) error {
+	c := &dataplane.Client{URL: url, Name: "validate"}
+	var last error
+	for {
+		_, err := c.GetPostRecords(ctx, fixtures.PostURIs(0, 10))
+		if err == nil {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("data plane did not answer after recover: %w", last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load, interval time.Duration) (*probe.Sampler, error) {
+	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
+	if err != nil {
+		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
+	}
+	var census probe.Census
+	sumLoads := func(f func(faults.LoadStats) int64) func() float64 {
+		return func() float64 {
+			var n int64
+			for _, l := range loads {
+				n += f(l.Stats())
+			}
+			return float64(n)
+		}
+	}
+	tw := probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: ap.Port()}
+	before, err := census.Count(context.Background(), tw)
+	if err != nil {
+		return nil, fmt.Errorf("socket census: %w", err)
+	}
+	return probe.NewSampler(interval,
+		probe.NewProcessSource(0),
+		probe.NewRuntimeSource(),
+		&timeWaitSource{census: census, filter: tw, before: before.Total()},
+		probe.NewSocketSource(MetricMemcachedEstablished, census, probe.Filter{States: []probe.State{probe.Established}, RemotePort: ap.Port()}),
+		dataPlaneSource{dp},
+		probe.Func(MetricLoadOK, sumLoads(func(s faults.LoadStats) int64 { return s.OK })),
+		probe.Func(MetricLoadErrors, sumLoads(func(s faults.LoadStats) int64 { return s.Errors })),
+	)
+}
+
+// timeWaitSource counts TIME_WAIT sockets toward memcached, in all and
+// added since the run began: set-up (seeding, warming the cache) and earlier
+// runs leave some that live on for 60 s and are not the data plane's doing.
+type timeWaitSource struct {
+	census probe.Census
+	filter probe.Filter
+	before int
+}
+
+func (s *timeWaitSource) Metrics() []string {
+	return []string{MetricMemcachedTimeWait, MetricMemcachedTimeWaitAdded}
+}
+
+func (s *timeWaitSource) Read(ctx context.Context, dst []float64) error {
+	c, err := s.census.Count(ctx, s.filter)
+	if err != nil {
+		return err
+	}
+	dst[0], dst[1] = float64(c.Total()), float64(max(0, c.Total()-s.before))
+	return nil
+}
+
+// dataPlaneSource reads the data plane's own metrics, one Gather a sample.
+type dataPlaneSource struct{ dp *dataplane.DataPlane }
+
+func (dataPlaneSource) Metrics() []string {
+	return []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines}
+}
+
+func (s dataPlaneSource) Read(_ context.Context, dst []float64) error {
+	m, err := s.dp.Metrics()
+	if err != nil {
+		return err
+	}
+	dst[0], dst[1], dst[2] = m.Sum("lookups_in_flight"), m.Sum("cache_errors_total"), m.Sum("log_lines_written_total")
+	return nil
+}
+
+func peaks(tl *probe.Timeline) map[string]map[string]float64 {
+	out := map[string]map[string]float64{}
+	for i, m := range tl.Metrics {
+		per := map[string]float64{}
+		for _, s := range tl.Samples {
+			v := s.Values[i]
+			if v != v { // NaN: missing
+				continue
+			}
+			if cur, ok := per[s.Phase]; !ok || v > cur {
+				per[s.Phase] = v
+			}
+		}
+		out[m] = per
+	}
+	return out
+}
+
+// replayCommand is the command that runs sc again with the same seed.
+func replayCommand(sc Scenario) string {
+	return fmt.Sprintf("SPIRAL_SEED=%d SPIRAL_MODE=%s go test -count=1 -v -run '%s' ./suites/...", sc.Seed, Mode(), testPattern(sc.Name))
+}
+
+func testPattern(name string) string {
+	return strings.ReplaceAll(name, " ", "_")
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "spiral: "+format+"\n", args...)
+}
+
+// Mode is $SPIRAL_MODE: "quick" (default, make test), "full" (make chaos) or
+// "soak" (make soak).
+func Mode() string {
+	switch m := os.Getenv("SPIRAL_MODE"); m {
+	case "full", "soak":
+		return m
+	default:
+		return "quick"
+	}
+}
+
+// SeedFromEnv returns $SPIRAL_SEED if set, else def: a failure prints the
+// seed so the run can be replayed.
+func SeedFromEnv(def uint64) uint64 {
+	if s := os.Getenv("SPIRAL_SEED"); s != "" {
+		if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+			return n
+		}
+	}
+	return def
+}
