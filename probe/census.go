@@ -51,6 +51,16 @@ func ParseMethod(name string) (Method, error) {
 // MarshalText encodes m as its name.
 func (m Method) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
 
+// UnmarshalText decodes a name ParseMethod accepts.
+func (m *Method) UnmarshalText(b []byte) error {
+	v, err := ParseMethod(string(b))
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
 // Family restricts a census to IPv4 or IPv6 sockets.
 type Family uint8
 
@@ -77,6 +87,17 @@ func (f Family) String() string {
 
 // MarshalText encodes f as its name.
 func (f Family) MarshalText() ([]byte, error) { return []byte(f.String()), nil }
+
+// UnmarshalText decodes "any", "ipv4" or "ipv6".
+func (f *Family) UnmarshalText(b []byte) error {
+	for _, v := range []Family{AnyFamily, IPv4, IPv6} {
+		if strings.EqualFold(string(b), v.String()) {
+			*f = v
+			return nil
+		}
+	}
+	return fmt.Errorf("parse family %q: want any, ipv4 or ipv6", b)
+}
 
 // Filter selects sockets for a census. The zero value selects every TCP socket
 // of every state and both families.

@@ -2,6 +2,7 @@ package probe_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"net"
 	"net/netip"
 	"strings"
@@ -235,6 +236,23 @@ func TestParseProcNetTCP(t *testing.T) {
 
 	_, err = probe.ParseProcNetTCP(t.Context(), bufio.NewReader(strings.NewReader("header\n 0: zz\n")), probe.IPv4, probe.Filter{})
 	require.ErrorContains(t, err, "malformed")
+}
+
+// A Filter is data: it survives JSON, as a scenario file would hold it.
+func TestFilterJSONRoundTrip(t *testing.T) {
+	f := probe.Filter{
+		States:     []probe.State{probe.TimeWait, probe.Established},
+		RemotePort: 11211,
+		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
+		Family:     probe.IPv4,
+	}
+	b, err := json.Marshal(f)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"states":["TIME-WAIT","ESTAB"],"remote_port":11211,"remote_addr":"127.0.0.1","family":"ipv4"}`, string(b))
+	var back probe.Filter
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, f, back)
+	require.Error(t, json.Unmarshal([]byte(`{"family":"ipx"}`), &back))
 }
 
 func TestParseState(t *testing.T) {

@@ -135,7 +135,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		}
 		f.count++
 	}
-	smp := Sample{At: start, Phase: s.phaseLocked(), Cost: cost, Values: vals}
+	smp := Sample{At: start, Phase: s.phaseAtLocked(start), Cost: cost, Values: vals}
 	// Concurrent Samples may finish out of order; keep the timeline sorted.
 	i := len(s.tl.Samples)
 	for i > 0 && s.tl.Samples[i-1].At.After(start) {
@@ -157,9 +157,13 @@ func (s *Sampler) Mark(name string) {
 	s.tl.Phases = append(s.tl.Phases, Phase{Name: name, Start: now})
 }
 
-func (s *Sampler) phaseLocked() string {
-	if n := len(s.tl.Phases); n > 0 {
-		return s.tl.Phases[n-1].Name
+// phaseAtLocked returns the phase marked last at or before t: a sample
+// belongs to the phase it started in, even if a mark came while it read.
+func (s *Sampler) phaseAtLocked(t time.Time) string {
+	for i := len(s.tl.Phases) - 1; i >= 0; i-- {
+		if !s.tl.Phases[i].Start.After(t) {
+			return s.tl.Phases[i].Name
+		}
 	}
 	return ""
 }

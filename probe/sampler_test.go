@@ -52,8 +52,8 @@ func TestSamplerRecordsSourcesAndPhases(t *testing.T) {
 	stop := runSampler(t, s)
 
 	for i, phase := range []string{"baseline", "inject", "recover"} {
+		level.Store(int64(10 * (i + 1))) // before the mark: every sample of the phase sees it
 		s.Mark(phase)
-		level.Store(int64(10 * (i + 1)))
 		require.NoError(t, s.Sample(t.Context()))
 		waitSamples(t, s, 3*(i+1)+1)
 	}
