@@ -414,7 +414,10 @@ func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load
 		}
 	}
 	tw := probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: ap.Port()}
-	before, err := census.Count(context.Background(), tw)
+	// Sockets set-up just closed may still be in FIN_WAIT on their way to
+	// TIME_WAIT: they count as already there.
+	closing := probe.Filter{States: []probe.State{probe.TimeWait, probe.FinWait1, probe.FinWait2}, RemotePort: ap.Port()}
+	before, err := census.Count(context.Background(), closing)
 	if err != nil {
 		return nil, fmt.Errorf("socket census: %w", err)
 	}
