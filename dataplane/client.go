@@ -72,7 +72,7 @@ func (c *Client) Call(ctx context.Context, method string, keys []string, resp an
 	if err != nil {
 		return fmt.Errorf("call %s: %w", method, err)
 	}
-	defer res.Body.Close()
+	defer func() { _ = res.Body.Close() }() // read to the end below
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
 		return fmt.Errorf("call %s: read answer: %w", method, err)

@@ -65,7 +65,7 @@ func TestCheckATURI(t *testing.T) {
 		"at://alice.bsky.social/app.bsky.feed.like/self",
 		"at://did:web:example.com%3A8080/com.example.thing/a_b-c:d~e.f",
 	} {
-		assert.NoError(t, dataplane.CheckATURI(ok), ok)
+		require.NoError(t, dataplane.CheckATURI(ok), ok)
 	}
 	for _, tc := range []struct{ in, want string }{
 		{"", `does not start with "at://"`},
@@ -94,7 +94,7 @@ func TestCheckATURI(t *testing.T) {
 
 func TestCheckDID(t *testing.T) {
 	for _, ok := range []string{fixtures.DID(0), fixtures.DID(999), "did:web:example.com", "did:key:z6Mk.a_b%20c"} {
-		assert.NoError(t, dataplane.CheckDID(ok), ok)
+		require.NoError(t, dataplane.CheckDID(ok), ok)
 	}
 	for _, bad := range []string{"", "did:", "did:plc", "did::abc", "did:plc:", "did:plc:a b", "did:plc:abc%", "plc:abc", "did:Plc:abc"} {
 		assert.Error(t, dataplane.CheckDID(bad), "%q", bad)
@@ -220,12 +220,12 @@ func TestBandAidDialUsesRandomLoopbackSource(t *testing.T) {
 
 // requireInputError asserts that err is an *dataplane.InputError with the
 // given HTTP status and returns it.
-func requireInputError(t testing.TB, err error, status int) *dataplane.InputError {
-	t.Helper()
-	require.Error(t, err)
+func requireInputError(tb testing.TB, err error, status int) *dataplane.InputError {
+	tb.Helper()
+	require.Error(tb, err)
 	var ie *dataplane.InputError
-	require.ErrorAs(t, err, &ie)
-	assert.Equal(t, status, ie.Status, "status of %q", ie.Msg)
+	require.ErrorAs(tb, err, &ie)
+	assert.Equal(tb, status, ie.Status, "status of %q", ie.Msg)
 	return ie
 }
 

@@ -66,66 +66,68 @@ func TestLookups(t *testing.T) {
 		cfg  dataplane.Config
 	}{{"default", dataplane.DefaultConfig()}, {"incident", dataplane.IncidentConfig()}} {
 		t.Run(cfg.name, func(t *testing.T) {
-			t.Run("posts", func(t *testing.T) { testLookup(t, cfg.cfg, postsRPC) })
-			t.Run("profiles", func(t *testing.T) { testLookup(t, cfg.cfg, profilesRPC) })
-			t.Run("counts", func(t *testing.T) { testLookup(t, cfg.cfg, countsRPC) })
+			t.Run("posts", lookupTest(cfg.cfg, postsRPC))
+			t.Run("profiles", lookupTest(cfg.cfg, profilesRPC))
+			t.Run("counts", lookupTest(cfg.cfg, countsRPC))
 		})
 	}
 }
 
-// testLookup asks for 30 seeded keys and 10 absent ones, interleaved, on a
+// lookupTest asks for 30 seeded keys and 10 absent ones, interleaved, on a
 // cold cache, then again: first from the store (filling the cache), then
 // from the cache; absent keys are nil both times.
-func testLookup[T any](t *testing.T, cfg dataplane.Config, r rpc[T]) {
-	noLeaks(t)
-	dp := newDataPlane(t, cfg)
-	var keys []string
-	var rows []int // seeded row of each key, -1 if absent
-	for j := range 40 {
-		if j%4 == 3 {
-			keys, rows = append(keys, r.key(absent+postsLookup+j)), append(rows, -1)
-			continue
-		}
-		keys, rows = append(keys, r.key(postsLookup+j)), append(rows, postsLookup+j)
-	}
-	require.NoError(t, dp.Evict(t.Context(), r.cache, keys))
-
-	checkAll := func(got []*T) {
-		t.Helper()
-		require.Len(t, got, len(keys))
-		for j, v := range got {
-			if rows[j] < 0 {
-				assert.Nil(t, v, "key %d %s is not in the store", j, keys[j])
+func lookupTest[T any](cfg dataplane.Config, r rpc[T]) func(t *testing.T) {
+	return func(t *testing.T) {
+		noLeaks(t)
+		dp := newDataPlane(t, cfg)
+		var keys []string
+		var rows []int // seeded row of each key, -1 if absent
+		for j := range 40 {
+			if j%4 == 3 {
+				keys, rows = append(keys, r.key(absent+postsLookup+j)), append(rows, -1)
 				continue
 			}
-			if assert.NotNil(t, v, "key %d %s", j, keys[j]) {
-				r.check(t, rows[j], v)
+			keys, rows = append(keys, r.key(postsLookup+j)), append(rows, postsLookup+j)
+		}
+		require.NoError(t, dp.Evict(t.Context(), r.cache, keys))
+
+		checkAll := func(got []*T) {
+			t.Helper()
+			require.Len(t, got, len(keys))
+			for j, v := range got {
+				if rows[j] < 0 {
+					assert.Nil(t, v, "key %d %s is not in the store", j, keys[j])
+					continue
+				}
+				if assert.NotNil(t, v, "key %d %s", j, keys[j]) {
+					r.check(t, rows[j], v)
+				}
 			}
 		}
+		lookups := func(source string) float64 {
+			return snapshot(t, dp).Sum("lookups_total", "client", "test", "method", r.method, "source", source)
+		}
+
+		got, err := r.call(dp, t.Context(), "test", keys)
+		require.NoError(t, err)
+		checkAll(got)
+		assert.InDelta(t, 30, lookups("store"), 0, "cold cache: every seeded key from the store")
+		assert.InDelta(t, 10, lookups("miss"), 0)
+		assert.InDelta(t, 0, lookups("cache"), 0)
+
+		got, err = r.call(dp, t.Context(), "test", keys)
+		require.NoError(t, err)
+		checkAll(got)
+		assert.InDelta(t, 30, lookups("cache"), 0, "the first call filled the cache")
+		assert.InDelta(t, 30, lookups("store"), 0, "no store reads the second time")
+		assert.InDelta(t, 20, lookups("miss"), 0, "not-found is not cached")
+		assert.InDelta(t, 0, lookups("error"), 0)
+
+		got, err = r.call(dp, t.Context(), "test", nil)
+		require.NoError(t, err)
+		assert.Empty(t, got)
+		assert.InDelta(t, 3, snapshot(t, dp).Sum("requests_total", "client", "test", "method", r.method, "code", "ok"), 0)
 	}
-	lookups := func(source string) float64 {
-		return snapshot(t, dp).Sum("lookups_total", "client", "test", "method", r.method, "source", source)
-	}
-
-	got, err := r.call(dp, t.Context(), "test", keys)
-	require.NoError(t, err)
-	checkAll(got)
-	assert.InDelta(t, 30, lookups("store"), 0, "cold cache: every seeded key from the store")
-	assert.InDelta(t, 10, lookups("miss"), 0)
-	assert.InDelta(t, 0, lookups("cache"), 0)
-
-	got, err = r.call(dp, t.Context(), "test", keys)
-	require.NoError(t, err)
-	checkAll(got)
-	assert.InDelta(t, 30, lookups("cache"), 0, "the first call filled the cache")
-	assert.InDelta(t, 30, lookups("store"), 0, "no store reads the second time")
-	assert.InDelta(t, 20, lookups("miss"), 0, "not-found is not cached")
-	assert.InDelta(t, 0, lookups("error"), 0)
-
-	got, err = r.call(dp, t.Context(), "test", nil)
-	require.NoError(t, err)
-	assert.Empty(t, got)
-	assert.InDelta(t, 3, snapshot(t, dp).Sum("requests_total", "client", "test", "method", r.method, "code", "ok"), 0)
 }
 
 func TestPerClientMetrics(t *testing.T) {
@@ -180,9 +182,9 @@ func TestBadInputLooksNothingUp(t *testing.T) {
 	ie = requireInputError(t, err, 400)
 	assert.Contains(t, ie.Msg, "limit of 50")
 	_, err = dp.GetPostRecords(ctx, "crawler", uris)
-	requireInputError(t, err, 403)
+	_ = requireInputError(t, err, 403)
 	_, err = dp.GetPostRecords(ctx, "", uris)
-	requireInputError(t, err, 400)
+	_ = requireInputError(t, err, 400)
 
 	s := snapshot(t, dp)
 	assert.InDelta(t, 0, s.Sum("lookups_total"), 0, "nothing looked up")

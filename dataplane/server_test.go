@@ -39,7 +39,7 @@ func post(tb testing.TB, srv *dataplane.Server, path, client, body string) (int,
 	}
 	res, err := srv.Client().Do(req)
 	require.NoError(tb, err)
-	defer res.Body.Close()
+	defer func() { _ = res.Body.Close() }()
 	b, err := io.ReadAll(res.Body)
 	require.NoError(tb, err)
 	assert.Equal(tb, "application/json", res.Header.Get("Content-Type"))
