@@ -238,10 +238,17 @@ type Census struct {
 var ErrNetlinkRefused = errors.New("netlink sock_diag refused")
 
 // Count counts the sockets that match f, by state. With Netlink the kernel
-// applies the state, port and address filters and Count only reads each
-// answer's state byte; with 20,000 sockets it costs about a millisecond of
-// kernel time (see BenchmarkCensus). Procfs reads every TCP socket of the host
-// namespace and costs more. Count blocks until the kernel has answered; it
+// applies the state, port and address filters in one walk of its socket
+// tables and Count only reads each answer's state byte. The walk costs about
+// 0.75 ms when nothing matches (it visits all 262,144 buckets of the
+// established hash here) plus under a microsecond per matching socket:
+// BenchmarkCensus measured 16 ms for 20,000 TIME_WAIT sockets on this 2-core
+// machine while other builds loaded it, where ss took 40 ms as a process.
+// Procfs formats and parses every TCP socket of the namespace and costs over
+// ten times more. Like ss, a census is no atomic snapshot: the kernel resumes
+// its walk bucket by bucket for each 32 KB of answers (procfs for each 4 KB
+// page), so a socket created or closed meanwhile in the bucket being read can
+// be missed or seen twice. Count blocks until the kernel has answered; it
 // checks ctx between reads.
 func (c Census) Count(ctx context.Context, f Filter) (Counts, error) {
 	var counts Counts

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -33,7 +34,10 @@ var families = []family{
 // A known population on one port: a listener, established pairs, and client
 // sockets that closed first and sit in TIME_WAIT. Netlink and procfs must
 // count it exactly, from the client side (peer port) and the server side
-// (local port).
+// (local port). A census is no atomic snapshot (a dump resumes bucket by
+// bucket, and procfs every 4 KB page), so while other tests on the machine
+// open and close sockets a reading can be off for a moment: each one is
+// polled until it settles on the exact count, and fails if it never does.
 func TestCensusCountsPopulation(t *testing.T) {
 	const established, timeWait = 5, 7
 	for _, fam := range families {
@@ -43,73 +47,81 @@ func TestCensusCountsPopulation(t *testing.T) {
 			srv.dialEstablished(t, established)
 			require.NoError(t, srv.makeTimeWait(t.Context(), timeWait))
 
-			clientSide := probe.Filter{RemotePort: srv.port()}
-			serverSide := probe.Filter{LocalPort: srv.port()}
-			wantClient := map[probe.State]int{probe.Established: established, probe.TimeWait: timeWait}
-			wantServer := map[probe.State]int{probe.Listen: 1, probe.Established: established}
-			waitCounts(t, probe.Census{Method: probe.Netlink}, clientSide, wantClient)
-			waitCounts(t, probe.Census{Method: probe.Netlink}, serverSide, wantServer)
-
+			p := srv.port()
+			client := map[probe.State]int{probe.Established: established, probe.TimeWait: timeWait}
+			none := map[probe.State]int{}
+			cases := []struct {
+				name string
+				f    probe.Filter
+				want map[probe.State]int
+			}{
+				{"client side", probe.Filter{RemotePort: p}, client},
+				{"server side", probe.Filter{LocalPort: p}, map[probe.State]int{probe.Listen: 1, probe.Established: established}},
+				{"TIME-WAIT only", probe.Filter{RemotePort: p, States: []probe.State{probe.TimeWait}}, map[probe.State]int{probe.TimeWait: timeWait}},
+				{"listeners only", probe.Filter{LocalPort: p, States: []probe.State{probe.Listen}}, map[probe.State]int{probe.Listen: 1}},
+				{"own family", probe.Filter{RemotePort: p, Family: fam.family}, client},
+				{"other family", probe.Filter{RemotePort: p, Family: fam.other}, none},
+				{"peer address", probe.Filter{RemotePort: p, RemoteAddr: srv.addr.Addr()}, client},
+				{"both ports", probe.Filter{LocalPort: p, RemotePort: p}, none},
+			}
 			for _, m := range methods {
-				c := probe.Census{Method: m}
-				got, err := c.Count(t.Context(), clientSide)
-				require.NoError(t, err)
-				assert.Equal(t, m, got.Method)
-				assert.Equal(t, wantClient, countsMap(got), "%s, client side", m)
-				assert.Equal(t, established+timeWait, got.Total())
-
-				got, err = c.Count(t.Context(), serverSide)
-				require.NoError(t, err)
-				assert.Equal(t, wantServer, countsMap(got), "%s, server side", m)
-
-				got, err = c.Count(t.Context(), probe.Filter{RemotePort: srv.port(), States: []probe.State{probe.TimeWait}})
-				require.NoError(t, err)
-				assert.Equal(t, map[probe.State]int{probe.TimeWait: timeWait}, countsMap(got), "%s, TIME-WAIT only", m)
-
-				got, err = c.Count(t.Context(), probe.Filter{RemotePort: srv.port(), Family: fam.family})
-				require.NoError(t, err)
-				assert.Equal(t, wantClient, countsMap(got), "%s, own family", m)
-
-				got, err = c.Count(t.Context(), probe.Filter{RemotePort: srv.port(), Family: fam.other})
-				require.NoError(t, err)
-				assert.Zero(t, got.Total(), "%s, other family", m)
-
-				got, err = c.Count(t.Context(), probe.Filter{RemotePort: srv.port(), RemoteAddr: srv.addr.Addr()})
-				require.NoError(t, err)
-				assert.Equal(t, wantClient, countsMap(got), "%s, peer address", m)
-
-				got, err = c.Count(t.Context(), probe.Filter{LocalPort: srv.port(), RemotePort: srv.port()})
-				require.NoError(t, err)
-				assert.Zero(t, got.Total(), "%s, both ports", m)
+				for _, tc := range cases {
+					got := waitCounts(t, probe.Census{Method: m}, tc.f, tc.want)
+					assert.Equal(t, m, got.Method, tc.name)
+					assert.Equal(t, total(tc.want), got.Total(), "%s: %s", m, tc.name)
+				}
 			}
 		})
 	}
 }
 
+func total(m map[probe.State]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
 // A census of both families answers the same from one legacy dump as from
 // one SOCK_DIAG_BY_FAMILY dump per family.
 func TestCensusDumpKindsAgree(t *testing.T) {
-	var filters []probe.Filter
+	type check struct {
+		f    probe.Filter
+		want map[probe.State]int
+	}
+	var checks []check
 	for _, fam := range families {
 		srv := startServer(t, fam.network, fam.host)
 		srv.dialEstablished(t, 2)
 		require.NoError(t, srv.makeTimeWait(t.Context(), 3))
-		f := probe.Filter{RemotePort: srv.port()}
-		waitCounts(t, probe.Census{}, f, map[probe.State]int{probe.Established: 2, probe.TimeWait: 3})
-		filters = append(filters, f, probe.Filter{LocalPort: srv.port()})
+		checks = append(checks,
+			check{probe.Filter{RemotePort: srv.port()}, map[probe.State]int{probe.Established: 2, probe.TimeWait: 3}},
+			check{probe.Filter{LocalPort: srv.port()}, map[probe.State]int{probe.Established: 2, probe.Listen: 1}})
 	}
-	var legacy []map[probe.State]int
-	for _, f := range filters {
-		c, err := probe.Census{Method: probe.Netlink}.Count(t.Context(), f)
-		require.NoError(t, err)
-		legacy = append(legacy, countsMap(c))
+	for _, legacy := range []bool{true, false} {
+		restore := probe.SetLegacyDump(legacy)
+		for _, c := range checks {
+			waitCounts(t, probe.Census{Method: probe.Netlink}, c.f, c.want)
+		}
+		restore()
 	}
-	t.Cleanup(probe.SetLegacyDump(false))
-	for i, f := range filters {
-		c, err := probe.Census{Method: probe.Netlink}.Count(t.Context(), f)
-		require.NoError(t, err)
-		assert.Equal(t, legacy[i], countsMap(c), "%+v", f)
+}
+
+// listSettled polls List until it returns n sockets.
+func listSettled(t *testing.T, c probe.Census, f probe.Filter, n int) []probe.Socket {
+	t.Helper()
+	var socks []probe.Socket
+	var err error
+	for deadline := time.Now().Add(settleTimeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		socks, err = c.List(t.Context(), f)
+		if err == nil && len(socks) == n {
+			return socks
+		}
 	}
+	require.NoError(t, err)
+	require.Len(t, socks, n, "%s list of %+v never settled", c.Method, f)
+	return socks
 }
 
 // List decodes addresses, ports and families; netlink and procfs agree.
@@ -127,9 +139,7 @@ func TestCensusListsSockets(t *testing.T) {
 				want[c.LocalAddr().(*net.TCPAddr).AddrPort()] = true
 			}
 			for _, m := range methods {
-				socks, err := probe.Census{Method: m}.List(t.Context(), f)
-				require.NoError(t, err)
-				require.Len(t, socks, 2, m)
+				socks := listSettled(t, probe.Census{Method: m}, f, 2)
 				for _, s := range socks {
 					assert.Equal(t, probe.Established, s.State, m)
 					assert.Equal(t, fam.family, s.Family, m)
@@ -159,19 +169,12 @@ func TestCensusV4MappedPeer(t *testing.T) {
 	waitCounts(t, probe.Census{Method: probe.Netlink}, f, map[probe.State]int{probe.Established: 1})
 	for _, m := range methods {
 		c := probe.Census{Method: m}
-		socks, err := c.List(t.Context(), f)
-		require.NoError(t, err)
-		require.Len(t, socks, 1, m)
+		socks := listSettled(t, c, f, 1)
 		assert.Equal(t, probe.IPv6, socks[0].Family, m)
 		assert.Equal(t, netip.MustParseAddr("::ffff:127.0.0.1"), socks[0].Remote.Addr(), m)
 
-		got, err := c.Count(t.Context(), probe.Filter{RemotePort: srv.port(), Family: probe.IPv4})
-		require.NoError(t, err)
-		assert.Zero(t, got.Total(), m)
-
-		got, err = c.Count(t.Context(), probe.Filter{RemotePort: srv.port(), RemoteAddr: netip.MustParseAddr("127.0.0.2")})
-		require.NoError(t, err)
-		assert.Zero(t, got.Total(), m)
+		waitCounts(t, c, probe.Filter{RemotePort: srv.port(), Family: probe.IPv4}, map[probe.State]int{})
+		waitCounts(t, c, probe.Filter{RemotePort: srv.port(), RemoteAddr: netip.MustParseAddr("127.0.0.2")}, map[probe.State]int{})
 	}
 }
 
@@ -187,12 +190,10 @@ func TestCensusFallsBackWhenNetlinkRefused(t *testing.T) {
 	restore := probe.SetOpenDiagSocket(func() (int, error) { return -1, unix.EPERM })
 	t.Cleanup(restore)
 
-	got, err := probe.Census{}.Count(t.Context(), f)
-	require.NoError(t, err)
+	got := waitCounts(t, probe.Census{}, f, want)
 	assert.Equal(t, probe.Procfs, got.Method)
-	assert.Equal(t, want, countsMap(got))
 
-	_, err = probe.Census{Method: probe.Netlink}.Count(t.Context(), f)
+	_, err := probe.Census{Method: probe.Netlink}.Count(t.Context(), f)
 	require.ErrorIs(t, err, probe.ErrNetlinkRefused)
 	require.ErrorIs(t, err, unix.EPERM)
 }

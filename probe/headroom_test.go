@@ -3,6 +3,7 @@ package probe_test
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -25,23 +26,36 @@ func TestHeadroomCountsPortsHeldTowardDestination(t *testing.T) {
 	require.Positive(t, r.Size())
 
 	anyAddr := netip.AddrPortFrom(netip.IPv4Unspecified(), srv.port())
+	otherAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), srv.port())
 	for _, m := range methods {
 		c := probe.Census{Method: m}
 		for _, dest := range []netip.AddrPort{srv.addr, anyAddr} {
-			h, err := c.Headroom(t.Context(), dest)
-			require.NoError(t, err)
+			h := headroomSettled(t, c, dest, established+timeWait)
 			assert.Equal(t, r, h.Range, m)
-			assert.Equal(t, established+timeWait, h.Held, "%s toward %s", m, dest)
 			assert.Equal(t, timeWait, h.HeldTimeWait, "%s toward %s", m, dest)
 			assert.Equal(t, r.Size()-h.Reserved-h.Held, h.Free, m)
 			assert.Contains(t, h.String(), "10 held toward")
 		}
-
-		h, err := c.Headroom(t.Context(), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), srv.port()))
-		require.NoError(t, err)
-		assert.Zero(t, h.Held, "%s: nothing toward another address", m)
-		assert.Equal(t, r.Size()-h.Reserved, h.Free, m)
+		h := headroomSettled(t, c, otherAddr, 0)
+		assert.Equal(t, r.Size()-h.Reserved, h.Free, "%s: nothing toward another address", m)
 	}
+}
+
+// headroomSettled polls Headroom until it counts held ports (a census is no
+// atomic snapshot while other sockets come and go).
+func headroomSettled(t *testing.T, c probe.Census, dest netip.AddrPort, held int) probe.Headroom {
+	t.Helper()
+	var h probe.Headroom
+	var err error
+	for deadline := time.Now().Add(settleTimeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		h, err = c.Headroom(t.Context(), dest)
+		if err == nil && h.Held == held {
+			return h
+		}
+	}
+	require.NoError(t, err)
+	require.Equal(t, held, h.Held, "%s headroom toward %s never settled", c.Method, dest)
+	return h
 }
 
 func TestPortRange(t *testing.T) {

@@ -71,9 +71,10 @@ func netlinkRefusal(err error) bool {
 		errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
-// netlinkWalk dumps TCP sockets family by family on one NETLINK_SOCK_DIAG
-// socket. It reports ErrNetlinkRefused only when no socket was visited, so a
-// fallback never counts twice.
+// netlinkWalk dumps TCP sockets on one NETLINK_SOCK_DIAG socket: one legacy
+// dump for both families, or one dump per family. It reports
+// ErrNetlinkRefused only when no socket was visited, so a fallback never
+// counts twice.
 func netlinkWalk(ctx context.Context, f Filter, count func(State), list func(Socket)) error {
 	fd, err := openDiagSocket()
 	if err != nil {

@@ -24,8 +24,9 @@ type ProcessStats struct {
 
 // ReadProcess reads the figures of process pid; pid 0 means the calling
 // process. It costs three procfs reads (status, the fd directory, statm),
-// about 30 µs with a few hundred fds, and does not block on the process. Fds
-// and RSS come from gopsutil; threads from /proc/PID/status.
+// 50-110 µs here with a few dozen fds (BenchmarkReadProcess), and does not
+// block on the process. Fds and RSS come from gopsutil; threads from
+// /proc/PID/status.
 func ReadProcess(ctx context.Context, pid int) (ProcessStats, error) {
 	self := pid == 0 || pid == os.Getpid()
 	if pid == 0 {
@@ -60,7 +61,7 @@ var threadsKey = []byte("\nThreads:")
 
 // Threads returns the number of live OS threads of process pid (0 means the
 // calling process), from the Threads: line of /proc/PID/status. It costs one
-// read of a 1.5 KB file.
+// read of a 1.5 KB file, 25-55 µs here (BenchmarkThreads).
 func Threads(pid int) (int, error) {
 	path := "/proc/self/status"
 	if pid != 0 {

@@ -93,8 +93,8 @@ type RuntimeReader struct {
 var processStart = time.Now()
 
 // Read returns the current figures. It costs one metrics.Read of nine metrics
-// (a few microseconds; it does not stop the world) plus a pass over the pause
-// histogram's buckets.
+// plus a pass over the pause histogram's buckets, 1-4 µs here
+// (BenchmarkRuntimeRead); it does not stop the world.
 func (r *RuntimeReader) Read() RuntimeStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
