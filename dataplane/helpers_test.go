@@ -120,11 +120,12 @@ func closedPort(tb testing.TB) string {
 	return addr
 }
 
-// sourceDial returns a dialer bound to a fresh random 127.77.x.y source
-// address, and that address: sockets of one data plane can then be told
-// from every other in a socket census.
+// sourceDial returns a dialer bound to a fresh random 127.0.x.y source
+// address (x > 0: never 127.0.0.1, nor one BandAidDial picks), and that
+// address: sockets of one data plane can then be told from every other in
+// a socket census.
 func sourceDial() (dataplane.DialFunc, net.IP) {
-	ip := net.IPv4(127, 77, byte(rand.IntN(256)), byte(1+rand.IntN(254)))
+	ip := net.IPv4(127, 0, byte(1+rand.IntN(254)), byte(1+rand.IntN(254)))
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: time.Second}
 	return d.DialContext, ip
 }

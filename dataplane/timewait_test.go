@@ -30,7 +30,7 @@ const (
 // in TIME_WAIT on this host; with the fixed configuration the same batch
 // leaves (almost) none.
 //
-// Each data plane dials from its own random 127.77.x.y source address, so
+// Each data plane dials from its own random 127.0.x.y source address, so
 // the census counts its sockets only, whatever earlier tests left behind.
 func TestTimeWaitAfterOneLargeBatch(t *testing.T) {
 	env := seededEnv(t)
