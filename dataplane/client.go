@@ -26,6 +26,7 @@ type CallError struct {
 	Body   ErrorBody
 }
 
+// Error says the status, the error code and the message.
 func (e *CallError) Error() string {
 	return fmt.Sprintf("dataplane answered %d %s: %s", e.Status, e.Body.Error, e.Body.Message)
 }

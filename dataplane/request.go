@@ -22,7 +22,7 @@ const (
 	CodeBatchTooLarge  = "BatchTooLarge"        // over Config.MaxBatch
 	CodePayloadTooBig  = "PayloadTooLarge"      // body over Config.MaxBodyBytes
 	CodeUnknownMethod  = "MethodNotImplemented" // no such RPC
-	CodeMethodNotAllow = "MethodNotAllowed"     // HTTP verb other than POST
+	CodeMethodNotAllowed = "MethodNotAllowed"     // HTTP verb other than POST
 )
 
 // InputError is a request rejected before any lookup: nothing was read
@@ -38,6 +38,7 @@ type InputError struct {
 	Msg string
 }
 
+// Error returns Msg.
 func (e *InputError) Error() string { return e.Msg }
 
 func inputErr(status int, code string, index int, format string, args ...any) *InputError {

@@ -71,7 +71,7 @@ func (d *DataPlane) serveXRPC(w http.ResponseWriter, r *http.Request) {
 	method := strings.TrimPrefix(r.URL.Path, XRPCPrefix)
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		writeError(w, inputErr(http.StatusMethodNotAllowed, CodeMethodNotAllow, -1, "%s %s: want POST", r.Method, r.URL.Path))
+		writeError(w, inputErr(http.StatusMethodNotAllowed, CodeMethodNotAllowed, -1, "%s %s: want POST", r.Method, r.URL.Path))
 		return
 	}
 	body := io.Reader(r.Body)
