@@ -16,12 +16,12 @@ const ClientHeader = "X-Spiral-Client"
 
 // Codes of InputError, also the "error" field of HTTP error answers.
 const (
-	CodeInvalidRequest = "InvalidRequest"       // malformed body or key
-	CodeMissingClient  = "MissingClient"        // no client named
-	CodeUnknownClient  = "UnknownClient"        // client not in Config.Clients
-	CodeBatchTooLarge  = "BatchTooLarge"        // over Config.MaxBatch
-	CodePayloadTooBig  = "PayloadTooLarge"      // body over Config.MaxBodyBytes
-	CodeUnknownMethod  = "MethodNotImplemented" // no such RPC
+	CodeInvalidRequest   = "InvalidRequest"       // malformed body or key
+	CodeMissingClient    = "MissingClient"        // no client named
+	CodeUnknownClient    = "UnknownClient"        // client not in Config.Clients
+	CodeBatchTooLarge    = "BatchTooLarge"        // over Config.MaxBatch
+	CodePayloadTooBig    = "PayloadTooLarge"      // body over Config.MaxBodyBytes
+	CodeUnknownMethod    = "MethodNotImplemented" // no such RPC
 	CodeMethodNotAllowed = "MethodNotAllowed"     // HTTP verb other than POST
 )
 
