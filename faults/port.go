@@ -30,7 +30,12 @@ type DialFunc func(ctx context.Context, network, address string) (net.Conn, erro
 //
 // The budget counts per destination: connect(2) may reuse a source port
 // for another destination address and port, so Size connections fit to each
-// destination (all the data plane's memcached connections go to one). A dial
+// destination (all the data plane's memcached connections go to one). The
+// kernel skips ports that any socket on the machine bound explicitly
+// (listeners, bind(2), and for 60 s the TIME_WAIT of a connection that
+// bound its source address, as the postmortem's band-aid does), so those
+// shrink every budget that holds them; FreePortBudget picks ranges free of
+// them. A dial
 // past the budget fails with the kernel's own error: EADDRNOTAVAIL
 // ("connect: cannot assign requested address") for a plain dial,
 // EADDRINUSE ("bind: address already in use", the postmortem's log line)
@@ -195,9 +200,6 @@ func EphemeralPortRange() (lo, hi int, err error) {
 	return lo, hi, nil
 }
 
-// freeBudgetTries bounds how many random ranges FreePortBudget examines.
-const freeBudgetTries = 200
-
 // budgets remembers the ranges FreePortBudget handed out in this process,
 // so that concurrent tests get disjoint budgets. The oldest are forgotten
 // once they cover more than half the ephemeral range.
@@ -207,41 +209,99 @@ var budgets struct {
 	ports  int
 }
 
-// FreePortBudget returns a budget of size consecutive ports inside the
-// ephemeral range, disjoint from the budgets it returned earlier in this
-// process, and with every port free on 127.0.0.1 right now (a port bound by
-// a listener or held by any socket, TIME_WAIT included, would silently
-// shrink the budget). It tries bind(2) on each port, so it costs size
-// sockets per range examined; choose sizes of tens to a few thousand.
+// Bounds of FreePortBudget's scans: it examines windows of 4 x size ports,
+// at least 1024 and at most 2048 (one descriptor per port for a moment),
+// but never fewer than size.
+const (
+	scanWindowMin = 1024
+	scanWindowMax = 2048
+)
+
+// FreePortBudget returns a budget in which a new destination can have size
+// connections right now, inside the ephemeral range and disjoint from the
+// budgets it returned earlier in this process.
 //
-// Another process can still take a port of the range afterwards; a random
-// start keeps that unlikely.
+// It asks the kernel which ports are usable: it connects sockets confined
+// to a random window of the range to a listener of its own until the
+// kernel has no port left in the window, then resets them all (SO_LINGER
+// 0, so no TIME_WAIT is left). A port bound by a listener or an explicit
+// bind(2) anywhere on the machine is unusable for every destination: the
+// postmortem's band-aid binds every source address, and each of its
+// TIME_WAIT sockets keeps its port bound for 60 s. Ports that other
+// sockets only connect(2) from, TIME_WAIT included, stay usable: the
+// kernel shares them among destinations.
+//
+// It returns size consecutive usable ports if it finds them (then Size()
+// == size). On a machine where many sockets bound their source port lately
+// (up to half the range while other suites ran here) such runs may not
+// exist; it then returns the narrowest range holding exactly size usable
+// ports, whose other ports rejoin the budget as their holders let go
+// (within 60 s for TIME_WAIT), so Size() > size and the budget may grow.
+//
+// A window costs one loopback handshake (about 40 µs) and, for a moment,
+// one descriptor per port: 4 x size ports, at least 1024 and at most 2048.
+// A search scans up to twice the range (about 1 s). size is at most a
+// quarter of the ephemeral range and net.core.somaxconn (4096 by default),
+// the probe listener's queue.
 func FreePortBudget(size int) (PortBudget, error) {
 	lo, hi, err := EphemeralPortRange()
 	if err != nil {
 		return PortBudget{}, fmt.Errorf("free port budget: %w", err)
 	}
 	span := hi - lo + 1
-	if size < 1 || size > span/4 {
-		return PortBudget{}, fmt.Errorf("free port budget: size %d outside 1-%d (a quarter of the ephemeral range %d-%d)", size, span/4, lo, hi)
+	limit := min(span/4, somaxconn())
+	if size < 1 || size > limit {
+		return PortBudget{}, fmt.Errorf("free port budget: size %d outside 1-%d (a quarter of the ephemeral range %d-%d, and net.core.somaxconn)", size, limit, lo, hi)
 	}
+	window := max(min(max(4*size, scanWindowMin), scanWindowMax, limit), size)
 	budgets.mu.Lock()
 	defer budgets.mu.Unlock()
-	for range freeBudgetTries {
-		start := lo + rand.IntN(span-size+1)
-		b := PortBudget{Low: uint16(start), High: uint16(start + size - 1)}
-		if overlapsReserved(b) || !allBindable(b) {
-			continue
+	tries := 2 * span / window // windows are random: about twice the range
+	var fallback PortBudget    // narrowest range with size usable ports
+	for range tries {
+		start := lo + rand.IntN(span-window+1)
+		w := PortBudget{Low: uint16(start), High: uint16(start + window - 1)}
+		usable, err := usablePorts(w)
+		if err != nil {
+			return PortBudget{}, fmt.Errorf("free port budget: %w", err)
 		}
-		budgets.ranges = append(budgets.ranges, b)
-		budgets.ports += size
-		for budgets.ports > span/2 {
-			budgets.ports -= budgets.ranges[0].Size()
-			budgets.ranges = budgets.ranges[1:]
+		var ports []int // usable ports of w, ascending
+		for i, ok := range usable {
+			if ok {
+				ports = append(ports, start+i)
+			}
 		}
-		return b, nil
+		var clean []PortBudget
+		for i := 0; i+size <= len(ports); i++ {
+			b := PortBudget{Low: uint16(ports[i]), High: uint16(ports[i+size-1])}
+			if overlapsReserved(b) {
+				continue
+			}
+			if b.Size() == size {
+				clean = append(clean, b)
+			} else if fallback.Size() == 0 || b.Size() < fallback.Size() {
+				fallback = b
+			}
+		}
+		if len(clean) > 0 {
+			return reserve(clean[rand.IntN(len(clean))], span), nil
+		}
 	}
-	return PortBudget{}, fmt.Errorf("free port budget: no %d free consecutive ports in %d-%d after %d tries", size, lo, hi, freeBudgetTries)
+	if fallback.Size() > 0 {
+		return reserve(fallback, span), nil
+	}
+	return PortBudget{}, fmt.Errorf("free port budget: fewer than %d usable ports in each of %d windows of %d ports in %d-%d (ports bound elsewhere, e.g. held in TIME_WAIT by connections that bound their source address, stay unusable for up to 60 s)", size, tries, window, lo, hi)
+}
+
+// reserve records b as handed out and returns it. budgets.mu must be held.
+func reserve(b PortBudget, span int) PortBudget {
+	budgets.ranges = append(budgets.ranges, b)
+	budgets.ports += b.Size()
+	for budgets.ports > span/2 {
+		budgets.ports -= budgets.ranges[0].Size()
+		budgets.ranges = budgets.ranges[1:]
+	}
+	return b
 }
 
 func overlapsReserved(b PortBudget) bool {
@@ -253,22 +313,83 @@ func overlapsReserved(b PortBudget) bool {
 	return false
 }
 
-// allBindable reports whether each port of b can be bound on 127.0.0.1
-// without SO_REUSEADDR, which fails for any port a socket holds, TIME_WAIT
-// included. Nothing is left behind: the sockets never listen or connect.
-func allBindable(b PortBudget) bool {
-	for p := int(b.Low); p <= int(b.High); p++ {
+// somaxconn returns net.core.somaxconn, or 4096 (its default since Linux
+// 5.4) if it can't be read.
+func somaxconn() int {
+	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
+	if err != nil {
+		return 4096
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 1 {
+		return 4096
+	}
+	return n
+}
+
+// usablePorts reports, for each port of w, whether the kernel gives it to
+// a socket confined to w connecting to a fresh loopback listener. It
+// connects until the kernel has no port left in w, without accepting, then
+// resets every socket, leaving no TIME_WAIT behind. Connect on loopback
+// completes in the kernel, so the blocking calls return at once.
+func usablePorts(w PortBudget) ([]bool, error) {
+	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("probe listener: %w", err)
+	}
+	defer func() { _ = unix.Close(ln) }()
+	loopback := [4]byte{127, 0, 0, 1}
+	if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: loopback}); err != nil {
+		return nil, fmt.Errorf("probe listener: %w", err)
+	}
+	if err := unix.Listen(ln, w.Size()); err != nil {
+		return nil, fmt.Errorf("probe listener: %w", err)
+	}
+	sa, err := unix.Getsockname(ln)
+	if err != nil {
+		return nil, fmt.Errorf("probe listener: %w", err)
+	}
+	dst := &unix.SockaddrInet4{Addr: loopback, Port: sa.(*unix.SockaddrInet4).Port}
+
+	fds := make([]int, 0, w.Size())
+	defer func() {
+		for _, fd := range fds {
+			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			_ = unix.Close(fd)
+		}
+	}()
+	usable := make([]bool, w.Size())
+	val := int(uint32(w.Low) | uint32(w.High)<<16)
+	for range w.Size() {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return false
+			return nil, fmt.Errorf("probe socket: %w", err)
 		}
-		err = unix.Bind(fd, &unix.SockaddrInet4{Port: p, Addr: [4]byte{127, 0, 0, 1}})
-		_ = unix.Close(fd)
+		fds = append(fds, fd)
+		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_LOCAL_PORT_RANGE, val); err != nil {
+			return nil, fmt.Errorf("probe socket: set IP_LOCAL_PORT_RANGE %s: %w", w, err)
+		}
+		for {
+			err = unix.Connect(fd, dst)
+			if !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		if errors.Is(err, unix.EADDRNOTAVAIL) {
+			break // every usable port of w is taken by the probe
+		}
 		if err != nil {
-			return false
+			return nil, fmt.Errorf("probe connect: %w", err)
+		}
+		local, err := unix.Getsockname(fd)
+		if err != nil {
+			return nil, fmt.Errorf("probe socket: %w", err)
+		}
+		if p := local.(*unix.SockaddrInet4).Port; w.Contains(p) {
+			usable[p-int(w.Low)] = true
 		}
 	}
-	return true
+	return usable, nil
 }
 
 // DialHook is a dial function that can be switched while connections are
