@@ -24,31 +24,31 @@ const memcacheTimeout = 300 * time.Millisecond
 
 // containerEnv returns the shared environment, skipping t in external mode
 // where the containers aren't Spiral's to break.
-func containerEnv(t testing.TB) *fixtures.Env {
-	t.Helper()
-	env := fixtures.Shared(t)
+func containerEnv(tb testing.TB) *fixtures.Env {
+	tb.Helper()
+	env := fixtures.Shared(tb)
 	if env.Memcached == nil || env.CQL == nil {
-		t.Skip("external mode: the backends are not ours to pause, stop or kill")
+		tb.Skip("external mode: the backends are not ours to pause, stop or kill")
 	}
 	return env
 }
 
 // injectContainer injects a on s and makes sure it is recovered when t
 // ends, so later tests find the backend running.
-func injectContainer(t testing.TB, s *fixtures.Service, a faults.ContainerAction) *faults.Container {
-	t.Helper()
+func injectContainer(tb testing.TB, s *fixtures.Service, a faults.ContainerAction) *faults.Container {
+	tb.Helper()
 	f := faults.NewContainerFault(s, a)
-	require.NoError(t, f.Inject(t.Context()))
-	t.Cleanup(func() { require.NoError(t, f.Recover(context.Background())) })
+	require.NoError(tb, f.Inject(tb.Context()))
+	tb.Cleanup(func() { require.NoError(tb, f.Recover(context.Background())) })
 	return f
 }
 
 // newMemcache returns a gomemcache client closed when t ends.
-func newMemcache(t testing.TB, addr string) *memcache.Client {
-	t.Helper()
+func newMemcache(tb testing.TB, addr string) *memcache.Client {
+	tb.Helper()
 	mc := memcache.New(addr)
 	mc.Timeout = memcacheTimeout
-	t.Cleanup(func() { _ = mc.Close() })
+	tb.Cleanup(func() { _ = mc.Close() })
 	return mc
 }
 

@@ -18,8 +18,8 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 // and its cleanups are done. Call it first in a test, after fixtures.Shared
 // if the test uses the shared environment (its first call starts
 // goroutines that outlive the test by design).
-func noLeaks(t testing.TB) {
-	t.Helper()
+func noLeaks(tb testing.TB) {
+	tb.Helper()
 	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	tb.Cleanup(func() { goleak.VerifyNone(tb, before) })
 }

@@ -38,19 +38,19 @@ func churn() {
 }
 
 // injectMemory injects cfg and recovers it when t ends.
-func injectMemory(t testing.TB, cfg faults.MemoryConfig) *faults.MemoryPressure {
-	t.Helper()
+func injectMemory(tb testing.TB, cfg faults.MemoryConfig) *faults.MemoryPressure {
+	tb.Helper()
 	f, err := faults.NewMemoryPressure(cfg)
-	require.NoError(t, err)
-	require.NoError(t, f.Inject(t.Context()))
-	t.Cleanup(func() { require.NoError(t, f.Recover(context.Background())) })
+	require.NoError(tb, err)
+	require.NoError(tb, f.Inject(tb.Context()))
+	tb.Cleanup(func() { require.NoError(tb, f.Recover(context.Background())) })
 	return f
 }
 
-func rss(t testing.TB) uint64 {
-	t.Helper()
-	st, err := probe.ReadProcess(t.Context(), 0)
-	require.NoError(t, err)
+func rss(tb testing.TB) uint64 {
+	tb.Helper()
+	st, err := probe.ReadProcess(tb.Context(), 0)
+	require.NoError(tb, err)
 	return st.RSSBytes
 }
 
@@ -140,7 +140,7 @@ func TestMemoryRejectsOversizedBallast(t *testing.T) {
 		{LimitHeadroom: -1},
 	} {
 		_, err := faults.NewMemoryPressure(cfg)
-		assert.Error(t, err, "%+v", cfg)
+		require.Error(t, err, "%+v", cfg)
 	}
 	_, err := faults.NewMemoryPressure(faults.MemoryConfig{BallastBytes: faults.MaxBallastBytes + 1})
 	require.ErrorContains(t, err, "cap")

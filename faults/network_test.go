@@ -21,31 +21,31 @@ const toxicLatency = 200 * time.Millisecond
 
 // memcachedProxy starts a proxy to the shared memcached, closed when t
 // ends, and returns it with a client of its own pointed at it.
-func memcachedProxy(t testing.TB) (*faults.Proxy, *memcache.Client) {
-	t.Helper()
-	env := fixtures.Shared(t)
+func memcachedProxy(tb testing.TB) (*faults.Proxy, *memcache.Client) {
+	tb.Helper()
+	env := fixtures.Shared(tb)
 	p, err := faults.NewProxy("memcached", env.MemcachedAddr)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, p.Close()) })
+	require.NoError(tb, err)
+	tb.Cleanup(func() { require.NoError(tb, p.Close()) })
 	mc := memcache.New(p.Addr())
 	mc.Timeout = 2 * time.Second
-	t.Cleanup(func() { _ = mc.Close() })
+	tb.Cleanup(func() { _ = mc.Close() })
 	return p, mc
 }
 
 // injectToxic injects f and recovers it when t ends.
-func injectToxic(t testing.TB, f *faults.Toxic) {
-	t.Helper()
-	require.NoError(t, f.Inject(t.Context()))
-	t.Cleanup(func() { require.NoError(t, f.Recover(context.Background())) })
+func injectToxic(tb testing.TB, f *faults.Toxic) {
+	tb.Helper()
+	require.NoError(tb, f.Inject(tb.Context()))
+	tb.Cleanup(func() { require.NoError(tb, f.Recover(context.Background())) })
 }
 
 // timedGet returns how long a Get of key took, failing t on an error.
-func timedGet(t testing.TB, mc *memcache.Client, key string) time.Duration {
-	t.Helper()
+func timedGet(tb testing.TB, mc *memcache.Client, key string) time.Duration {
+	tb.Helper()
 	began := time.Now()
 	_, err := mc.Get(key)
-	require.NoError(t, err)
+	require.NoError(tb, err)
 	return time.Since(began)
 }
 

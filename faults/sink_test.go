@@ -26,30 +26,30 @@ var sinkLine = append(bytes.Repeat([]byte("x"), 255), '\n')
 const sinkWait = 10 * time.Second
 
 // newSink returns a sink closed when t ends.
-func newSink(t testing.TB, cfg faults.SinkConfig) *faults.Sink {
-	t.Helper()
+func newSink(tb testing.TB, cfg faults.SinkConfig) *faults.Sink {
+	tb.Helper()
 	s, err := faults.NewSink(cfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	require.NoError(tb, err)
+	tb.Cleanup(func() { require.NoError(tb, s.Close()) })
 	return s
 }
 
 // fillPipe writes exactly the pipe's capacity, which completes without
 // blocking on a pipe nobody drains.
-func fillPipe(t testing.TB, s *faults.Sink) {
-	t.Helper()
+func fillPipe(tb testing.TB, s *faults.Sink) {
+	tb.Helper()
 	n, err := s.Write(make([]byte, s.PipeBytes()))
-	require.NoError(t, err)
-	require.Equal(t, s.PipeBytes(), n)
+	require.NoError(tb, err)
+	require.Equal(tb, s.PipeBytes(), n)
 }
 
 // blockedWriters starts n writers of one line each on a stalled, full sink
 // and waits until all n are in Write. Their errors come back from the
 // returned group, which t's cleanup waits for after the sink is closed.
-func blockedWriters(t testing.TB, s *faults.Sink, n int) *errgroup.Group {
-	t.Helper()
+func blockedWriters(tb testing.TB, s *faults.Sink, n int) *errgroup.Group {
+	tb.Helper()
 	var g errgroup.Group
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		_ = s.Close() // releases the writers if the test stopped early
 		_ = g.Wait()
 	})
@@ -59,16 +59,16 @@ func blockedWriters(t testing.TB, s *faults.Sink, n int) *errgroup.Group {
 			return err
 		})
 	}
-	require.Eventually(t, func() bool { return s.Stats().InFlight == int64(n) },
+	require.Eventually(tb, func() bool { return s.Stats().InFlight == int64(n) },
 		sinkWait, 10*time.Millisecond, "all %d writers inside Write", n)
 	return &g
 }
 
 // threads returns this process's live OS thread count.
-func threads(t testing.TB) int {
-	t.Helper()
+func threads(tb testing.TB) int {
+	tb.Helper()
 	n, err := probe.Threads(0)
-	require.NoError(t, err)
+	require.NoError(tb, err)
 	return n
 }
 
@@ -212,16 +212,17 @@ func TestSinkRejectsBadConfig(t *testing.T) {
 		{Stall: true, PipeBytes: 1 << 30}, // past pipe-max-size
 	} {
 		s, err := faults.NewSink(cfg)
-		if !assert.Error(t, err, "%+v", cfg) {
+		if err == nil {
 			_ = s.Close()
 		}
+		require.Error(t, err, "%+v", cfg)
 	}
 }
 
 // openFDs counts this process's open descriptors.
-func openFDs(t testing.TB) int {
-	t.Helper()
-	st, err := probe.ReadProcess(t.Context(), 0)
-	require.NoError(t, err)
+func openFDs(tb testing.TB) int {
+	tb.Helper()
+	st, err := probe.ReadProcess(tb.Context(), 0)
+	require.NoError(tb, err)
 	return st.FDs
 }
