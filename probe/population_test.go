@@ -40,10 +40,11 @@ type server struct {
 // that nothing else uses yet: no socket names it as its peer (a new listener
 // may get a port that old TIME_WAIT sockets still point at), and no other
 // socket has it as its local port (the other family may listen on the same
-// number). It skips the test if the family has no loopback here.
+// number, and client sockets from other loopback addresses may hold it as
+// their ephemeral port). It skips the test if the family has no loopback here.
 func startServer(tb testing.TB, network, host string) *server {
 	tb.Helper()
-	for range 20 {
+	for range freshPortAttempts {
 		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
 		if err != nil && network == "tcp6" {
 			tb.Skipf("IPv6 loopback unavailable here, skipping the IPv6 census: %v", err)
@@ -63,9 +64,15 @@ func startServer(tb testing.TB, network, host string) *server {
 		tb.Cleanup(s.stop)
 		return s
 	}
-	tb.Fatalf("no %s port free of other sockets after 20 listeners", network)
+	tb.Fatalf("no %s port free of other sockets after %d listeners", network, freshPortAttempts)
 	return nil
 }
+
+// freshPortAttempts bounds the listeners startServer tries. While other
+// tests on the machine fill the ephemeral range with TIME_WAIT sockets from
+// many source addresses, most ports are some socket's local port; each try
+// costs two censuses (about 2 ms).
+const freshPortAttempts = 200
 
 func (s *server) port() uint16 { return s.addr.Port() }
 

@@ -32,7 +32,9 @@ type command struct {
 	// usage is the full help text of the command, flags excepted.
 	usage string
 	// run executes the command with the arguments after its name, writing
-	// its results to out. A *usageError makes main print usage.
+	// its results to out. A *usageError makes main print usage. run must
+	// parse its flags (newFlagSet, parseFlags) before doing anything else:
+	// "spiral help <name>" calls it with -h to print its flags.
 	run func(ctx context.Context, args []string, out io.Writer) error
 }
 

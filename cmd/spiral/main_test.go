@@ -98,10 +98,12 @@ func population(t *testing.T, established, timeWait int) uint16 {
 
 // freshListener listens on a loopback port number nothing else uses yet: no
 // socket names it as its peer (a new listener may get a port old TIME_WAIT
-// sockets still point at) and no other socket has it as its local port.
+// sockets still point at) and no other socket has it as its local port
+// (client sockets from other loopback addresses may). While other tests fill
+// the ephemeral range, most ports are taken: it tries up to 200.
 func freshListener(t *testing.T) net.Listener {
 	t.Helper()
-	for range 20 {
+	for range 200 {
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
 		require.NoError(t, err)
 		port := uint16(ln.Addr().(*net.TCPAddr).Port)
@@ -114,7 +116,7 @@ func freshListener(t *testing.T) net.Listener {
 		}
 		require.NoError(t, ln.Close())
 	}
-	t.Fatal("no loopback port free of other sockets after 20 listeners")
+	t.Fatal("no loopback port free of other sockets after 200 listeners")
 	return nil
 }
 
