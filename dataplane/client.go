@@ -65,6 +65,7 @@ func (c *Client) Call(ctx context.Context, method string, keys []string, resp an
 		return fmt.Errorf("call %s: %w", method, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(ClientHeader, c.Name) // also in the body; the header names it before the body is read
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient

@@ -160,10 +160,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(append(b, '\n')) // the client is gone; nothing to do
 }
 
-// stuckReportInterval is how long Close waits before saying which
-// requests it is waiting for, and how often it says it again
-// (net/http/httptest uses 5 seconds).
-const stuckReportInterval = 5 * time.Second
+// defaultStuckAfter is Server.StuckAfter's default (net/http/httptest
+// uses 5 seconds).
+const defaultStuckAfter = 5 * time.Second
 
 // Server serves a DataPlane over HTTP on a loopback listener, in the manner
 // of net/http/httptest.Server.
@@ -172,6 +171,10 @@ type Server struct {
 	URL string
 	// Listener is the loopback listener, set by Start.
 	Listener net.Listener
+	// StuckAfter is how long Close waits before saying which requests it
+	// is waiting for, and how often it says it again. 0 means 5 seconds,
+	// as net/http/httptest.
+	StuckAfter time.Duration
 
 	dp      *DataPlane
 	handler http.Handler
@@ -251,9 +254,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // Close stops listening, closes idle connections and waits for requests in
-// flight to finish. Every stuckReportInterval it writes the requests it is
-// still waiting for to standard error and the data plane's log. It does
-// not close the DataPlane.
+// flight to finish. Every StuckAfter it writes the requests it is still
+// waiting for to standard error and, never dropped, to the data plane's
+// log. It does not close the DataPlane.
 func (s *Server) Close() {
 	s.mu.Lock()
 	if s.closed || !s.started {
@@ -270,7 +273,11 @@ func (s *Server) Close() {
 		defer close(done)
 		_ = s.srv.Shutdown(context.Background()) // no deadline: only returns nil
 	}()
-	tick := time.NewTicker(stuckReportInterval)
+	every := s.StuckAfter
+	if every <= 0 {
+		every = defaultStuckAfter
+	}
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	waited := time.Duration(0)
 	for {
@@ -281,7 +288,7 @@ func (s *Server) Close() {
 			}
 			return
 		case <-tick.C:
-			waited += stuckReportInterval
+			waited += every
 			s.reportStuck(waited)
 		}
 	}
@@ -294,9 +301,12 @@ func (s *Server) reportStuck(waited time.Duration) {
 		reqs = append(reqs, r)
 	}
 	s.mu.Unlock()
+	if len(reqs) == 0 {
+		return // handlers are done; Shutdown is closing their connections
+	}
 	slices.SortFunc(reqs, func(a, b inflight) int { return a.start.Compare(b.start) })
 	var b strings.Builder
-	fmt.Fprintf(&b, "dataplane.Server blocked in Close after %v, waiting for %d requests:\n", waited, len(reqs))
+	fmt.Fprintf(&b, "dataplane.Server blocked in Close after %v, waiting for %d request(s):\n", waited, len(reqs))
 	for _, r := range reqs {
 		fmt.Fprintf(&b, "  %s client=%q from %s, running for %v\n", r.method, r.client, r.remote, time.Since(r.start).Round(time.Millisecond))
 		s.dp.opsLog.Warn("server close waiting for request", "request", r.method, "client", r.client,

@@ -1,6 +1,7 @@
 package dataplane_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -172,9 +173,12 @@ func TestServerCloseWaitsForInFlight(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
 	}
+	var logs bytes.Buffer
+	cfg.LogSink = dataplane.SyncWriter(&logs)
 	dp := newDataPlane(t, cfg)
-	srv, err := dataplane.NewServer(dp)
-	require.NoError(t, err)
+	srv := dataplane.NewUnstartedServer(dp)
+	srv.StuckAfter = 100 * time.Millisecond
+	require.NoError(t, srv.Start())
 	c := &dataplane.Client{URL: srv.URL, Name: "slow", HTTP: srv.Client()}
 
 	var g errgroup.Group
@@ -199,6 +203,8 @@ func TestServerCloseWaitsForInFlight(t *testing.T) {
 	unblock()
 	require.NoError(t, g.Wait())
 	assert.Len(t, posts, 2)
-	_, err = c.GetPostRecords(t.Context(), fixtures.PostURIs(postsHTTP+60, 2))
+	assert.Contains(t, logs.String(), `"msg":"server close waiting for request","request":"POST /xrpc/GetPostRecords"`,
+		"Close says which request it waits for")
+	_, err := c.GetPostRecords(t.Context(), fixtures.PostURIs(postsHTTP+60, 2))
 	require.Error(t, err, "a closed server refuses new requests")
 }
