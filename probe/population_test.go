@@ -2,10 +2,13 @@ package probe_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,24 +39,31 @@ type server struct {
 	conns map[net.Conn]struct{}
 }
 
-// startServer listens on host:0 with network tcp4 or tcp6, on a port number
-// that nothing else uses yet: no socket names it as its peer (a new listener
-// may get a port that old TIME_WAIT sockets still point at), and no other
-// socket has it as its local port (the other family may listen on the same
-// number, and client sockets from other loopback addresses may hold it as
-// their ephemeral port). It skips the test if the family has no loopback here.
+// startServer listens with network tcp4 or tcp6 on a port number that
+// nothing else uses: outside the ephemeral range, so no client socket of any
+// process holds it as its local port (other tests on the machine may fill
+// that range with TIME_WAIT sockets from many source addresses), and with no
+// socket of either family naming it as local or peer port yet (old TIME_WAIT
+// sockets may still point at a port recently used). It skips the test if the
+// family has no loopback here.
 func startServer(tb testing.TB, network, host string) *server {
 	tb.Helper()
+	eph, err := probe.EphemeralRange()
+	require.NoError(tb, err)
 	for range freshPortAttempts {
-		ln, err := net.Listen(network, net.JoinHostPort(host, "0"))
-		if err != nil && network == "tcp6" {
+		port := nonEphemeralPort(eph)
+		ln, err := net.Listen(network, net.JoinHostPort(host, strconv.Itoa(int(port))))
+		if err != nil && network == "tcp6" && !errors.Is(err, syscall.EADDRINUSE) {
 			tb.Skipf("IPv6 loopback unavailable here, skipping the IPv6 census: %v", err)
+		}
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue
 		}
 		require.NoError(tb, err)
 		addr := ln.Addr().(*net.TCPAddr).AddrPort()
-		peers, err := probe.Census{}.Count(tb.Context(), probe.Filter{RemotePort: addr.Port()})
+		peers, err := probe.Census{}.Count(tb.Context(), probe.Filter{RemotePort: port})
 		require.NoError(tb, err)
-		locals, err := probe.Census{}.Count(tb.Context(), probe.Filter{LocalPort: addr.Port()})
+		locals, err := probe.Census{}.Count(tb.Context(), probe.Filter{LocalPort: port})
 		require.NoError(tb, err)
 		if peers.Total() > 0 || locals.Total() != 1 {
 			require.NoError(tb, ln.Close())
@@ -64,15 +74,27 @@ func startServer(tb testing.TB, network, host string) *server {
 		tb.Cleanup(s.stop)
 		return s
 	}
-	tb.Fatalf("no %s port free of other sockets after %d listeners", network, freshPortAttempts)
+	tb.Fatalf("no free %s port outside the ephemeral range %s after %d tries", network, eph, freshPortAttempts)
 	return nil
 }
 
-// freshPortAttempts bounds the listeners startServer tries. While other
-// tests on the machine fill the ephemeral range with TIME_WAIT sockets from
-// many source addresses, most ports are some socket's local port; each try
-// costs two censuses (about 2 ms).
-const freshPortAttempts = 200
+// Test servers listen on ports above this, below the privileged ones' end.
+const firstTestPort = 1024
+
+// nonEphemeralPort picks a random port outside eph and the privileged range.
+func nonEphemeralPort(eph probe.PortRange) uint16 {
+	below := max(int(eph.Low)-firstTestPort, 0)
+	above := 65535 - int(eph.High)
+	i := rand.N(below + above)
+	if i < below {
+		return uint16(firstTestPort + i)
+	}
+	return uint16(int(eph.High) + 1 + i - below)
+}
+
+// freshPortAttempts bounds the ports startServer tries; each try costs a
+// listen and two censuses.
+const freshPortAttempts = 50
 
 func (s *server) port() uint16 { return s.addr.Port() }
 

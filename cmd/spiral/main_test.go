@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,27 +99,32 @@ func population(t *testing.T, established, timeWait int) uint16 {
 	}
 }
 
-// freshListener listens on a loopback port number nothing else uses yet: no
-// socket names it as its peer (a new listener may get a port old TIME_WAIT
-// sockets still point at) and no other socket has it as its local port
-// (client sockets from other loopback addresses may). While other tests fill
-// the ephemeral range, most ports are taken: it tries up to 200.
+// freshListener listens on 127.0.0.1 on a port nothing else uses: outside
+// the ephemeral range, so no client socket holds it as its local port (other
+// tests on the machine may fill that range), and with no socket naming it as
+// local or peer port yet.
 func freshListener(t *testing.T) net.Listener {
 	t.Helper()
-	for range 200 {
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	eph, err := probe.EphemeralRange()
+	require.NoError(t, err)
+	const firstPort = 1024 // above the privileged ports
+	for range 50 {
+		port := firstPort + rand.N(int(eph.Low)-firstPort)
+		ln, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(port))
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue
+		}
 		require.NoError(t, err)
-		port := uint16(ln.Addr().(*net.TCPAddr).Port)
-		peers, err := probe.Census{}.Count(t.Context(), probe.Filter{RemotePort: port})
+		peers, err := probe.Census{}.Count(t.Context(), probe.Filter{RemotePort: uint16(port)})
 		require.NoError(t, err)
-		locals, err := probe.Census{}.Count(t.Context(), probe.Filter{LocalPort: port})
+		locals, err := probe.Census{}.Count(t.Context(), probe.Filter{LocalPort: uint16(port)})
 		require.NoError(t, err)
 		if peers.Total() == 0 && locals.Total() == 1 {
 			return ln
 		}
 		require.NoError(t, ln.Close())
 	}
-	t.Fatal("no loopback port free of other sockets after 200 listeners")
+	t.Fatal("no free loopback port below the ephemeral range after 50 tries")
 	return nil
 }
 
