@@ -130,6 +130,15 @@ func sourceDial() (dataplane.DialFunc, net.IP) {
 	return d.DialContext, ip
 }
 
+// slowStoreConfig is DefaultConfig without a request deadline, for
+// batches of thousands of store reads (warming the cache) on a single
+// store node that other tests and the race detector may slow down.
+func slowStoreConfig() dataplane.Config {
+	cfg := dataplane.DefaultConfig()
+	cfg.Deadline = 0
+	return cfg
+}
+
 // snapshot gathers dp's metrics.
 func snapshot(tb testing.TB, dp *dataplane.DataPlane) dataplane.Snapshot {
 	tb.Helper()

@@ -38,7 +38,7 @@ func TestTimeWaitAfterOneLargeBatch(t *testing.T) {
 	port := memcachedPort(t, env)
 
 	// Warm the cache, so that only memcached sees the batch in both runs.
-	warm := newDataPlane(t, dataplane.DefaultConfig())
+	warm := newDataPlane(t, slowStoreConfig())
 	posts, err := warm.GetPostRecords(t.Context(), "warm", uris)
 	require.NoError(t, err)
 	for i, p := range posts {
@@ -53,6 +53,9 @@ func TestTimeWaitAfterOneLargeBatch(t *testing.T) {
 		{"fixed", dataplane.DefaultConfig()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "incident" && raceEnabled {
+				t.Skip("the race detector allows 8128 live goroutines; the incident starts one per URI")
+			}
 			noLeaks(t)
 			dial, src := sourceDial()
 			cfg := tc.cfg
