@@ -13,6 +13,7 @@ import (
 	"github.com/gocql/gocql"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
@@ -118,6 +119,11 @@ func TestRestartMemcachedAnswersAtOnce(t *testing.T) {
 	require.NoError(t, f.Recover(t.Context()))
 }
 
+// gocqlReconnects ignores the reader goroutines of connections a gocql
+// session opened to a restarted node: in our runs (scylladb/gocql v1.19.0)
+// some outlived Session.Close, a leak of the driver, not of the fault.
+var gocqlReconnects = goleak.IgnoreAnyFunction("github.com/gocql/gocql.(*Conn).serve")
+
 // cqlQuery is a query any CQL store answers.
 const cqlQuery = "SELECT release_version FROM system.local"
 
@@ -125,7 +131,7 @@ const cqlQuery = "SELECT release_version FROM system.local"
 // Cassandra start takes 15-25 s).
 func TestStopCQLRecovers(t *testing.T) {
 	env := containerEnv(t)
-	noLeaks(t)
+	noLeaks(t, gocqlReconnects)
 	s := env.Session(t)
 	ctx := t.Context()
 	var v string
@@ -149,7 +155,7 @@ func TestKillCQLRecovers(t *testing.T) {
 		t.Skip("kills and restarts the CQL store; SPIRAL_MODE=full runs it")
 	}
 	env := containerEnv(t)
-	noLeaks(t)
+	noLeaks(t, gocqlReconnects)
 	s := env.Session(t)
 	ctx := t.Context()
 	f := injectContainer(t, env.CQL, faults.ContainerKill)

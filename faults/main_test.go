@@ -17,9 +17,9 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 // noLeaks fails t if goroutines started during t are still running once t
 // and its cleanups are done. Call it first in a test, after fixtures.Shared
 // if the test uses the shared environment (its first call starts
-// goroutines that outlive the test by design).
-func noLeaks(tb testing.TB) {
+// goroutines that outlive the test by design). opts add goleak options.
+func noLeaks(tb testing.TB, opts ...goleak.Option) {
 	tb.Helper()
-	before := goleak.IgnoreCurrent()
-	tb.Cleanup(func() { goleak.VerifyNone(tb, before) })
+	opts = append(opts, goleak.IgnoreCurrent())
+	tb.Cleanup(func() { goleak.VerifyNone(tb, opts...) })
 }
