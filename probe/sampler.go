@@ -96,8 +96,10 @@ func (s *Sampler) Run(ctx context.Context) error {
 
 // Sample takes one sample now, whether or not Run is running, and returns the
 // errors of the sources that failed. It blocks for as long as the sources
-// take to read.
+// take to read, at most 10 s when ctx has no deadline (a source still
+// reading then counts as failed).
 func (s *Sampler) Sample(ctx context.Context) error {
+	caller := ctx
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, sourceTimeout)
@@ -122,9 +124,9 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		}
 	}
 	cost := time.Since(start)
-	if len(failed) > 0 && ctx.Err() != nil {
+	if len(failed) > 0 && caller.Err() != nil {
 		// Cut short by the caller, not a source failure: keep no half sample.
-		return fmt.Errorf("sample: %w", ctx.Err())
+		return fmt.Errorf("sample: %w", caller.Err())
 	}
 
 	s.mu.Lock()
