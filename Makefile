@@ -46,9 +46,11 @@ chaos: images
 soak: images
 	@SPIRAL_SOAK_DURATION=$(SOAK_DURATION) scripts/chaos.sh "$(REPORT_DIR)" soak
 
+## lint: gofmt, go vet and golangci-lint (thelper, testifylint, errorlint; see .golangci.yml).
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
+	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0 run ./...
 
 ## clean: remove containers and reports Spiral left behind.
 clean:
