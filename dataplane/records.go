@@ -53,29 +53,50 @@ func (e *encoder) str(s string) {
 func (e *encoder) int(v int64)      { *e = binary.AppendVarint(*e, v) }
 func (e *encoder) time(t time.Time) { e.int(t.UnixMicro()) }
 
+// decoder reads a cached value converted to a string once: every string
+// field is a substring of it, one allocation per value instead of one per
+// field.
 type decoder struct {
-	b   []byte
+	s   string
 	err error
 }
 
+// uvarint is binary.Uvarint over a string.
+func (d *decoder) uvarint() uint64 {
+	var v uint64
+	for i := 0; i < len(d.s) && i < binary.MaxVarintLen64; i++ {
+		c := d.s[i]
+		if c < 0x80 {
+			if i == binary.MaxVarintLen64-1 && c > 1 {
+				break // overflow
+			}
+			d.s = d.s[i+1:]
+			return v | uint64(c)<<(7*i)
+		}
+		v |= uint64(c&0x7f) << (7 * i)
+	}
+	d.err = errCorrupt
+	d.s = ""
+	return 0
+}
+
 func (d *decoder) str() string {
-	n, k := binary.Uvarint(d.b)
-	if k <= 0 || n > uint64(len(d.b)-k) {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.s)) {
 		d.err = errCorrupt
 		return ""
 	}
-	s := string(d.b[k : k+int(n)])
-	d.b = d.b[k+int(n):]
-	return s
+	v := d.s[:n]
+	d.s = d.s[n:]
+	return v
 }
 
 func (d *decoder) int() int64 {
-	v, k := binary.Varint(d.b)
-	if k <= 0 {
-		d.err = errCorrupt
-		return 0
+	u := d.uvarint()
+	v := int64(u >> 1) // zig-zag, as binary.AppendVarint
+	if u&1 != 0 {
+		v = ^v
 	}
-	d.b = d.b[k:]
 	return v
 }
 
@@ -85,12 +106,12 @@ func newDecoder(b []byte) (*decoder, error) {
 	if len(b) == 0 || b[0] != codecVersion {
 		return nil, errCorrupt
 	}
-	return &decoder{b: b[1:]}, nil
+	return &decoder{s: string(b[1:])}, nil
 }
 
 func (d *decoder) done() error {
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.b))
+	if d.err == nil && len(d.s) != 0 {
+		d.err = fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.s))
 	}
 	return d.err
 }

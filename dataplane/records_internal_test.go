@@ -1,0 +1,78 @@
+package dataplane
+
+import (
+	"encoding/binary"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestCodecRoundTrip(t *testing.T) {
+	at := time.Date(2026, 4, 3, 22, 16, 7, 944910000, time.UTC)
+	for _, p := range []*Post{
+		{URI: "at://a", AuthorDID: "did:plc:x", CID: "bafy", Text: "héllo\x00\n", CreatedAt: at},
+		{URI: "at://b", CreatedAt: time.UnixMicro(0).UTC()},
+		{URI: "at://c", Text: string(make([]byte, 300)), CreatedAt: time.UnixMicro(-1).UTC()},
+	} {
+		got, err := decodePost(p.URI, encodePost(p))
+		require.NoError(t, err)
+		assert.Equal(t, p, got)
+	}
+	pr := &Profile{DID: "did:plc:x", Handle: "a.test", DisplayName: "A", Description: "", CreatedAt: at}
+	gotPr, err := decodeProfile(pr.DID, encodeProfile(pr))
+	require.NoError(t, err)
+	assert.Equal(t, pr, gotPr)
+	for _, c := range []*InteractionCounts{
+		{URI: "at://a", Likes: 1, Reposts: -1, Replies: math.MaxInt64, Quotes: math.MinInt64},
+		{URI: "at://b"},
+	} {
+		got, err := decodeCounts(c.URI, encodeCounts(c))
+		require.NoError(t, err)
+		assert.Equal(t, c, got)
+	}
+}
+
+func TestCodecRejectsCorruptValues(t *testing.T) {
+	good := encodePost(&Post{Text: "text", CreatedAt: time.Now()})
+	for name, b := range map[string][]byte{
+		"empty":         nil,
+		"version":       append([]byte{codecVersion + 1}, good[1:]...),
+		"truncated":     good[:len(good)-1],
+		"trailing":      append(append([]byte{}, good...), 0),
+		"long string":   {codecVersion, 0x7f},
+		"varint runoff": {codecVersion, 0x80, 0x80},
+		"overflow":      {codecVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+	} {
+		_, err := decodePost("at://x", b)
+		require.ErrorIs(t, err, errCorrupt, name)
+	}
+}
+
+// FuzzUvarint checks the string decoder against encoding/binary.
+func FuzzUvarint(f *testing.F) {
+	f.Add([]byte{0x80, 0x01})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want, n := binary.Uvarint(b)
+		d := &decoder{s: string(b)}
+		got := d.uvarint()
+		if n <= 0 {
+			if d.err == nil {
+				t.Fatalf("% x: binary.Uvarint fails (%d), decoder gives %d", b, n, got)
+			}
+			return
+		}
+		if d.err != nil || got != want || len(d.s) != len(b)-n {
+			t.Fatalf("% x: got %d (err %v, %d left), want %d (%d left)", b, got, d.err, len(d.s), want, len(b)-n)
+		}
+		iv, in := binary.Varint(b)
+		d = &decoder{s: string(b)}
+		if gotI := d.int(); in > 0 && gotI != iv {
+			t.Fatalf("% x: int %d, want %d", b, gotI, iv)
+		}
+	})
+}
