@@ -168,24 +168,28 @@ func (s *server) dialEstablished(tb testing.TB, n int) []net.Conn {
 }
 
 // timeWaitSources spreads large IPv4 populations over this many loopback
-// source addresses (127.0.1.1-127.0.1.64). With tcp_tw_reuse=2, connect(2)
-// takes over a loopback TIME_WAIT socket older than a second once its port
-// walk toward one destination wraps the 28,232-port range: 20,000 connects
-// from one address lose a few thousand that way (measured here), 20,000
-// spread over 64 addresses lose none.
+// source addresses (127.0.1.1-127.0.1.64), each used for one block of
+// consecutive connects. With tcp_tw_reuse=2, connect(2) takes over a loopback
+// TIME_WAIT socket of the same 4-tuple once it is older than
+// tcp_tw_reuse_delay (1 s): 20,000 connects from one address lose a few
+// thousand sockets that way, and even 64 addresses used in turn lose dozens
+// (measured here). In blocks, each address dials for a few tens of
+// milliseconds and never again, so none of its sockets is old enough.
 const timeWaitSources = 64
 
 // timeWaitPerSource is how many TIME_WAIT sockets makeTimeWait leaves from
-// the default source address before it spreads: far below a wrap.
+// the default source address before it spreads: a few milliseconds of dials.
 const timeWaitPerSource = 300
 
 // ipBindAddressNoPort is IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h):
 // bind(2) takes the address only and connect(2) picks the port per 4-tuple.
 const ipBindAddressNoPort = 24
 
-func sourceDialer(i int) *net.Dialer {
+// sourceDialer returns the dialer for connect i of n: source address
+// 127.0.1.k for the k-th block of n/timeWaitSources connects.
+func sourceDialer(i, n int) *net.Dialer {
 	return &net.Dialer{
-		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%timeWaitSources))},
+		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i*timeWaitSources/n))},
 		Control: func(_, _ string, rc syscall.RawConn) error {
 			var serr error
 			if err := rc.Control(func(fd uintptr) {
@@ -209,7 +213,7 @@ func (s *server) makeTimeWait(ctx context.Context, n int) error {
 	for i := range n {
 		d := &plain
 		if s.network == "tcp4" && n > timeWaitPerSource {
-			d = sourceDialer(i)
+			d = sourceDialer(i, n)
 		}
 		c, err := d.DialContext(ctx, s.network, s.addr.String())
 		if err != nil {
