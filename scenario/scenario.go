@@ -92,6 +92,9 @@ type Scenario struct {
 	// Faults are injected at the start of inject and recovered at the start
 	// of recover, in order (recovered in reverse order).
 	Faults []FaultFunc
+	// Probes adds figures to the timeline beside the built-in ones (a sink's
+	// blocked writers, a supervisor's OOM kills); budgets may name them.
+	Probes func(h Harness) []probe.Source
 	// Phases are the phase durations.
 	Phases Phases
 	// Budgets must hold; every violation is reported.
@@ -254,7 +257,11 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 		}
 	}
 
-	sampler, err := newSampler(env, dp, loads, sc.Interval)
+	var extra []probe.Source
+	if sc.Probes != nil {
+		extra = sc.Probes(h)
+	}
+	sampler, err := newSampler(env, dp, loads, sc.Interval, extra...)
 	if err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
 	}
@@ -398,7 +405,7 @@ func validate(ctx context.Context, url string) error {
 	}
 }
 
-func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load, interval time.Duration) (*probe.Sampler, error) {
+func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load, interval time.Duration, extra ...probe.Source) (*probe.Sampler, error) {
 	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
 	if err != nil {
 		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
@@ -421,7 +428,7 @@ func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load
 	if err != nil {
 		return nil, fmt.Errorf("socket census: %w", err)
 	}
-	return probe.NewSampler(interval,
+	return probe.NewSampler(interval, append([]probe.Source{
 		probe.NewProcessSource(0),
 		probe.NewRuntimeSource(),
 		&timeWaitSource{census: census, filter: tw, before: before.Total()},
@@ -429,7 +436,7 @@ func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load
 		dataPlaneSource{dp},
 		probe.Func(MetricLoadOK, sumLoads(func(s faults.LoadStats) int64 { return s.OK })),
 		probe.Func(MetricLoadErrors, sumLoads(func(s faults.LoadStats) int64 { return s.Errors })),
-	)
+	}, extra...)...)
 }
 
 // timeWaitSource counts TIME_WAIT sockets toward memcached, in all and
