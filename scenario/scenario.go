@@ -51,6 +51,12 @@ const (
 	MetricCacheErrors = "dp_cache_errors"
 	// MetricLogLines is log lines written to the sink, cumulative.
 	MetricLogLines = "dp_log_lines_written"
+	// MetricLogDropped is log lines not written (rate limit), cumulative.
+	MetricLogDropped = "dp_log_lines_dropped"
+	// MetricStoreInFlight is the data plane's CQL queries in flight.
+	MetricStoreInFlight = "dp_store_queries_in_flight"
+	// MetricMemcachedConns is the data plane's open memcached connections.
+	MetricMemcachedConns = "dp_memcached_conns_open"
 	// MetricLoadErrors is failed requests of every load, cumulative.
 	MetricLoadErrors = "load_errors"
 	// MetricLoadOK is answered requests of every load, cumulative.
@@ -465,7 +471,7 @@ func (s *timeWaitSource) Read(ctx context.Context, dst []float64) error {
 type dataPlaneSource struct{ dp *dataplane.DataPlane }
 
 func (dataPlaneSource) Metrics() []string {
-	return []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines}
+	return []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns}
 }
 
 func (s dataPlaneSource) Read(_ context.Context, dst []float64) error {
@@ -474,6 +480,7 @@ func (s dataPlaneSource) Read(_ context.Context, dst []float64) error {
 		return err
 	}
 	dst[0], dst[1], dst[2] = m.Sum("lookups_in_flight"), m.Sum("cache_errors_total"), m.Sum("log_lines_written_total")
+	dst[3], dst[4], dst[5] = m.Sum("log_lines_dropped_total"), m.Sum("store_queries_in_flight"), m.Sum("memcached_conns_open")
 	return nil
 }
 
