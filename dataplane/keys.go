@@ -199,6 +199,39 @@ func checkClient(name string) error {
 func isAlpha(c byte) bool { return c|0x20 >= 'a' && c|0x20 <= 'z' }
 func isAlnum(c byte) bool { return isAlpha(c) || c >= '0' && c <= '9' }
 
+// cacheKeys returns cacheKey(prefix, id) for each of ids, all short keys
+// sharing one allocation.
+func cacheKeys(prefix string, ids []string) []string {
+	n := 0
+	for _, id := range ids {
+		if len(prefix)+len(id) <= memcachedMaxKey {
+			n += len(prefix) + len(id)
+		}
+	}
+	var b strings.Builder
+	b.Grow(n)
+	ends := make([]int, len(ids))
+	for i, id := range ids {
+		if len(prefix)+len(id) <= memcachedMaxKey {
+			b.WriteString(prefix)
+			b.WriteString(id)
+		}
+		ends[i] = b.Len()
+	}
+	all := b.String()
+	out := make([]string, len(ids))
+	start := 0
+	for i, id := range ids {
+		if ends[i] == start {
+			out[i] = cacheKey(prefix, id) // too long: hashed
+			continue
+		}
+		out[i] = all[start:ends[i]]
+		start = ends[i]
+	}
+	return out
+}
+
 // cacheKey returns the memcached key of id in the key space of prefix. Ids
 // are validated first, so they hold no space or control byte; one too long
 // for memcached is replaced by its SHA-256.

@@ -187,10 +187,7 @@ func (b *batch[T]) chunk(ctx context.Context, lo, hi int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	cks := make([]string, hi-lo)
-	for j := range cks {
-		cks[j] = cacheKey(b.k.prefix, b.keys[lo+j])
-	}
+	cks := cacheKeys(b.k.prefix, b.keys[lo:hi])
 	if err := b.d.acquireMem(ctx); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"encoding/binary"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,4 +76,17 @@ func FuzzUvarint(f *testing.F) {
 			t.Fatalf("% x: int %d, want %d", b, gotI, iv)
 		}
 	})
+}
+
+func TestCacheKeys(t *testing.T) {
+	long := "at://did:web:" + strings.Repeat("a", 300) + "/a.b.c/d"
+	ids := []string{"at://x/a.b.c/1", long, "", "at://y/a.b.c/2"}
+	got := cacheKeys("post:", ids)
+	require.Len(t, got, len(ids))
+	for i, id := range ids {
+		assert.Equal(t, cacheKey("post:", id), got[i], id)
+	}
+	assert.Equal(t, "post:at://x/a.b.c/1", got[0])
+	assert.True(t, strings.HasPrefix(got[1], "post:sha256:"), got[1])
+	assert.LessOrEqual(t, len(got[1]), memcachedMaxKey)
 }
