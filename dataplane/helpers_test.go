@@ -130,12 +130,14 @@ func sourceDial() (dataplane.DialFunc, net.IP) {
 	return d.DialContext, ip
 }
 
-// slowStoreConfig is DefaultConfig without a request deadline, for
-// batches of thousands of store reads (warming the cache) on a single
-// store node that other tests and the race detector may slow down.
+// slowStoreConfig is DefaultConfig without a request deadline and with a
+// 5 s memcached timeout, for batches of thousands of store reads (warming
+// the cache) on a single store node and a busy machine that other tests
+// and the race detector slow down.
 func slowStoreConfig() dataplane.Config {
 	cfg := dataplane.DefaultConfig()
 	cfg.Deadline = 0
+	cfg.MemcacheTimeout = 5 * time.Second
 	return cfg
 }
 

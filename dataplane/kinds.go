@@ -33,7 +33,7 @@ type kind[T any] struct {
 	query   string             // select by primary key
 	scan    func(*gocql.Query, string) (*T, error)
 	encode  func(*T) []byte
-	decode  func(string, []byte) (*T, error)
+	decode  func(*T, string, []byte) error
 }
 
 func postKind(ks string) *kind[Post] {

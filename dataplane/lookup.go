@@ -165,7 +165,8 @@ func (b *batch[T]) perKey(ctx context.Context, i int) error {
 	b.d.releaseMem()
 	switch {
 	case err == nil:
-		v, derr := b.k.decode(key, item.Value)
+		v := new(T)
+		derr := b.k.decode(v, key, item.Value)
 		if derr == nil {
 			b.out[i] = v
 			b.cache.Add(1)
@@ -201,12 +202,13 @@ func (b *batch[T]) chunk(ctx context.Context, lo, hi int) error {
 		}
 	}
 	var misses []int
+	vals := make([]T, hi-lo) // one allocation for the chunk's answers
 	for j, ck := range cks {
 		i := lo + j
 		if item, ok := items[ck]; ok {
-			v, derr := b.k.decode(b.keys[i], item.Value)
+			derr := b.k.decode(&vals[j], b.keys[i], item.Value)
 			if derr == nil {
-				b.out[i] = v
+				b.out[i] = &vals[j]
 				continue
 			}
 			b.cacheError(ctx, "get", b.keys[i], derr)

@@ -102,11 +102,11 @@ func (d *decoder) int() int64 {
 
 func (d *decoder) time() time.Time { return time.UnixMicro(d.int()).UTC() }
 
-func newDecoder(b []byte) (*decoder, error) {
+func newDecoder(b []byte) (decoder, error) {
 	if len(b) == 0 || b[0] != codecVersion {
-		return nil, errCorrupt
+		return decoder{}, errCorrupt
 	}
-	return &decoder{s: string(b[1:])}, nil
+	return decoder{s: string(b[1:])}, nil
 }
 
 func (d *decoder) done() error {
@@ -125,13 +125,14 @@ func encodePost(p *Post) []byte {
 	return e
 }
 
-func decodePost(uri string, b []byte) (*Post, error) {
+// decodePost fills p from a cached value; on error p holds garbage.
+func decodePost(p *Post, uri string, b []byte) error {
 	d, err := newDecoder(b)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	p := &Post{URI: uri, AuthorDID: d.str(), CID: d.str(), Text: d.str(), CreatedAt: d.time()}
-	return p, d.done()
+	*p = Post{URI: uri, AuthorDID: d.str(), CID: d.str(), Text: d.str(), CreatedAt: d.time()}
+	return d.done()
 }
 
 func encodeProfile(p *Profile) []byte {
@@ -143,13 +144,13 @@ func encodeProfile(p *Profile) []byte {
 	return e
 }
 
-func decodeProfile(did string, b []byte) (*Profile, error) {
+func decodeProfile(p *Profile, did string, b []byte) error {
 	d, err := newDecoder(b)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	p := &Profile{DID: did, Handle: d.str(), DisplayName: d.str(), Description: d.str(), CreatedAt: d.time()}
-	return p, d.done()
+	*p = Profile{DID: did, Handle: d.str(), DisplayName: d.str(), Description: d.str(), CreatedAt: d.time()}
+	return d.done()
 }
 
 func encodeCounts(c *InteractionCounts) []byte {
@@ -161,11 +162,11 @@ func encodeCounts(c *InteractionCounts) []byte {
 	return e
 }
 
-func decodeCounts(uri string, b []byte) (*InteractionCounts, error) {
+func decodeCounts(c *InteractionCounts, uri string, b []byte) error {
 	d, err := newDecoder(b)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	c := &InteractionCounts{URI: uri, Likes: d.int(), Reposts: d.int(), Replies: d.int(), Quotes: d.int()}
-	return c, d.done()
+	*c = InteractionCounts{URI: uri, Likes: d.int(), Reposts: d.int(), Replies: d.int(), Quotes: d.int()}
+	return d.done()
 }

@@ -18,21 +18,21 @@ func TestCodecRoundTrip(t *testing.T) {
 		{URI: "at://b", CreatedAt: time.UnixMicro(0).UTC()},
 		{URI: "at://c", Text: string(make([]byte, 300)), CreatedAt: time.UnixMicro(-1).UTC()},
 	} {
-		got, err := decodePost(p.URI, encodePost(p))
-		require.NoError(t, err)
-		assert.Equal(t, p, got)
+		var got Post
+		require.NoError(t, decodePost(&got, p.URI, encodePost(p)))
+		assert.Equal(t, *p, got)
 	}
 	pr := &Profile{DID: "did:plc:x", Handle: "a.test", DisplayName: "A", Description: "", CreatedAt: at}
-	gotPr, err := decodeProfile(pr.DID, encodeProfile(pr))
-	require.NoError(t, err)
-	assert.Equal(t, pr, gotPr)
+	var gotPr Profile
+	require.NoError(t, decodeProfile(&gotPr, pr.DID, encodeProfile(pr)))
+	assert.Equal(t, *pr, gotPr)
 	for _, c := range []*InteractionCounts{
 		{URI: "at://a", Likes: 1, Reposts: -1, Replies: math.MaxInt64, Quotes: math.MinInt64},
 		{URI: "at://b"},
 	} {
-		got, err := decodeCounts(c.URI, encodeCounts(c))
-		require.NoError(t, err)
-		assert.Equal(t, c, got)
+		var got InteractionCounts
+		require.NoError(t, decodeCounts(&got, c.URI, encodeCounts(c)))
+		assert.Equal(t, *c, got)
 	}
 }
 
@@ -47,8 +47,8 @@ func TestCodecRejectsCorruptValues(t *testing.T) {
 		"varint runoff": {codecVersion, 0x80, 0x80},
 		"overflow":      {codecVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
 	} {
-		_, err := decodePost("at://x", b)
-		require.ErrorIs(t, err, errCorrupt, name)
+		var p Post
+		require.ErrorIs(t, decodePost(&p, "at://x", b), errCorrupt, name)
 	}
 }
 
