@@ -526,6 +526,23 @@ func Mode() string {
 	}
 }
 
+// CheckEnv reports a malformed SPIRAL_MODE or SPIRAL_SEED, which Mode and
+// SeedFromEnv would otherwise quietly replace by their defaults.
+func CheckEnv() error {
+	var errs []error
+	switch m := os.Getenv("SPIRAL_MODE"); m {
+	case "", "quick", "full", "soak":
+	default:
+		errs = append(errs, fmt.Errorf("SPIRAL_MODE=%q: want quick, full or soak", m))
+	}
+	if s := os.Getenv("SPIRAL_SEED"); s != "" {
+		if _, err := strconv.ParseUint(s, 10, 64); err != nil {
+			errs = append(errs, fmt.Errorf("SPIRAL_SEED=%q: want an unsigned integer", s))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // SeedFromEnv returns $SPIRAL_SEED if set, else def: a failure prints the
 // seed so the run can be replayed.
 func SeedFromEnv(def uint64) uint64 {

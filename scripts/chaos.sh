@@ -3,7 +3,7 @@
 #   junit.xml     one testcase per suite and A/B arm, for CI
 #   go-test.json  the raw `go test -json` stream
 #   <suite>/...   each scenario's summary.json, timeline.json and report.html
-#   index.html    links to every scenario's page
+#   index.html    links to every scenario's page (spiral report DIR)
 # Usage: scripts/chaos.sh REPORT_DIR MODE   (MODE: quick, full or soak)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +33,6 @@ SPIRAL_MODE="$mode" SPIRAL_REPORT_DIR="$dir" \
 rc=$?
 set -e
 
-if [[ -x scripts/index.sh ]]; then
-	scripts/index.sh "$dir" || true
-fi
+go run ./cmd/spiral report "$dir" || true
 echo "chaos: report in $dir (exit $rc)" >&2
 exit $rc

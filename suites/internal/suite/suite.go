@@ -18,6 +18,9 @@ import (
 // t at once if the run could not happen; judging the result is the caller's.
 func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result {
 	t.Helper()
+	if err := scenario.CheckEnv(); err != nil {
+		t.Fatal(err)
+	}
 	res, err := scenario.Run(t.Context(), env, sc)
 	if res != nil && res.Timeline != nil {
 		writeReport(t, sc.Name, res)

@@ -1,0 +1,76 @@
+package report_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/scenario/report"
+)
+
+// result builds a Result from a real sampler over made-up figures: the
+// goroutine count is 10 in baseline and 5000 during inject.
+func result(t *testing.T, name string) *scenario.Result {
+	t.Helper()
+	g := 10.0
+	s, err := probe.NewSampler(1e6, probe.Func(probe.MetricGoroutines, func() float64 { return g }))
+	require.NoError(t, err)
+	ctx := context.Background()
+	s.Mark(scenario.PhaseBaseline)
+	require.NoError(t, s.Sample(ctx))
+	s.Mark(scenario.PhaseInject)
+	g = 5000
+	require.NoError(t, s.Sample(ctx))
+	s.Mark(scenario.PhaseRecover)
+	g = 12
+	require.NoError(t, s.Sample(ctx))
+	tl := s.Timeline()
+	budgets := []probe.Budget{probe.Limit(probe.MetricGoroutines, 2000, scenario.PhaseInject)}
+	return &scenario.Result{Scenario: name, Seed: 3, Timeline: tl, Budgets: budgets, Violations: tl.Check(budgets...), Validated: true, Replay: "go test"}
+}
+
+func TestWriteAndIndex(t *testing.T) {
+	dir := t.TempDir()
+	res := result(t, "flood/incident")
+	page, err := report.Write(filepath.Join(dir, "flood_incident"), res)
+	require.NoError(t, err)
+
+	html, err := os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Contains(t, string(html), "1 budget violation(s)")
+	assert.Contains(t, string(html), "<polyline", "charts are drawn")
+	assert.Contains(t, string(html), "goroutines: peak 5000")
+
+	var sum map[string]any
+	b, err := os.ReadFile(filepath.Join(dir, "flood_incident", "summary.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &sum))
+	assert.Equal(t, false, sum["held"])
+	assert.Len(t, sum["violations"], 1)
+
+	var tl probe.Timeline
+	b, err = os.ReadFile(filepath.Join(dir, "flood_incident", "timeline.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &tl))
+	assert.Len(t, tl.Samples, 3)
+
+	entries, err := report.WriteIndex(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	assert.Equal(t, "flood/incident", entries[0].Scenario)
+	assert.False(t, entries[0].Held)
+	assert.Equal(t, "flood_incident/report.html", entries[0].Page)
+	assert.FileExists(t, filepath.Join(dir, "index.html"))
+}
+
+func TestIndexOfMissingFolder(t *testing.T) {
+	_, err := report.WriteIndex(filepath.Join(t.TempDir(), "absent"))
+	require.Error(t, err)
+}
