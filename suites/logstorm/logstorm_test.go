@@ -1,0 +1,266 @@
+// Package logstorm is the postmortem's second step as a suite: "whenever we
+// get an error from memcache, we log it", into a log sink whose write(2)
+// blocks, and "this huge number of blocking syscalls ... caused the go
+// runtime to spawn many more OS threads (M's in go parlance) ... roughly 10x
+// more Ms' than compared to the healthy baseline (150 vs 1500)".
+//
+// Both arms run under the same faults and load: memcached is killed (every
+// cache operation fails at once with "connection refused"), the data plane's
+// log sink (faults.Sink in its lock-free raw-fd mode, where writers that
+// don't share a lock block one OS thread each) drains slowly, and everyday
+// traffic keeps coming.
+//
+//   - incident (dataplane.IncidentConfig): one line per cache error. The
+//     pipe fills in a fraction of a second, every later line blocks its
+//     goroutine in write(2) on an OS thread of its own, and the process's
+//     threads climb far past the postmortem's healthy 150. It must be
+//     caught by the thread budget and the sink's blocked-writer budgets.
+//   - fixed (dataplane.DefaultConfig): rate-limited lines, the rest counted
+//     in dp_log_lines_dropped. Its output stays below the drain rate, no
+//     writer blocks, and every budget holds.
+//
+// In both arms, once the faults are recovered the sink drains, every
+// blocked writer returns and no thread is left in write(2).
+package logstorm
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+// Metrics this suite adds to the timeline (Scenario.Probes).
+const (
+	// metricSinkBlocked is the sink's writes started and not returned
+	// (faults.SinkStats.InFlight): once the pipe is full, writers blocked
+	// in write(2).
+	metricSinkBlocked = "sink_blocked_writers"
+	// metricSinkThreads is the OS threads of this process in write(2) on
+	// the sink's pipe, read from /proc/self/task/*/syscall: the kernel's
+	// own evidence that each blocked writer holds a thread.
+	metricSinkThreads = "sink_threads_in_write"
+	// metricSinkBacklog is the bytes written to the sink and not yet
+	// drained: the pipe's fill level.
+	metricSinkBacklog = "sink_backlog_bytes"
+)
+
+// posts is how many posts are seeded and cached; everyday traffic reads
+// them, so the baseline is all cache hits and the fixed arm's fallback to
+// the store finds every row.
+const posts = 2_000
+
+// Figures from the postmortem and the runtime.
+const (
+	// healthyThreads is the postmortem's healthy baseline of OS threads
+	// ("150 vs 1500").
+	healthyThreads = 150
+	// runtimeMaxThreads is the Go runtime's default thread limit
+	// (runtime/debug.SetMaxThreads): one more thread and the process
+	// crashes. The incident arm's storm must stay well clear of it.
+	runtimeMaxThreads = 10_000
+)
+
+// sinkDrainBytesPerSec is how fast the slow sink drains while injected:
+// 8 KiB/s, more than twice what the fixed data plane's rate limit lets
+// through (dataplane.DefaultLogPerSecond lines of about 350 bytes, 3.5 kB/s),
+// and a few percent of what the incident's one line per error offers (the
+// everyday load below fails some 250 keys a second, 90 kB/s).
+const sinkDrainBytesPerSec = 8 << 10
+
+// blockedWritersBudget bounds the sink's writers in flight at once: the
+// rate limiter lets at most a burst plus a second's lines through at once
+// (dataplane.DefaultLogBurst + DefaultLogPerSecond), so no more writers
+// than that could be inside Write even if the sink stalled outright.
+const blockedWritersBudget = dataplane.DefaultLogPerSecond + dataplane.DefaultLogBurst
+
+// profile is one mode's load and phases.
+type profile struct {
+	phases scenario.Phases
+	load   faults.LoadProfile
+}
+
+// newProfile returns the mode's everyday load. The load bounds the storm:
+// with FailRequest an incident request answers only once every key's line
+// is written, so while the sink is slow at most MaxInFlight requests of at
+// most BatchMax keys are stuck, and no more than MaxInFlight*BatchMax
+// writers can block (new requests due meanwhile are skipped). The request
+// timeout outlasts the fault window, so that no stuck request is abandoned
+// by its client and replaced while its writers still block.
+func newProfile(mode string) profile {
+	p := profile{
+		phases: scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: 2 * time.Second, Recover: 3 * time.Second},
+		load:   faults.Background,
+	}
+	p.load.Rate, p.load.BatchMin, p.load.BatchMax, p.load.KeySpace = 25, 1, 20, posts
+	p.load.MaxInFlight, p.load.MaxRequests = 64, 5_000
+	if mode != "quick" {
+		p.phases = scenario.Phases{Baseline: 5 * time.Second, Inject: 20 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
+		p.load.Rate, p.load.MaxInFlight = 40, 128
+	}
+	ph := p.phases
+	p.load.Timeout = ph.Baseline + ph.Inject + ph.Observe + ph.Recover + 30*time.Second
+	return p
+}
+
+// stormWorstCase is the most writers the profile's load can block at once
+// (see newProfile), plus the validation request's keys.
+func (p profile) stormWorstCase() int { return p.load.MaxInFlight*p.load.BatchMax + 10 }
+
+// budgets must all hold for the fixed data plane.
+var budgets = []probe.Budget{
+	// The postmortem's healthy baseline, over the whole run.
+	probe.Limit(probe.MetricThreads, healthyThreads),
+	// No more writers inside the sink than the rate limit lets through.
+	probe.Limit(metricSinkBlocked, blockedWritersBudget, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
+	probe.Limit(metricSinkThreads, blockedWritersBudget, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
+	// Once the faults are recovered the sink drains: no writer left
+	// blocked, no thread left in write(2).
+	probe.Limit(metricSinkBlocked, 0, scenario.PhaseValidate),
+	probe.Limit(metricSinkThreads, 0, scenario.PhaseValidate),
+	// Everyday traffic keeps being answered (the fixed data plane reads
+	// the store when memcached is down).
+	probe.Limit(scenario.MetricLoadErrors, 0),
+}
+
+// sinkProbes reads the sink's figures into the timeline.
+func sinkProbes(sink *faults.Sink) func(scenario.Harness) []probe.Source {
+	return func(scenario.Harness) []probe.Source {
+		return []probe.Source{
+			probe.Func(metricSinkBlocked, func() float64 { return float64(sink.Stats().InFlight) }),
+			probe.FuncErr(metricSinkThreads, func(context.Context) (float64, error) {
+				n, err := sink.ThreadsInWrite()
+				return float64(n), err
+			}),
+			probe.Func(metricSinkBacklog, func() float64 {
+				st := sink.Stats()
+				return float64(st.BytesWritten - st.BytesDrained)
+			}),
+		}
+	}
+}
+
+// newSink returns the slow sink of one arm, closed when t ends. Close
+// waits for every writer to return.
+func newSink(t *testing.T) *faults.Sink {
+	t.Helper()
+	sink, err := faults.NewSink(faults.SinkConfig{DrainBytesPerSec: sinkDrainBytesPerSec, Mode: faults.SinkDirect})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, sink.Close(), "close the sink") })
+	return sink
+}
+
+// stormScenario is one arm: cfg logging into sink, memcached killed while
+// the sink drains slowly, everyday traffic throughout.
+func stormScenario(name string, cfg dataplane.Config, sink *faults.Sink, p profile) scenario.Scenario {
+	cfg.LogSink = sink
+	return scenario.Scenario{
+		Name:       "log-storm/" + name,
+		Config:     cfg,
+		Seed:       scenario.SeedFromEnv(3),
+		Data:       fixtures.SeedSpec{Posts: posts},
+		WarmPosts:  posts,
+		Background: []faults.LoadProfile{p.load},
+		// Injected in order, recovered in reverse: memcached comes back,
+		// then the sink drains freely.
+		Faults: []scenario.FaultFunc{
+			func(scenario.Harness) (faults.Fault, error) { return sink, nil },
+			func(h scenario.Harness) (faults.Fault, error) {
+				return faults.NewContainerFault(h.Env.Memcached, faults.ContainerKill), nil
+			},
+		},
+		Probes:  sinkProbes(sink),
+		Phases:  p.phases,
+		Budgets: budgets,
+	}
+}
+
+// requireDrained checks that the sink has nothing left: no writer inside
+// Write, no thread in write(2) on its pipe, every byte written drained.
+func requireDrained(t *testing.T, sink *faults.Sink) {
+	t.Helper()
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		st := sink.Stats()
+		assert.Zero(c, st.InFlight, "writers still inside the sink: %+v", st)
+		assert.Equal(c, st.BytesWritten, st.BytesDrained, "bytes not drained: %+v", st)
+		n, err := sink.ThreadsInWrite()
+		require.NoError(c, err)
+		assert.Zero(c, n, "threads still in write(2) on the sink")
+	}, 10*time.Second, 50*time.Millisecond, "the sink drains after recover")
+}
+
+func peak(res *scenario.Result, metric string) float64 {
+	m := 0.0
+	for _, v := range res.Peaks[metric] {
+		m = max(m, v)
+	}
+	return m
+}
+
+// The fixed arm runs first: the Go runtime keeps the threads it started
+// (idle Ms are not given back to the OS), so the incident arm's storm
+// would count against the fixed arm's thread budget.
+func TestLogStorm(t *testing.T) {
+	env := fixtures.Shared(t)
+	if env.Memcached == nil {
+		t.Skip("external mode: killing memcached needs the container Spiral started")
+	}
+	p := newProfile(scenario.Mode())
+	require.Less(t, p.stormWorstCase()+healthyThreads, runtimeMaxThreads/2,
+		"the load must bound the incident's storm well below the runtime's thread limit")
+
+	t.Run("fixed", func(t *testing.T) {
+		sink := newSink(t)
+		res := suite.Run(t, env, stormScenario("fixed", dataplane.DefaultConfig(), sink, p))
+		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget while memcached is down and the sink is slow")
+		assert.True(t, res.Validated, res.ValidateError)
+		assert.Positive(t, peak(res, scenario.MetricCacheErrors), "memcached must fail: a run without cache errors proves nothing")
+		assert.Positive(t, peak(res, scenario.MetricLogDropped), "lines over the rate limit are counted in %s", scenario.MetricLogDropped)
+		for _, l := range res.LoadSummary {
+			assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+		}
+		requireDrained(t, sink)
+		logFigures(t, res, sink)
+	})
+
+	t.Run("incident", func(t *testing.T) {
+		sink := newSink(t)
+		res := suite.Run(t, env, stormScenario("incident", dataplane.IncidentConfig(), sink, p))
+		assert.True(t, res.Violated(probe.MetricThreads),
+			"the incident data plane must be caught with OS threads past the healthy %d; peaks %v", healthyThreads, res.Peaks[probe.MetricThreads])
+		assert.True(t, res.Violated(metricSinkBlocked),
+			"the incident data plane must be caught with writers blocked in the sink; peaks %v", res.Peaks[metricSinkBlocked])
+		assert.True(t, res.Violated(metricSinkThreads),
+			"each blocked writer holds an OS thread in write(2); peaks %v", res.Peaks[metricSinkThreads])
+		for _, v := range res.Violations {
+			assert.NotEqual(t, scenario.PhaseValidate, v.Phase, "after recover the sink drains and its writers return: %v", v)
+		}
+		assert.Zero(t, peak(res, scenario.MetricLogDropped), "the incident logs every error")
+		assert.True(t, res.Validated, "the incident data plane answers again once the faults are gone: %s", res.ValidateError)
+		requireDrained(t, sink)
+		logFigures(t, res, sink)
+	})
+}
+
+func logFigures(t *testing.T, res *scenario.Result, sink *faults.Sink) {
+	t.Helper()
+	st := sink.Stats()
+	perLine := 0.0
+	if st.Writes > 0 {
+		perLine = float64(st.BytesWritten) / float64(st.Writes)
+	}
+	t.Logf("%s: peak threads %v, blocked writers %v, threads in write %v, backlog %v; cache errors %.0f, lines written %.0f (%.0f B each), dropped %.0f",
+		res.Scenario, res.Peaks[probe.MetricThreads], res.Peaks[metricSinkBlocked], res.Peaks[metricSinkThreads], res.Peaks[metricSinkBacklog],
+		peak(res, scenario.MetricCacheErrors), peak(res, scenario.MetricLogLines), perLine, peak(res, scenario.MetricLogDropped))
+}
