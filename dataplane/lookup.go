@@ -163,6 +163,7 @@ func (b *batch[T]) perKey(ctx context.Context, i int) error {
 	}
 	item, err := b.d.mc.Get(ck)
 	b.d.releaseMem()
+	cacheUp := true
 	switch {
 	case err == nil:
 		v := new(T)
@@ -179,8 +180,9 @@ func (b *batch[T]) perKey(ctx context.Context, i int) error {
 		if b.d.cfg.OnCacheError == FailRequest {
 			return fmt.Errorf("%w: get %s %s: %w", ErrCache, b.k.keyAttr, key, err)
 		}
+		cacheUp = false
 	}
-	return b.fromStore(ctx, i)
+	return b.fromStore(ctx, i, cacheUp)
 }
 
 // chunk reads keys[lo:hi] with one GetMulti, then each miss from the store.
@@ -194,6 +196,7 @@ func (b *batch[T]) chunk(ctx context.Context, lo, hi int) error {
 	}
 	items, err := b.d.mc.GetMulti(cks)
 	b.d.releaseMem()
+	cacheUp := err == nil
 	if err != nil {
 		// GetMulti may return the items of the servers that answered.
 		b.cacheError(ctx, "get", b.keys[lo], err)
@@ -220,17 +223,26 @@ func (b *batch[T]) chunk(ctx context.Context, lo, hi int) error {
 	case 0:
 		return nil
 	case 1:
-		return b.fromStore(ctx, misses[0])
+		return b.fromStore(ctx, misses[0], cacheUp)
 	}
+	// The chunk's misses go to the store as concurrently as the request's
+	// own bound allows: when memcached is down every key of every chunk is a
+	// miss, and one goroutine per key is what the bound exists to prevent.
 	sg, sctx := errgroup.WithContext(ctx)
+	if n := b.d.cfg.BatchConcurrency; n > 0 {
+		sg.SetLimit(n)
+	}
 	for _, i := range misses {
-		sg.Go(func() error { return b.fromStore(sctx, i) })
+		sg.Go(func() error { return b.fromStore(sctx, i, cacheUp) })
 	}
 	return sg.Wait()
 }
 
-// fromStore reads keys[i] from the CQL store and, if found, fills the cache.
-func (b *batch[T]) fromStore(ctx context.Context, i int) error {
+// fromStore reads keys[i] from the CQL store and, if found and fill is
+// set, fills the cache. Callers clear fill when memcached just failed the
+// read: a fill would only wait out the same failure (a full MemcacheTimeout
+// per key while memcached hangs) and hold a memcached slot doing it.
+func (b *batch[T]) fromStore(ctx context.Context, i int, fill bool) error {
 	d, key := b.d, b.keys[i]
 	v, err := storeGet(ctx, d, b.k, key)
 	if err != nil {
@@ -248,6 +260,9 @@ func (b *batch[T]) fromStore(ctx context.Context, i int) error {
 	}
 	b.out[i] = v
 	b.store.Add(1)
+	if !fill {
+		return nil
+	}
 	item := &memcache.Item{Key: cacheKey(b.k.prefix, key), Value: b.k.encode(v), Expiration: d.cacheTTL()}
 	if err := d.acquireMem(ctx); err != nil {
 		return nil // answered; the fill is skipped past the deadline
