@@ -1,0 +1,156 @@
+// Package soak runs the fixed data plane through cycle after cycle of
+// faults (batch floods, memcached paused, memcached killed and restarted)
+// under everyday traffic, and checks that every cycle holds its budgets and
+// that nothing accumulates from cycle to cycle: goroutines, OS threads and
+// heap after recovery stay where the first cycle left them.
+//
+// Quick mode (make test) runs one short cycle of each fault; full mode two
+// of each; soak mode (make soak) cycles until SPIRAL_SOAK_DURATION (default
+// 2h) has passed.
+package soak
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+const posts = 20_000
+
+// budgets hold in every cycle, whatever its fault.
+var budgets = []probe.Budget{
+	// The postmortem's healthy baseline.
+	probe.Limit(probe.MetricThreads, 150),
+	// A bounded data plane never needs one goroutine per key.
+	probe.Limit(probe.MetricGoroutines, 2_000),
+	// The fixed data plane closes no memcached connection into TIME_WAIT.
+	probe.Limit(scenario.MetricMemcachedTimeWaitAdded, 200),
+}
+
+// growthFactor bounds how far the figures after recovery may drift from the
+// first cycle's: more than double is accumulation, not noise.
+const growthFactor = 2.0
+
+// liveHeap is the heap still reachable after a full GC: what a leak grows.
+const liveHeap = "live_heap_bytes"
+
+// liveHeapBytes collects garbage and returns the live heap. The data plane
+// runs in this process, so this is its heap (and the test's, which holds
+// only the cycles' results).
+func liveHeapBytes() float64 {
+	runtime.GC()
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	return float64(s[0].Value.Uint64())
+}
+
+type kind struct {
+	name  string
+	fault scenario.FaultFunc
+}
+
+func kinds(phases scenario.Phases, seed uint64) []kind {
+	flood := faults.InternalBatch
+	flood.BatchMin, flood.BatchMax, flood.KeySpace = 15_000, 15_000, posts
+	flood.Rate, flood.MaxInFlight, flood.MaxRequests = 1, 2, 1_000
+	flood.Duration, flood.Seed = phases.Inject, seed
+	return []kind{
+		{"flood", func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.Server.URL, flood) }},
+		{"pause-memcached", func(h scenario.Harness) (faults.Fault, error) {
+			return faults.NewContainerFault(h.Env.Memcached, faults.ContainerPause), nil
+		}},
+		{"kill-memcached", func(h scenario.Harness) (faults.Fault, error) {
+			return faults.NewContainerFault(h.Env.Memcached, faults.ContainerKill), nil
+		}},
+	}
+}
+
+func TestSoak(t *testing.T) {
+	env := fixtures.Shared(t)
+	if env.Memcached == nil {
+		t.Skip("external mode: the soak's container faults need containers Spiral started")
+	}
+	seed := scenario.SeedFromEnv(11)
+	rng := rand.New(rand.NewPCG(seed, 0))
+
+	phases := scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: time.Second, Recover: 4 * time.Second}
+	cycles, until := 3, time.Time{}
+	interval := 100 * time.Millisecond
+	switch scenario.Mode() {
+	case "full":
+		phases = scenario.Phases{Baseline: 5 * time.Second, Inject: 15 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
+		cycles = 6
+	case "soak":
+		d, err := time.ParseDuration(os.Getenv("SPIRAL_SOAK_DURATION"))
+		if err != nil || d <= 0 {
+			d = 2 * time.Hour
+		}
+		phases = scenario.Phases{Baseline: 10 * time.Second, Inject: 60 * time.Second, Observe: 10 * time.Second, Recover: 30 * time.Second}
+		cycles, until, interval = 1<<30, time.Now().Add(d), time.Second
+		t.Logf("soak: cycling faults for %v (until %s)", d, until.Format(time.TimeOnly))
+	}
+	bg := faults.Background
+	bg.Rate, bg.KeySpace = 50, posts
+
+	var first map[string]float64
+	for c := 0; c < cycles; c++ {
+		if !until.IsZero() && time.Now().After(until) {
+			break
+		}
+		ks := kinds(phases, seed+uint64(c))
+		k := ks[c%len(ks)]
+		if c >= len(ks) {
+			k = ks[rng.IntN(len(ks))]
+		}
+		name := fmt.Sprintf("soak/cycle-%03d-%s", c, k.name)
+		ok := t.Run(fmt.Sprintf("cycle-%03d-%s", c, k.name), func(t *testing.T) {
+			res := suite.Run(t, env, scenario.Scenario{
+				Name: name, Config: dataplane.DefaultConfig(), Seed: seed + uint64(c),
+				Data: fixtures.SeedSpec{Posts: posts}, WarmPosts: posts,
+				Background: []faults.LoadProfile{bg},
+				Faults:     []scenario.FaultFunc{k.fault},
+				Phases:     phases, Budgets: budgets, Interval: interval,
+			})
+			assert.Empty(t, res.Violations, "cycle %d (%s) must hold every budget", c, k.name)
+			assert.True(t, res.Validated, "the data plane answers after cycle %d: %s", c, res.ValidateError)
+			after := map[string]float64{}
+			for _, m := range []string{probe.MetricGoroutines, probe.MetricThreads} {
+				after[m] = res.Peaks[m][scenario.PhaseValidate]
+			}
+			after[liveHeap] = liveHeapBytes()
+			if first == nil {
+				first = after
+				return
+			}
+			for m, v := range after {
+				// Small figures (a few dozen goroutines, a few MiB) get a
+				// floor of slack.
+				slack := 50.0
+				if m == liveHeap {
+					slack = 16 << 20
+				}
+				assert.LessOrEqual(t, v, growthFactor*first[m]+slack,
+					"%s after recovery grew from %v (first cycle) to %v by cycle %d", m, first[m], v, c)
+			}
+		})
+		if !ok && scenario.Mode() == "soak" {
+			t.Logf("soak: stopping at the first failed cycle (%d)", c)
+			break
+		}
+	}
+}
