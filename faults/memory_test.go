@@ -72,7 +72,9 @@ func TestMemoryBallastRaisesHeapAndRSS(t *testing.T) {
 	heap2, rss2 := rt.Read().HeapBytes, rss(t)
 	t.Logf("after Recover: heap %d MiB, RSS %d MiB", heap2>>20, rss2>>20)
 	assert.Less(t, heap2, heap0+memoryBallast/4, "the ballast is freed")
-	assert.Less(t, rss2, rss0+memoryBallast/4, "and returned to the OS")
+	if !raceEnabled {
+		assert.Less(t, rss2, rss0+memoryBallast/4, "and returned to the OS")
+	}
 }
 
 // TestMemoryTightLimitMultipliesGCWork: the same ballast and allocation

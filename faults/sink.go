@@ -120,9 +120,14 @@ type Sink struct {
 	drainDone chan struct{}
 	drainErr  error // set by the drain before drainDone closes
 
-	mu    sync.Mutex // guards state and the read deadline
+	mu    sync.Mutex // guards state, gen, seen, exited and the read deadline
 	state int
+	gen   uint64        // counts state changes
+	seen  uint64        // the last gen the drain acted on
+	ack   *sync.Cond    // on mu: the drain saw a state change, or exited
 	wake  chan struct{} // capacity 1: state changed
+	// exited is set when the drain has returned.
+	exited bool
 }
 
 // NewSink creates the pipe and starts draining it freely. The caller must
@@ -173,6 +178,7 @@ func NewSink(cfg SinkConfig) (*Sink, error) {
 		drainDone: make(chan struct{}),
 		wake:      make(chan struct{}, 1),
 	}
+	s.ack = sync.NewCond(&s.mu)
 	if cfg.Mode == SinkFile {
 		// os.NewFile keeps a blocking descriptor out of the poller: writes
 		// are blocking write(2) calls under the file's lock.
@@ -310,14 +316,20 @@ func (s *Sink) Recover(ctx context.Context) error {
 	return nil
 }
 
-// setStateLocked changes the drain state and interrupts the drain's read
-// or wait, so that the change takes effect at once.
+// setStateLocked changes the drain state, interrupts the drain's read or
+// wait, and waits until the drain has seen the change: a read that began
+// before it has returned, so no byte written after it is drained against
+// the new state.
 func (s *Sink) setStateLocked(st int) {
 	s.state = st
+	s.gen++
 	_ = s.r.SetReadDeadline(time.Now())
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+	for s.seen < s.gen && !s.exited {
+		s.ack.Wait()
 	}
 }
 
@@ -368,6 +380,12 @@ func (s *Sink) close() error {
 // end closed) or an error.
 func (s *Sink) drain() {
 	defer close(s.drainDone)
+	defer func() {
+		s.mu.Lock()
+		s.exited = true
+		s.ack.Broadcast()
+		s.mu.Unlock()
+	}()
 	buf := make([]byte, sinkReadBuf)
 	for {
 		s.mu.Lock()
@@ -376,6 +394,10 @@ func (s *Sink) drain() {
 		select {
 		case <-s.wake:
 		default:
+		}
+		if s.seen != s.gen {
+			s.seen = s.gen
+			s.ack.Broadcast()
 		}
 		s.mu.Unlock()
 

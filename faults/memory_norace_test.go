@@ -1,0 +1,6 @@
+//go:build !race
+
+package faults_test
+
+// raceEnabled: see memory_race_test.go.
+const raceEnabled = false
