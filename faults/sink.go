@@ -286,8 +286,10 @@ func (s *Sink) Name() string {
 	return fmt.Sprintf("sink drain %d B/s", s.cfg.DrainBytesPerSec)
 }
 
-// Inject stops the drain (Stall) or slows it to DrainBytesPerSec. Writers
-// block once the pipe fills, which takes PipeBytes of writes.
+// Inject stops the drain (Stall) or slows it to DrainBytesPerSec, and
+// returns once the drain has taken the change: nothing written after it is
+// drained faster than the fault allows. Writers block once the pipe fills,
+// which takes PipeBytes of writes.
 func (s *Sink) Inject(ctx context.Context) error {
 	if s.closed.Load() {
 		return fmt.Errorf("inject %s: %w", s.Name(), os.ErrClosed)
@@ -306,7 +308,8 @@ func (s *Sink) Inject(ctx context.Context) error {
 }
 
 // Recover makes the drain read as fast as it can again, which releases
-// blocked writers. It does not wait for them.
+// blocked writers. It returns once the drain has taken the change, without
+// waiting for the writers.
 func (s *Sink) Recover(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
