@@ -11,6 +11,8 @@ import (
 	"github.com/spiral-chaos/spiral/fixtures"
 )
 
+var _ Fault = (*Container)(nil)
+
 // ContainerAction is what a Container fault does to its backend.
 type ContainerAction int
 

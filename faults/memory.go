@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 )
 
+var _ Fault = (*MemoryPressure)(nil)
+
 // MaxBallastBytes caps a ballast at 4 GiB: memory pressure on the data
 // plane is a matter of hundreds of MiB against a tight limit, and a larger
 // ballast mostly threatens the machine running the tests.

@@ -14,6 +14,8 @@ import (
 	"github.com/rs/zerolog"
 )
 
+var _ Fault = (*Toxic)(nil)
+
 // Toxic streams: which way the bytes a toxic acts on flow.
 const (
 	// Downstream is from the backend to the client (responses).

@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+var _ Fault = (*PortBudgetFault)(nil)
+
 // DialFunc dials a backend. It has the signature of gomemcache's
 // Client.DialContext and of net.Dialer.DialContext, so a method value such
 // as PortBudget.Dial or (*DialHook).Dial can be given to either.

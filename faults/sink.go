@@ -16,6 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+var _ Fault = (*Sink)(nil)
+
 // SinkMode chooses how writers reach the sink's pipe.
 type SinkMode int
 
