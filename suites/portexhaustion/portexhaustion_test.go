@@ -1,0 +1,424 @@
+// Package portexhaustion is the postmortem's port exhaustion and its
+// band-aid as a suite. The data plane's memcached dials are confined to a
+// narrow budget of ephemeral ports (faults.PortBudget, the Linux
+// IP_LOCAL_PORT_RANGE socket option, no sysctl), so that the flood of
+// step 2 of the outage runs the ports dry in seconds rather than after the
+// whole ephemeral range.
+//
+// Three arms run under the same faults (the port budget and a flood of
+// batch RPCs beside everyday traffic):
+//
+//   - incident: one goroutine and one memcached dial per key, an idle pool
+//     of 1000. The connections beyond the pool close into TIME_WAIT inside
+//     the budget and dials fail with EADDRNOTAVAIL ("cannot assign
+//     requested address"); with FailRequest every such dial fails a request.
+//     It must be caught by the port-error budget and the load-error budget.
+//   - band-aid: the incident plus the postmortem's random 127.x.y.z source
+//     addresses. Each source address has its own port space, so the budget
+//     holds more sockets than it has ports and no dial runs out of them
+//     ("it expands the client ip+port space"): the port-error budget holds.
+//     Everything else about the flood remains: sockets still close into
+//     TIME_WAIT and one goroutine per key still runs, and both budgets must
+//     catch it.
+//   - fixed: bounded, chunked GetMulti under a memcached concurrency below
+//     the idle pool. It needs far fewer ports than the budget holds, closes
+//     none, and holds every budget.
+package portexhaustion
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+// Metrics this suite adds to the timeline.
+const (
+	// metricPortErrors is the data plane's memcached errors that say no
+	// source port was free (kinds addr_not_avail and addr_in_use),
+	// cumulative: the postmortem's "cannot assign requested address" and
+	// "bind: address already in use".
+	metricPortErrors = "dp_cache_errors_port_exhausted"
+	// metricBudgetSockets counts sockets toward memcached, in any state,
+	// whose local port lies in the arm's port budget.
+	metricBudgetSockets = "budget_sockets"
+	// metricBudgetTimeWait counts those of metricBudgetSockets in
+	// TIME_WAIT: the connections the data plane closed during the fault.
+	metricBudgetTimeWait = "budget_sockets_time_wait"
+)
+
+// posts is how many posts are seeded and cached; every lookup of the run
+// is a cache hit, so the store stays out of the picture and every dial is
+// memcached's.
+const posts = 5_000
+
+// budgetPorts is the port budget: twice the postmortem's idle pool of
+// 1000, so that a flood's connections beyond the pool close into TIME_WAIT
+// inside the budget, as they did in the outage. The fixed data plane needs
+// at most dataplane.DefaultMemcacheConcurrency (256) connections: an
+// eighth of it.
+const budgetPorts = 2 * dataplane.PostmortemMaxIdleConns
+
+// floodBatch is the flood's batch size: the incident data plane dials one
+// connection per key, twice the budget. The band-aid arm opens them all
+// (its budget is per source address), so floodBatch times floodInFlight
+// stays well under the open-files limit of 20000.
+const (
+	floodBatch    = 4_000
+	floodInFlight = 2
+)
+
+// Budgets every arm is judged against; the fixed data plane must hold all.
+var budgets = []probe.Budget{
+	// Not one memcached dial may run out of source ports: each such error
+	// fails a request under the incident's FailRequest policy and is the
+	// first log line of the postmortem.
+	probe.Limit(metricPortErrors, 0),
+	// The fixed data plane keeps its connections in the idle pool and
+	// closes none; counted from the start of the run, as set-up leaves a
+	// few hundred (the batchflood suite's bound).
+	probe.Limit(scenario.MetricMemcachedTimeWaitAdded, 200, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
+	// One goroutine per key is what a flood batch must not cost (the
+	// batchflood suite's bound).
+	probe.Limit(probe.MetricGoroutines, 2_000, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
+	// Everyday traffic keeps being answered while the ports are scarce.
+	probe.Limit(scenario.MetricLoadErrors, 0),
+}
+
+// dialer is the data plane's own memcached dialer, as dataplane.New builds
+// it when Config.DialContext is nil.
+func dialer(cfg dataplane.Config) *net.Dialer {
+	return &net.Dialer{Timeout: cfg.MemcacheTimeout}
+}
+
+// arm is one configuration's scenario, and what its run shows the test
+// besides the Result: the port budget it drew and its data plane.
+type arm struct {
+	sc scenario.Scenario
+
+	mu     sync.Mutex
+	budget faults.PortBudget
+	dp     *dataplane.DataPlane
+}
+
+// newArm returns the arm running cfg: its memcached dials go through a
+// dial hook that the port-budget fault confines while injected. With
+// bandAid the hook dials as the postmortem's band-aid did, from a random
+// 127.x.y.z: Config.BandAidDialer, expressed through Config.DialContext
+// (the two are exclusive) so that the budget composes with it.
+func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
+	base := dialer(cfg)
+	var hook *faults.DialHook
+	if bandAid {
+		hook = faults.NewDialHook(faults.DialFunc(dataplane.BandAidDialFunc(base)))
+	} else {
+		hook = faults.NewDialHook(base.DialContext)
+	}
+	cfg.DialContext = hook.Dial
+
+	flood := faults.InternalBatch
+	flood.BatchMin, flood.BatchMax, flood.KeySpace = floodBatch, floodBatch, posts
+	flood.Rate, flood.MaxInFlight = 2, floodInFlight
+	bg := faults.Background
+	bg.Rate, bg.KeySpace = 50, posts
+	phases := scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: 2 * time.Second, Recover: 3 * time.Second}
+	flood.MaxRequests = 6
+	if scenario.Mode() != "quick" {
+		phases = scenario.Phases{Baseline: 5 * time.Second, Inject: 20 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
+		flood.MaxRequests = 40
+		bg.Rate = 200
+	}
+	seed := scenario.SeedFromEnv(1)
+	flood.Seed = seed + 100
+	flood.Duration = phases.Inject
+
+	a := &arm{}
+	a.sc = scenario.Scenario{
+		Name:       "port-exhaustion/" + name,
+		Config:     cfg,
+		Seed:       seed,
+		Data:       fixtures.SeedSpec{Posts: posts},
+		WarmPosts:  posts,
+		Background: []faults.LoadProfile{bg},
+		Faults: []scenario.FaultFunc{
+			// The budget is drawn when the run builds its faults, by
+			// asking the kernel which ports are usable then.
+			func(scenario.Harness) (faults.Fault, error) {
+				b, err := freePortBudget(budgetPorts)
+				if err != nil {
+					return nil, err
+				}
+				a.mu.Lock()
+				a.budget = b
+				a.mu.Unlock()
+				if bandAid {
+					return &bandAidBudget{Hook: hook, Budget: b, Base: base}, nil
+				}
+				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
+			},
+			func(h scenario.Harness) (faults.Fault, error) {
+				return faults.NewFlood(h.Server.URL, flood)
+			},
+		},
+		// Run builds the probes after the faults: the budget is known.
+		Probes: func(h scenario.Harness) []probe.Source {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			a.dp = h.DataPlane
+			return []probe.Source{
+				portErrorSource{h.DataPlane},
+				&budgetSocketSource{budget: a.budget, port: memcachedPort(h.Env)},
+			}
+		},
+		Phases:  phases,
+		Budgets: budgets,
+	}
+	return a
+}
+
+// logCacheErrors logs the arm's memcached errors and dials by kind, read
+// from its data plane's registry (still readable after Close).
+func (a *arm) logCacheErrors(t *testing.T) {
+	t.Helper()
+	a.mu.Lock()
+	dp, b := a.dp, a.budget
+	a.mu.Unlock()
+	if dp == nil {
+		return
+	}
+	m, err := dp.Metrics()
+	if err != nil {
+		t.Logf("data plane metrics: %v", err)
+		return
+	}
+	t.Logf("  port budget %s (%d ports)", b, b.Size())
+	for _, s := range m {
+		switch s.Name {
+		case "spiral_dataplane_cache_errors_total", "spiral_dataplane_memcached_dials_total":
+			t.Logf("  %s %v %g", s.Name, s.Labels, s.Value)
+		}
+	}
+}
+
+// budgetWait bounds how long freePortBudget waits for a budget: ports
+// that other sockets bound hold out of every budget while in TIME_WAIT, for
+// 60 s, and other tests on a shared machine (or the band-aid arm of an
+// earlier run) bind thousands.
+const budgetWait = 75 * time.Second
+
+// freePortBudget is faults.FreePortBudget(size), tried again every few
+// seconds for up to budgetWait while the range holds no free run of size
+// ports.
+func freePortBudget(size int) (faults.PortBudget, error) {
+	deadline := time.Now().Add(budgetWait)
+	for {
+		b, err := faults.FreePortBudget(size)
+		if err == nil || time.Now().After(deadline) {
+			return b, err
+		}
+		fmt.Fprintf(os.Stderr, "portexhaustion: %v; trying again\n", err)
+		time.Sleep(3 * time.Second)
+	}
+}
+
+func memcachedPort(env *fixtures.Env) uint16 {
+	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
+	if err != nil {
+		return 0 // the census then counts toward every port; the runner fails first
+	}
+	return ap.Port()
+}
+
+// portErrorSource reads metricPortErrors from the data plane's registry.
+type portErrorSource struct{ dp *dataplane.DataPlane }
+
+func (portErrorSource) Metrics() []string { return []string{metricPortErrors} }
+
+func (s portErrorSource) Read(_ context.Context, dst []float64) error {
+	m, err := s.dp.Metrics()
+	if err != nil {
+		return err
+	}
+	dst[0] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
+	return nil
+}
+
+// budgetSocketSource counts the sockets toward memcached whose local port
+// lies in the budget, in all and in TIME_WAIT. Each read costs one
+// Census.List of the sockets toward memcached's port (a few ms for
+// thousands).
+type budgetSocketSource struct {
+	census probe.Census
+	budget faults.PortBudget
+	port   uint16
+}
+
+func (*budgetSocketSource) Metrics() []string {
+	return []string{metricBudgetSockets, metricBudgetTimeWait}
+}
+
+func (s *budgetSocketSource) Read(ctx context.Context, dst []float64) error {
+	socks, err := s.census.List(ctx, probe.Filter{RemotePort: s.port})
+	if err != nil {
+		return fmt.Errorf("budget sockets: %w", err)
+	}
+	var all, tw int
+	for _, sk := range socks {
+		if !s.budget.Contains(int(sk.Local.Port())) {
+			continue
+		}
+		all++
+		if sk.State == probe.TimeWait {
+			tw++
+		}
+	}
+	dst[0], dst[1] = float64(all), float64(tw)
+	return nil
+}
+
+// bandAidBudget confines the band-aid's dials to a port budget while
+// injected: each dial still binds a random 127.x.y.z source address, and
+// the kernel picks its port from the budget (IP_LOCAL_PORT_RANGE applies to
+// the bind as to the connect). faults.PortBudgetFault can't express this:
+// its Base dialer has one fixed local address. Recover swaps the band-aid
+// without a budget back in; it is idempotent.
+type bandAidBudget struct {
+	Hook   *faults.DialHook
+	Budget faults.PortBudget
+	Base   *net.Dialer
+
+	mu   sync.Mutex
+	on   bool
+	prev faults.DialFunc
+}
+
+func (f *bandAidBudget) Name() string { return "band-aid port budget " + f.Budget.String() }
+
+func (f *bandAidBudget) Inject(context.Context) error {
+	if f.Hook == nil {
+		return errors.New("inject band-aid port budget: no dial hook")
+	}
+	if err := f.Budget.Validate(); err != nil {
+		return fmt.Errorf("inject band-aid port budget: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.on {
+		return faults.ErrInjected
+	}
+	f.prev = f.Hook.Swap(faults.DialFunc(dataplane.BandAidDialFunc(f.Budget.Dialer(f.Base))))
+	f.on = true
+	return nil
+}
+
+func (f *bandAidBudget) Recover(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.on {
+		return nil
+	}
+	f.Hook.Swap(f.prev)
+	f.prev, f.on = nil, false
+	return nil
+}
+
+// peak returns metric's high-water mark over phases of res.
+func peak(res *scenario.Result, metric string, phases ...string) float64 {
+	var p float64
+	for _, ph := range phases {
+		p = max(p, res.Peaks[metric][ph])
+	}
+	return p
+}
+
+// logPeaks logs the figures the arms are told apart by, phase by phase.
+func logPeaks(t *testing.T, res *scenario.Result) {
+	t.Helper()
+	for _, m := range []string{
+		metricPortErrors, metricBudgetSockets, metricBudgetTimeWait,
+		scenario.MetricMemcachedTimeWaitAdded, scenario.MetricMemcachedConns,
+		probe.MetricGoroutines, scenario.MetricLoadErrors,
+	} {
+		t.Logf("  peak %s: %v", m, res.Peaks[m])
+	}
+}
+
+// fault phases are those in which the port budget is in force.
+var faultPhases = []string{scenario.PhaseInject, scenario.PhaseObserve}
+
+// The fixed arm runs first, then the incident, then the band-aid. Each
+// draws a budget of its own: the band-aid's TIME_WAIT sockets bound their
+// source address, which keeps their ports from every other socket of the
+// machine for 60 s.
+func TestPortExhaustion(t *testing.T) {
+	env := fixtures.Shared(t)
+
+	t.Run("fixed", func(t *testing.T) {
+		a := newArm("fixed", dataplane.DefaultConfig(), false)
+		res := suite.Run(t, env, a.sc)
+		logPeaks(t, res)
+		a.logCacheErrors(t)
+		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget within a port budget of %d", budgetPorts)
+		assert.True(t, res.Validated, res.ValidateError)
+		require.NotEmpty(t, res.LoadSummary)
+		for _, l := range res.LoadSummary {
+			assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+		}
+	})
+
+	t.Run("incident", func(t *testing.T) {
+		a := newArm("incident", dataplane.IncidentConfig(), false)
+		res := suite.Run(t, env, a.sc)
+		logPeaks(t, res)
+		a.logCacheErrors(t)
+		assert.True(t, res.Violated(metricPortErrors),
+			"the incident data plane must be caught failing memcached dials for want of a source port (EADDRNOTAVAIL); peaks %v", res.Peaks[metricPortErrors])
+		assert.True(t, res.Violated(scenario.MetricLoadErrors),
+			"the incident data plane must be caught failing requests on those errors (FailRequest); peaks %v", res.Peaks[scenario.MetricLoadErrors])
+		// The mechanism: the budget runs full, and TIME_WAIT holds a large
+		// share of it (the idle pool of 1000 holds most of the rest). Wide
+		// margins: measured full, with 750-1120 of 2000 in TIME_WAIT.
+		assert.GreaterOrEqual(t, peak(res, metricBudgetSockets, faultPhases...), 0.9*budgetPorts,
+			"the incident's sockets must fill the port budget; peaks %v", res.Peaks[metricBudgetSockets])
+		assert.GreaterOrEqual(t, peak(res, metricBudgetTimeWait, faultPhases...), budgetPorts/4.0,
+			"TIME_WAIT must hold a large share of the incident's port budget; peaks %v", res.Peaks[metricBudgetTimeWait])
+		assert.True(t, res.Validated, "the incident data plane answers again once its dials are no longer confined: %s", res.ValidateError)
+	})
+
+	t.Run("band-aid", func(t *testing.T) {
+		a := newArm("band-aid", dataplane.IncidentConfig(), true)
+		res := suite.Run(t, env, a.sc)
+		logPeaks(t, res)
+		a.logCacheErrors(t)
+		// "That got us out of the death loop because it expands the client
+		// ip+port space": no dial runs out of ports, though the budget
+		// holds more sockets than it has ports, each source address having
+		// a port space of its own.
+		assert.False(t, res.Violated(metricPortErrors),
+			"the band-aid must hold the port-error budget; peaks %v", res.Peaks[metricPortErrors])
+		assert.Greater(t, peak(res, metricBudgetSockets, faultPhases...), float64(budgetPorts),
+			"the band-aid's sockets must outnumber the budget's ports (one port space per source address); peaks %v", res.Peaks[metricBudgetSockets])
+		// What it leaves: every connection beyond the idle pool still
+		// closes into TIME_WAIT.
+		assert.True(t, res.Violated(scenario.MetricMemcachedTimeWaitAdded),
+			"the band-aid still leaves sockets in TIME_WAIT toward memcached; peaks %v", res.Peaks[scenario.MetricMemcachedTimeWaitAdded])
+		assert.True(t, res.Validated, res.ValidateError)
+	})
+}
