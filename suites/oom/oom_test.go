@@ -1,0 +1,620 @@
+// Package oom is the postmortem's last step as a suite: "very aggressively
+// tuned GOGC and GOMEMLIMIT environment variable values and memory limits
+// meant that our data plane was actually OOM'ing every so often", then
+// restarted. "OOMs are obviously bad (we should have zero of them)".
+//
+// The data plane runs out of process, as in production: a child process
+// (this test binary run again, see child_test.go) in a memory-limited
+// cgroup, with GOGC off and GOMEMLIMIT a little under the cgroup's limit,
+// supervised and restarted when it dies (faults.Supervisor). OOM kills are
+// counted from the kernel's own record for the cgroup. Everyday traffic and
+// the postmortem's batch flood (a few requests of 15-20k URIs) reach it over
+// HTTP on a fixed loopback port that each restarted child listens on again.
+//
+//   - incident (dataplane.IncidentConfig): one goroutine, one memcached
+//     connection and its buffers per URI. A single batch needs more memory
+//     than the cgroup allows; the runtime's collector can't free memory
+//     that is live, and the kernel kills the child. It must be caught by
+//     the OOM kill budget; the supervisor must still bring it back to
+//     healthy (data plane built, memcached and the CQL store answering)
+//     within restartBound after every kill.
+//   - fixed (dataplane.DefaultConfig): bounded, chunked lookups under the
+//     same limits and load: no OOM kill, no failed request, every budget
+//     holds.
+//
+// The scenario runner serves an in-process data plane, so this suite runs
+// its own phases (baseline, inject, observe, recover, validate) with the
+// same pieces: probe.Sampler, faults.Load and faults.Flood, budgets judged
+// on the timeline, and a report written with scenario/report.
+package oom
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/scenario/report"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+// Metrics of this suite's timeline, beside the load's (scenario.MetricLoadOK,
+// MetricLoadErrors) and memcached's TIME_WAIT sockets
+// (scenario.MetricMemcachedTimeWait).
+const (
+	// metricOOMKills is the kernel's count of OOM kills in the child's
+	// cgroup since it was created ("oom_kill" in memory.oom_control or
+	// memory.events).
+	metricOOMKills = "oom_kills"
+	// metricRestarts is how many times the supervisor started the child
+	// again.
+	metricRestarts = "child_restarts"
+	// metricDown is the time since the data plane was last healthy, in
+	// seconds, or 0 while it is: a restart's recovery, as it happens.
+	metricDown = "child_down_seconds"
+	// metricCgroupUsage is the memory charged to the child's cgroup.
+	metricCgroupUsage = "cgroup_usage_bytes"
+	// metricChildThreads and metricChildRSS are the child's live OS threads
+	// and resident set (missing while no child runs).
+	metricChildThreads = "child_threads"
+	metricChildRSS     = "child_rss_bytes"
+)
+
+// posts is how many posts are seeded and cached. The flood's 15-20k URIs
+// are drawn from them, repeats included, so every lookup is a cache hit and
+// a batch costs the data plane its goroutines, connections and buffers, not
+// store reads.
+const posts = 2_000
+
+// The child's memory limits: tight like the postmortem's.
+const (
+	// cgroupLimit is the child's memory cgroup limit. Measured here with a
+	// 512 MiB cgroup: the fixed data plane peaks at 35-40 MiB over a
+	// 20k-URI batch with the default GOGC, the incident at 160-260 MiB.
+	cgroupLimit = 128 << 20
+	// childGOMEMLIMIT leaves faults.TightMemory's headroom (32 MiB) between
+	// the Go runtime's soft limit and the kernel's hard one.
+	childGOMEMLIMIT = cgroupLimit - 32<<20
+	// childGOGC turns the collector off but for the memory limit, as
+	// faults.TightMemory does (GCPercent -1): the heap rides up to
+	// GOMEMLIMIT before anything is collected.
+	childGOGC = "off"
+)
+
+// restartBound is how long a supervised restart may take from the kill to
+// a healthy data plane ("restart must reach healthy within a bound"): a Go
+// process start, a CQL session and a memcached round trip, measured at
+// 0.2-0.4 s here. The bound leaves room for a loaded 2-core CI machine and
+// is also the child's start timeout.
+const restartBound = 20 * time.Second
+
+// validateTimeout bounds how long the data plane may take to answer a small
+// batch after recover.
+const validateTimeout = 10 * time.Second
+
+// budgets must all hold for the fixed data plane.
+var budgets = []probe.Budget{
+	// "OOMs are obviously bad (we should have zero of them)".
+	probe.Limit(metricOOMKills, 0),
+	// A restart reaches healthy within the bound.
+	probe.Limit(metricDown, restartBound.Seconds()),
+	// Everyday traffic and the flood keep being answered.
+	probe.Limit(scenario.MetricLoadErrors, 0),
+}
+
+// profile is one mode's load and phases.
+type profile struct {
+	phases      scenario.Phases
+	background  faults.LoadProfile
+	flood       faults.LoadProfile
+	maxRestarts int
+}
+
+func newProfile(mode string, seed uint64) profile {
+	p := profile{
+		phases:     scenario.Phases{Baseline: 2 * time.Second, Inject: 6 * time.Second, Observe: 2 * time.Second, Recover: 3 * time.Second},
+		background: faults.Background,
+		flood:      faults.InternalBatch,
+	}
+	p.background.Rate, p.background.KeySpace = 20, posts
+	// The postmortem's internal client: under 3 requests a second of
+	// 15-20k URIs. Two at a time at most, as in the batch-flood suite.
+	p.flood.KeySpace, p.flood.Rate, p.flood.MaxInFlight, p.flood.MaxRequests = posts, 2, 2, 6
+	if mode != "quick" {
+		p.phases = scenario.Phases{Baseline: 5 * time.Second, Inject: 30 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
+		p.background.Rate = 100
+		p.flood.MaxRequests = 40
+	}
+	ph := p.phases
+	p.background.Duration = ph.Baseline + ph.Inject + ph.Observe + ph.Recover
+	p.background.MaxRequests = int(p.background.Rate * p.background.Duration.Seconds() * 2)
+	p.background.Seed, p.flood.Seed = seed, seed+100
+	p.flood.Duration = ph.Inject
+	// Every flood request may cost the incident one kill; the restart
+	// budget must outlast them all.
+	p.maxRestarts = p.flood.MaxRequests + 5
+	return p
+}
+
+// TestOOM runs the fixed arm, then the incident arm, each in a cgroup of
+// its own.
+func TestOOM(t *testing.T) {
+	env := fixtures.Shared(t)
+	seed := scenario.SeedFromEnv(5)
+	p := newProfile(scenario.Mode(), seed)
+	seedAndWarm(t, env)
+
+	t.Run("fixed", func(t *testing.T) {
+		r := runArm(t, env, armFixed, p, seed)
+		res := r.res
+		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget under tight memory and the flood")
+		assert.True(t, res.Validated, res.ValidateError)
+		assert.Zero(t, r.kernelKills, "kernel oom_kill counter of the child's cgroup")
+		assert.Equal(t, 1, r.stats.Starts, "the child never restarted: %v", r.exits)
+		require.Len(t, res.LoadSummary, 2)
+		for _, l := range res.LoadSummary {
+			assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+		}
+	})
+
+	t.Run("incident", func(t *testing.T) {
+		r := runArm(t, env, armIncident, p, seed)
+		res := r.res
+		assert.True(t, res.Violated(metricOOMKills),
+			"the incident data plane must be caught OOM-killed; peaks %v", res.Peaks[metricOOMKills])
+		assert.Positive(t, r.kernelKills, "the kernel counted the kills")
+		assert.False(t, res.Violated(metricDown),
+			"every restart reaches healthy within %v; peaks %v", restartBound, res.Peaks[metricDown])
+		oomExits := 0
+		for _, e := range r.exits {
+			if !e.OOMKilled {
+				continue
+			}
+			oomExits++
+			assert.Positive(t, e.Recovery, "a restart after %s reached healthy", e)
+			assert.Less(t, e.Recovery, restartBound, "kill to healthy after %s", e)
+		}
+		assert.Positive(t, oomExits, "the supervisor saw OOM-killed children: %v", r.exits)
+		assert.True(t, res.Validated, "the incident data plane answers again once the flood stops: %s", res.ValidateError)
+	})
+}
+
+// seedAndWarm writes the posts into the store and reads them once through a
+// fixed in-process data plane, so that they are in the cache.
+func seedAndWarm(t *testing.T, env *fixtures.Env) {
+	t.Helper()
+	session := env.Session(t)
+	require.NoError(t, fixtures.Seed(t.Context(), session, env.Keyspace, fixtures.SeedSpec{Posts: posts}))
+	dp, err := dataplane.New(dataplane.DefaultConfig(), dataplane.Backends{MemcachedAddrs: env.MemcachedAddrs, Session: session, Keyspace: env.Keyspace})
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, dp.Close()) }()
+	_, err = dp.GetPostRecords(t.Context(), "warmup", fixtures.PostURIs(0, posts))
+	require.NoError(t, err, "warm the cache")
+}
+
+// armRun is what one arm saw.
+type armRun struct {
+	res         *scenario.Result
+	stats       faults.SupervisorStats
+	exits       []faults.ChildExit
+	kernelKills uint64
+}
+
+// runArm runs one arm: the child under supervision in a fresh cgroup,
+// baseline with everyday traffic, the flood injected, recovered, the data
+// plane validated, the report written; then checks nothing is left behind.
+func runArm(t *testing.T, env *fixtures.Env, arm string, p profile, seed uint64) armRun {
+	t.Helper()
+	ctx := t.Context()
+	name := "oom/" + arm
+	cfg, err := armConfig(arm)
+	require.NoError(t, err)
+
+	cg := newCgroup(t)
+	addr := listenAddr(t)
+	child := faults.OOMChild{
+		Args:       []string{"-test.run=^$"},
+		GOMEMLIMIT: fmt.Sprintf("%dMiB", childGOMEMLIMIT>>20),
+		GOGC:       childGOGC,
+		Listen:     addr,
+		Env:        childEnv(env, arm),
+	}
+	sup, err := faults.NewSupervisor(faults.SupervisorConfig{
+		Command:      child.Command,
+		Cgroup:       cg,
+		MaxRestarts:  p.maxRestarts,
+		HealthPath:   dpHealthPath,
+		StartTimeout: restartBound,
+	})
+	require.NoError(t, err)
+	t.Cleanup(sup.Stop) // runs before the cgroup's Close, registered earlier
+	progress("%s: cgroup v%d %s, limit %d MiB; child GOMEMLIMIT=%s GOGC=%s on %s",
+		name, cg.Version(), cg.Dir(), cg.Limit()>>20, child.GOMEMLIMIT, child.GOGC, addr)
+	require.NoError(t, sup.Start(ctx), "first child healthy")
+
+	url := "http://" + addr
+	bg, err := faults.NewLoad(url, p.background)
+	require.NoError(t, err)
+	flood, err := faults.NewFlood(url, p.flood)
+	require.NoError(t, err)
+	loads := []*faults.Load{bg, flood.Load()}
+	sampler, err := newSampler(env, sup, cg, loads)
+	require.NoError(t, err)
+
+	res := &scenario.Result{
+		Scenario: name, Seed: seed, Config: cfg, Started: time.Now(), Budgets: budgets,
+		Faults: []string{flood.Name(), fmt.Sprintf("memory limit %d MiB, GOMEMLIMIT=%s, GOGC=%s", cgroupLimit>>20, child.GOMEMLIMIT, child.GOGC)},
+		Replay: fmt.Sprintf("SPIRAL_SEED=%d SPIRAL_MODE=%s go test -count=1 -v -run 'TestOOM/%s' ./suites/oom", seed, scenario.Mode(), arm),
+	}
+
+	// Sampler and everyday traffic run from baseline to validate; their
+	// errors come back through the group, never fail t from there.
+	sampler.Mark(scenario.PhaseBaseline) // before the first sample
+	progress("%s: %s for %v", name, scenario.PhaseBaseline, p.phases.Baseline)
+	sctx, stopSampler := context.WithCancel(ctx)
+	var sg errgroup.Group
+	sg.Go(func() error { return sampler.Run(sctx) })
+	lctx, stopLoad := context.WithCancel(ctx)
+	var lg errgroup.Group
+	var bgReport faults.LoadReport
+	lg.Go(func() error {
+		rep, err := bg.Run(lctx)
+		bgReport = rep
+		return err
+	})
+	defer func() {
+		// After an early return too: nothing keeps running.
+		stopLoad()
+		stopSampler()
+		_ = flood.Recover(context.Background())
+		_ = lg.Wait()
+		_ = sg.Wait()
+	}()
+
+	wait := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	phase := func(phase string, d time.Duration) error {
+		sampler.Mark(phase)
+		progress("%s: %s for %v", name, phase, d)
+		return wait(d)
+	}
+	require.NoError(t, wait(p.phases.Baseline))
+	sampler.Mark(scenario.PhaseInject)
+	progress("%s: inject %s", name, flood.Name())
+	require.NoError(t, flood.Inject(ctx))
+	require.NoError(t, phase(scenario.PhaseInject, p.phases.Inject))
+	require.NoError(t, phase(scenario.PhaseObserve, p.phases.Observe))
+
+	sampler.Mark(scenario.PhaseRecover)
+	progress("%s: recover %s", name, flood.Name())
+	rctx, cancel := context.WithTimeout(ctx, p.flood.Timeout+10*time.Second)
+	require.NoError(t, flood.Recover(rctx), "stop the flood")
+	cancel()
+	hctx, cancel := context.WithTimeout(ctx, restartBound)
+	_, healthErr := sup.WaitHealthy(hctx, 0)
+	cancel()
+	require.NoError(t, phase(scenario.PhaseRecover, p.phases.Recover))
+
+	sampler.Mark(scenario.PhaseValidate)
+	loadErr := lg.Wait()
+	vctx, cancel := context.WithTimeout(ctx, validateTimeout)
+	if err := validate(vctx, url); err != nil {
+		res.ValidateError = err.Error()
+		if healthErr != nil {
+			res.ValidateError += fmt.Sprintf(" (and no healthy child within %v of recover: %v)", restartBound, healthErr)
+		}
+	} else {
+		res.Validated = true
+	}
+	cancel()
+	sampleErr := sampler.Sample(ctx)
+	stopSampler()
+	samplerErr := sg.Wait()
+
+	floodReport, floodErr := flood.Wait(ctx)
+	res.Loads = []faults.LoadReport{bgReport, floodReport}
+	for _, r := range res.Loads {
+		res.LoadSummary = append(res.LoadSummary, scenario.LoadSummary{Client: r.Profile.Client, Stats: r.Stats, Outcomes: r.Outcomes, P50: r.P50, P99: r.P99, Max: r.Max})
+	}
+	res.Timeline = sampler.Timeline()
+	res.Violations = res.Timeline.Check(budgets...)
+	res.Peaks = peaks(res.Timeline)
+	run := armRun{res: res, stats: sup.Stats(), exits: sup.Exits()}
+	run.kernelKills, err = cg.OOMKills()
+	require.NoError(t, err)
+	progress("%s: done: %d violation(s), validated=%v", name, len(res.Violations), res.Validated)
+	writeReport(t, res)
+	logRun(t, run)
+
+	require.NoError(t, loadErr, "everyday traffic")
+	require.NoError(t, floodErr, "flood")
+	require.NoError(t, sampleErr, "last sample")
+	if samplerErr != nil && !errors.Is(samplerErr, context.Canceled) {
+		t.Errorf("sampler: %v", samplerErr)
+	}
+	require.NoError(t, sup.Err(), "supervision went on to the end")
+	requireNothingLeft(t, sup, cg)
+	return run
+}
+
+// validate asks the data plane for a small batch over HTTP until it
+// answers or ctx ends.
+func validate(ctx context.Context, url string) error {
+	c := &dataplane.Client{URL: url, Name: "validate"}
+	for {
+		_, err := c.GetPostRecords(ctx, fixtures.PostURIs(0, 10))
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("data plane did not answer after recover: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// newSampler samples the child, its cgroup and supervisor, memcached's
+// TIME_WAIT sockets and the loads.
+func newSampler(env *fixtures.Env, sup *faults.Supervisor, cg *faults.MemoryCgroup, loads []*faults.Load) (*probe.Sampler, error) {
+	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
+	if err != nil {
+		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
+	}
+	sum := func(f func(faults.LoadStats) int64) func() float64 {
+		return func() float64 {
+			var n int64
+			for _, l := range loads {
+				n += f(l.Stats())
+			}
+			return float64(n)
+		}
+	}
+	return probe.NewSampler(100*time.Millisecond,
+		&childSource{sup: sup, cg: cg},
+		probe.NewSocketSource(scenario.MetricMemcachedTimeWait, probe.Census{}, probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: ap.Port()}),
+		probe.Func(scenario.MetricLoadOK, sum(func(s faults.LoadStats) int64 { return s.OK })),
+		probe.Func(scenario.MetricLoadErrors, sum(func(s faults.LoadStats) int64 { return s.Errors })),
+	)
+}
+
+// childSource reads the supervised child's figures: the kernel's OOM
+// kills, restarts, time since healthy, cgroup memory, and the live child's
+// threads and RSS.
+type childSource struct {
+	sup *faults.Supervisor
+	cg  *faults.MemoryCgroup
+}
+
+func (s *childSource) Metrics() []string {
+	return []string{metricOOMKills, metricRestarts, metricDown, metricCgroupUsage, metricChildThreads, metricChildRSS}
+}
+
+func (s *childSource) Read(ctx context.Context, dst []float64) error {
+	kills, err := s.cg.OOMKills()
+	if err != nil {
+		return err
+	}
+	usage, err := s.cg.Usage()
+	if err != nil {
+		return err
+	}
+	st := s.sup.Stats()
+	down := 0.0
+	if !st.Healthy {
+		if exits := s.sup.Exits(); len(exits) > 0 {
+			down = time.Since(exits[len(exits)-1].ExitedAt).Seconds()
+		}
+	}
+	dst[0], dst[1], dst[2], dst[3] = float64(kills), float64(max(st.Starts-1, 0)), down, float64(usage)
+	dst[4], dst[5] = math.NaN(), math.NaN()
+	// The child may die between listing and reading: missing, not failed.
+	if pids, err := s.cg.Procs(); err == nil && len(pids) == 1 {
+		if ps, err := probe.ReadProcess(ctx, pids[0]); err == nil {
+			dst[4], dst[5] = float64(ps.Threads), float64(ps.RSSBytes)
+		}
+	}
+	return nil
+}
+
+// newCgroup creates the child's memory cgroup, closed when t ends. Where
+// the machine can't give one it skips t, unless this process runs as root
+// on a kernel with a cgroup v1 memory hierarchy: there a cgroup must be
+// had, and failing to get one fails t.
+func newCgroup(t *testing.T) *faults.MemoryCgroup {
+	t.Helper()
+	cg, err := faults.NewMemoryCgroup(cgroupLimit)
+	if errors.Is(err, faults.ErrCgroupUnavailable) {
+		if os.Geteuid() == 0 && hasV1Memory() {
+			t.Fatalf("memory cgroup: this process runs as root with a cgroup v1 memory hierarchy (/proc/self/cgroup), so the OOM suite must get one: %v", err)
+		}
+		t.Skipf("the OOM suite needs a memory cgroup: %v", err)
+	}
+	require.NoError(t, err, "memory cgroup")
+	t.Cleanup(func() { assert.NoError(t, cg.Close(), "remove the cgroup") })
+	return cg
+}
+
+// hasV1Memory reports whether this process sits in a cgroup v1 memory
+// hierarchy: a line "ID:...memory...:path" of /proc/self/cgroup.
+func hasV1Memory() bool {
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) == 3 && parts[1] != "" {
+			for c := range strings.SplitSeq(parts[1], ",") {
+				if c == "memory" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// listenAddr returns a free loopback address for the child, on a port
+// outside the ephemeral range: each restarted child listens there again,
+// and no client socket (the incident's thousands of memcached connections
+// among them) can be holding it as its local port.
+func listenAddr(t *testing.T) string {
+	t.Helper()
+	eph, err := probe.EphemeralRange()
+	require.NoError(t, err)
+	const first = 1024 // above the privileged ports
+	below := max(int(eph.Low)-first, 0)
+	n := below + 65535 - int(eph.High)
+	require.Positive(t, n, "no port outside the ephemeral range %v", eph)
+	// Start from a point that differs between concurrent test binaries.
+	start := os.Getpid() * 7919
+	for i := range min(n, 1000) {
+		k := (start + i) % n
+		port := first + k
+		if k >= below {
+			port = int(eph.High) + 1 + (k - below)
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		require.NoError(t, ln.Close())
+		return addr
+	}
+	t.Fatalf("no free port outside the ephemeral range %v", eph)
+	return ""
+}
+
+// requireNothingLeft stops the supervisor and checks that no child process
+// and no spiral-oom-* cgroup of this process is left.
+func requireNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.MemoryCgroup) {
+	t.Helper()
+	sup.Stop()
+	procs, err := cg.Procs()
+	require.NoError(t, err)
+	assert.Empty(t, procs, "processes left in %s", cg.Dir())
+	for _, e := range sup.Exits() {
+		if e.Pid > 0 {
+			assert.ErrorIs(t, syscall.Kill(e.Pid, 0), syscall.ESRCH, "child pid %d still exists", e.Pid)
+		}
+	}
+	require.NoError(t, cg.Close())
+	left, err := faults.ListMemoryCgroups()
+	require.NoError(t, err)
+	assert.Empty(t, left, "spiral-oom-* cgroups left")
+}
+
+func peaks(tl *probe.Timeline) map[string]map[string]float64 {
+	out := map[string]map[string]float64{}
+	for i, m := range tl.Metrics {
+		per := map[string]float64{}
+		for _, s := range tl.Samples {
+			v := s.Values[i]
+			if math.IsNaN(v) {
+				continue
+			}
+			if cur, ok := per[s.Phase]; !ok || v > cur {
+				per[s.Phase] = v
+			}
+		}
+		out[m] = per
+	}
+	return out
+}
+
+// writeReport writes res's report: under $SPIRAL_REPORT_DIR when set, else
+// into a temporary folder kept only if t fails (as suites/internal/suite
+// does for scenario runs).
+func writeReport(t *testing.T, res *scenario.Result) {
+	t.Helper()
+	dir := report.Dir(res.Scenario)
+	keep := dir != ""
+	if !keep {
+		d, err := os.MkdirTemp("", "spiral-report-")
+		if err != nil {
+			t.Logf("report: %v", err)
+			return
+		}
+		dir = filepath.Join(d, strings.ReplaceAll(res.Scenario, "/", "_"))
+		t.Cleanup(func() {
+			if !t.Failed() {
+				_ = os.RemoveAll(d)
+			}
+		})
+	}
+	page, err := report.Write(dir, res)
+	if err != nil {
+		t.Logf("report: %v", err)
+		return
+	}
+	if keep {
+		t.Logf("report: %s", page)
+		return
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("report kept: %s\nreplay: %s", page, res.Replay)
+		}
+	})
+}
+
+func logRun(t *testing.T, r armRun) {
+	t.Helper()
+	res := r.res
+	t.Logf("%s: %d violation(s); validated=%v; kernel oom_kill=%d; starts=%d exits=%d",
+		res.Scenario, len(res.Violations), res.Validated, r.kernelKills, r.stats.Starts, r.stats.Exits)
+	for _, v := range res.Violations {
+		t.Logf("  %v", v)
+	}
+	for _, e := range r.exits {
+		t.Logf("  %s; kill to healthy %v", e, e.Recovery.Round(time.Millisecond))
+	}
+	for _, l := range res.LoadSummary {
+		t.Logf("  load %s: sent %d ok %d errors %d skipped %d p99 %v outcomes %v", l.Client, l.Stats.Sent, l.Stats.OK, l.Stats.Errors, l.Stats.Skipped, l.P99, l.Outcomes)
+	}
+	mib := func(m map[string]float64) string {
+		var parts []string
+		for _, ph := range []string{scenario.PhaseBaseline, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover, scenario.PhaseValidate} {
+			if v, ok := m[ph]; ok {
+				parts = append(parts, fmt.Sprintf("%s:%.0f", ph, v/(1<<20)))
+			}
+		}
+		return strings.Join(parts, " ")
+	}
+	t.Logf("  peak cgroup MiB %s; child RSS MiB %s; child threads %v; down s %v; memcached TIME_WAIT %v",
+		mib(res.Peaks[metricCgroupUsage]), mib(res.Peaks[metricChildRSS]), res.Peaks[metricChildThreads], res.Peaks[metricDown], res.Peaks[scenario.MetricMemcachedTimeWait])
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "spiral: "+format+"\n", args...)
+}
