@@ -1,0 +1,334 @@
+// Package cacheoutage takes memcached away from the data plane under
+// everyday traffic and a moderate batch load: paused (a hung cache: the
+// kernel still accepts connections, nothing answers, every operation times
+// out) or killed and started again (a dead cache: connections refused, then
+// an empty cache).
+//
+// The fixed data plane must keep answering from the CQL store within its
+// store concurrency, write error lines within its rate limit, and serve
+// from the cache again once memcached returns. The incident data plane
+// must be caught: FailRequest fails every request that meets the outage,
+// every error is logged, and with no store bound the cold cache memcached
+// comes back with sends one CQL query per key at once.
+package cacheoutage
+
+import (
+	"context"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+// Metrics this suite adds to the timeline, cumulative, from the data
+// plane's lookups_total by source.
+const (
+	// metricCacheHits is keys answered from memcached.
+	metricCacheHits = "dp_lookups_cache"
+	// metricStoreReads is keys that missed (or could not reach) memcached
+	// and were answered from the CQL store.
+	metricStoreReads = "dp_lookups_store"
+	// metricStorePeak is the highest dp_store_queries_in_flight seen
+	// between two samples (see storePeakSource).
+	metricStorePeak = "dp_store_queries_in_flight_peak"
+)
+
+// posts is how many posts are seeded and cached before the run: every
+// lookup is a cache hit until the outage, so the store's load is the
+// outage's doing.
+const posts = 5_000
+
+// batchKeys is the moderate batch load's batch size: a twentieth of the
+// postmortem's 20,000, large enough that the incident's one CQL query per
+// key, unbounded, dwarfs the fixed data plane's store concurrency.
+const batchKeys = 1_000
+
+// logSlack is time the error lines of a run may span beyond its fault
+// phases: stopping memcached (up to 15 s for the engine to report a kill),
+// waiting for it to answer again, and validating.
+const logSlack = 30 * time.Second
+
+// outage is one way for memcached to be down.
+type outage struct {
+	name   string
+	action faults.ContainerAction
+}
+
+var outages = []outage{
+	{"hung", faults.ContainerPause}, // a hung cache: every operation times out
+	{"dead", faults.ContainerKill},  // a dead cache, started again (empty) by Recover
+}
+
+// budgets returns the budgets of a run of phases; the fixed data plane
+// must hold them all.
+func budgets(phases scenario.Phases) []probe.Budget {
+	// The rate limit's bucket holds PerSecond+Burst lines and refills at
+	// PerSecond, so no run writes more than that plus PerSecond for every
+	// second errors can occur: from inject to the end of the run.
+	span := phases.Inject + phases.Observe + phases.Recover + logSlack
+	logLines := float64(dataplane.DefaultLogPerSecond+dataplane.DefaultLogBurst) + dataplane.DefaultLogPerSecond*span.Seconds()
+	return []probe.Budget{
+		// The fixed data plane's store semaphore: an outage of the cache
+		// must not become one of the store.
+		probe.Limit(scenario.MetricStoreInFlight, dataplane.DefaultStoreConcurrency),
+		probe.Limit(metricStorePeak, dataplane.DefaultStoreConcurrency),
+		// Every request is answered, from the store while memcached is
+		// away.
+		probe.Limit(scenario.MetricLoadErrors, 0),
+		// Error lines within the rate limit: the postmortem's "millions of
+		// logs per second" must not happen.
+		probe.Limit(scenario.MetricLogLines, math.Floor(logLines)),
+	}
+}
+
+// outageScenario returns the run of cfg through outage o. Its probes poll
+// the data plane until t ends.
+func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) scenario.Scenario {
+	t.Helper()
+	bg := faults.Background
+	bg.Rate, bg.KeySpace = 50, posts
+	batch := faults.InternalBatch
+	batch.BatchMin, batch.BatchMax, batch.KeySpace = batchKeys, batchKeys, posts
+	batch.Rate, batch.MaxInFlight = 1, 2
+	phases := scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: 2 * time.Second, Recover: 4 * time.Second}
+	if scenario.Mode() != "quick" {
+		phases = scenario.Phases{Baseline: 5 * time.Second, Inject: 20 * time.Second, Observe: 5 * time.Second, Recover: 15 * time.Second}
+		bg.Rate = 200
+	}
+	run := phases.Baseline + phases.Inject + phases.Observe + phases.Recover
+	bg.MaxRequests = int(2 * bg.Rate * run.Seconds())
+	batch.MaxRequests = int(2 * batch.Rate * run.Seconds())
+	return scenario.Scenario{
+		Name:       "cache-outage/" + o.name + "/" + name,
+		Config:     cfg,
+		Seed:       scenario.SeedFromEnv(1),
+		Data:       fixtures.SeedSpec{Posts: posts},
+		WarmPosts:  posts,
+		Background: []faults.LoadProfile{bg, batch},
+		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
+			return faults.NewContainerFault(h.Env.Memcached, o.action), nil
+		}},
+		Probes: func(h scenario.Harness) []probe.Source {
+			peak := newStorePeakSource(h.DataPlane)
+			t.Cleanup(peak.stop)
+			return []probe.Source{lookupSource{h.DataPlane}, peak}
+		},
+		Phases:  phases,
+		Budgets: budgets(phases),
+	}
+}
+
+// lookupSource reads the data plane's keys answered by source.
+type lookupSource struct{ dp *dataplane.DataPlane }
+
+func (lookupSource) Metrics() []string { return []string{metricCacheHits, metricStoreReads} }
+
+func (s lookupSource) Read(_ context.Context, dst []float64) error {
+	m, err := s.dp.Metrics()
+	if err != nil {
+		return err
+	}
+	dst[0], dst[1] = m.Sum("lookups_total", "source", "cache"), m.Sum("lookups_total", "source", "store")
+	return nil
+}
+
+// storePollInterval is how often storePeakSource reads the data plane's
+// gauge. The incident's store queries come in bursts of a batch's keys
+// that last 200-400 ms (measured) and mostly fall between the runner's
+// samples, 100 ms apart and often late on a busy machine; every 20 ms
+// catches each burst near its top.
+const storePollInterval = 20 * time.Millisecond
+
+// storePeakSource reports, at each sample, the highest value of the data
+// plane's store_queries_in_flight gauge it polled since the previous
+// sample (or, for the first sample, since it started). A poll is one
+// Gather of the data plane's registry: 0.2-0.5 ms here under load, 1-2.5%
+// of one core at storePollInterval. stop ends the polling; it is
+// idempotent.
+type storePeakSource struct {
+	dp   *dataplane.DataPlane
+	quit chan struct{}
+	done chan struct{}
+	once sync.Once
+
+	mu   sync.Mutex
+	peak float64
+	err  error
+}
+
+func newStorePeakSource(dp *dataplane.DataPlane) *storePeakSource {
+	s := &storePeakSource{dp: dp, quit: make(chan struct{}), done: make(chan struct{})}
+	go s.poll()
+	return s
+}
+
+func (s *storePeakSource) poll() {
+	defer close(s.done)
+	tick := time.NewTicker(storePollInterval)
+	defer tick.Stop()
+	for {
+		m, err := s.dp.Metrics()
+		s.mu.Lock()
+		if err != nil {
+			s.err = err
+		} else {
+			s.peak = max(s.peak, m.Sum("store_queries_in_flight"))
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.quit:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *storePeakSource) stop() {
+	s.once.Do(func() { close(s.quit) })
+	<-s.done
+}
+
+func (*storePeakSource) Metrics() []string { return []string{metricStorePeak} }
+
+// Read reports the peak since the previous Read and starts a new one from
+// the gauge's current value.
+func (s *storePeakSource) Read(_ context.Context, dst []float64) error {
+	m, err := s.dp.Metrics()
+	if err != nil {
+		return err
+	}
+	now := m.Sum("store_queries_in_flight")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		err, s.err = s.err, nil
+		return err
+	}
+	dst[0] = max(s.peak, now)
+	s.peak = now
+	return nil
+}
+
+// rise returns how much cumulative metric grew over phase: its last value
+// in phase less its last value before it.
+func rise(res *scenario.Result, metric, phase string) float64 {
+	i := res.Timeline.Index(metric)
+	if i < 0 {
+		return 0
+	}
+	var before, last float64
+	seen := false
+	for _, s := range res.Timeline.Samples {
+		v := s.Values[i]
+		if math.IsNaN(v) {
+			continue
+		}
+		switch {
+		case s.Phase == phase:
+			last, seen = v, true
+		case !seen:
+			before = v
+		}
+	}
+	if !seen {
+		return 0
+	}
+	return last - before
+}
+
+func logFigures(t *testing.T, res *scenario.Result) {
+	t.Helper()
+	for _, m := range []string{
+		scenario.MetricStoreInFlight, metricStorePeak, scenario.MetricLoadErrors, scenario.MetricLogLines, scenario.MetricLogDropped,
+		scenario.MetricCacheErrors, probe.MetricGoroutines, probe.MetricThreads,
+	} {
+		t.Logf("  peak %s: %v", m, res.Peaks[m])
+	}
+	for _, m := range []string{metricCacheHits, metricStoreReads} {
+		t.Logf("  %s by phase: inject %g observe %g recover %g validate %g", m,
+			rise(res, m, scenario.PhaseInject), rise(res, m, scenario.PhaseObserve),
+			rise(res, m, scenario.PhaseRecover), rise(res, m, scenario.PhaseValidate))
+	}
+}
+
+// The fixed arm runs before the incident for each outage. Every run seeds
+// and warms its own posts, so a dead cache emptied by one run is full again
+// for the next.
+func TestCacheOutage(t *testing.T) {
+	env := fixtures.Shared(t)
+	if env.Memcached == nil {
+		t.Skip("memcached is external: the suite can't pause or kill it")
+	}
+	for _, o := range outages {
+		t.Run(o.name, func(t *testing.T) {
+			t.Run("fixed", func(t *testing.T) {
+				res := suite.Run(t, env, outageScenario(t, o, "fixed", dataplane.DefaultConfig()))
+				logFigures(t, res)
+				assert.Empty(t, res.Violations, "the fixed data plane must hold every budget with memcached %s", o.name)
+				require.NotEmpty(t, res.LoadSummary)
+				for _, l := range res.LoadSummary {
+					assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+				}
+				// The mechanisms behind the budgets held: the outage was
+				// felt (errors beyond the rate limit, dropped), requests
+				// were answered from the store meanwhile, and the cache
+				// served again once memcached was back.
+				assert.Positive(t, peak(res, scenario.MetricLogDropped),
+					"the outage must cause more cache errors than the rate limit lets through; peaks %v", res.Peaks[scenario.MetricLogDropped])
+				assert.Positive(t, rise(res, metricStoreReads, scenario.PhaseInject),
+					"the fixed data plane answers from the store while memcached is %s", o.name)
+				assert.Positive(t, rise(res, metricCacheHits, scenario.PhaseRecover),
+					"cache hits must resume once memcached is back")
+				assert.True(t, res.Validated, res.ValidateError)
+			})
+			t.Run("incident", func(t *testing.T) {
+				res := suite.Run(t, env, outageScenario(t, o, "incident", dataplane.IncidentConfig()))
+				logFigures(t, res)
+				assert.True(t, res.Violated(scenario.MetricLoadErrors),
+					"FailRequest must be caught failing requests while memcached is %s; peaks %v", o.name, res.Peaks[scenario.MetricLoadErrors])
+				assert.True(t, res.Violated(scenario.MetricLogLines),
+					"logging every cache error must be caught beyond the rate limit; peaks %v", res.Peaks[scenario.MetricLogLines])
+				// Every error logged: nothing dropped, a line per error.
+				assert.Zero(t, peak(res, scenario.MetricLogDropped), "the incident drops no log line")
+				assert.GreaterOrEqual(t, peak(res, scenario.MetricLogLines), peak(res, scenario.MetricCacheErrors),
+					"the incident writes a line for every cache error")
+				switch o.action {
+				case faults.ContainerKill:
+					// memcached comes back empty: one CQL query per key of
+					// a batch, all at once.
+					assert.True(t, res.Violated(metricStorePeak),
+						"the incident's unbounded store queries must be caught when the cache comes back cold; peaks %v", res.Peaks[metricStorePeak])
+				case faults.ContainerPause:
+					// A hung cache fails the incident's requests before
+					// they reach the store, and comes back warm.
+					assert.False(t, res.Violated(metricStorePeak),
+						"the incident does not reach the store through a hung cache; peaks %v", res.Peaks[metricStorePeak])
+				}
+				assert.Positive(t, rise(res, metricCacheHits, scenario.PhaseRecover),
+					"cache hits must resume once memcached is back")
+				assert.True(t, res.Validated, "the incident data plane answers again once memcached is back: %s", res.ValidateError)
+			})
+		})
+	}
+}
+
+// peak returns metric's high-water mark over the whole run.
+func peak(res *scenario.Result, metric string) float64 {
+	var p float64
+	for _, v := range res.Peaks[metric] {
+		p = max(p, v)
+	}
+	return p
+}
