@@ -3,6 +3,7 @@ package oom
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -102,7 +103,6 @@ func runChild(ctx context.Context) (int, error) {
 	if err != nil {
 		return 1, fmt.Errorf("data plane: %w", err)
 	}
-	defer dp.Close()
 	code, err := faults.RunOOMChild(ctx, faults.OOMChildConfig{
 		// The start byte was read above: hand it on.
 		Stdin:   io.MultiReader(bytes.NewReader(start[:]), os.Stdin),
@@ -111,9 +111,12 @@ func runChild(ctx context.Context) (int, error) {
 		Handler: childHandler(dp),
 	})
 	if err != nil {
-		return code, fmt.Errorf("serve: %w", err)
+		err = fmt.Errorf("serve: %w", err)
 	}
-	return code, nil
+	if cerr := dp.Close(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("close data plane: %w", cerr))
+	}
+	return code, err
 }
 
 // childHandler serves the data plane's RPCs and metrics, and dpHealthPath.
