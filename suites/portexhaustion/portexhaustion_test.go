@@ -9,20 +9,26 @@
 // batch RPCs beside everyday traffic):
 //
 //   - incident: one goroutine and one memcached dial per key, an idle pool
-//     of 1000. The connections beyond the pool close into TIME_WAIT inside
-//     the budget and dials fail with EADDRNOTAVAIL ("cannot assign
-//     requested address"); with FailRequest every such dial fails a request.
-//     It must be caught by the port-error budget and the load-error budget.
+//     of 1000. The budget runs full: the pool holds about half of it, and
+//     the connections beyond the pool close into TIME_WAIT and hold the
+//     rest, so dials fail with EADDRNOTAVAIL ("cannot assign requested
+//     address") and, under FailRequest, so do the requests that made them.
+//     It must be caught by the port-error and load-error budgets.
 //   - band-aid: the incident plus the postmortem's random 127.x.y.z source
-//     addresses. Each source address has its own port space, so the budget
-//     holds more sockets than it has ports and no dial runs out of them
-//     ("it expands the client ip+port space"): the port-error budget holds.
-//     Everything else about the flood remains: sockets still close into
-//     TIME_WAIT and one goroutine per key still runs, and both budgets must
-//     catch it.
+//     addresses. Each source address has a port space of its own, so the
+//     budget's ports carry more sockets than there are ports and no dial
+//     runs out of them ("it expands the client ip+port space"): the
+//     port-error budget holds. The flood's cost remains: every connection
+//     beyond the pool still closes into TIME_WAIT, which the TIME_WAIT
+//     budget must catch.
 //   - fixed: bounded, chunked GetMulti under a memcached concurrency below
-//     the idle pool. It needs far fewer ports than the budget holds, closes
-//     none, and holds every budget.
+//     the idle pool. It needs a few dozen of the budget's ports, closes no
+//     connection, and holds every budget.
+//
+// The goroutine budget is the fixed data plane's to hold; the incident and
+// the band-aid exceed it in bursts of a few hundred milliseconds per flood
+// request, which the 100 ms samples usually but not always catch, so the
+// test reports it for them without asserting it.
 package portexhaustion
 
 import (
@@ -85,6 +91,14 @@ const (
 	floodInFlight = 2
 )
 
+// floodRequests caps the flood's requests in full mode. Each of the
+// band-aid's leaves about 3,000 sockets in TIME_WAIT for 60 s from random
+// source addresses, which nothing reuses: 10 of them stay far below
+// net.ipv4.tcp_max_tw_buckets (131072 here, for the whole network
+// namespace), past which the kernel drops TIME_WAIT sockets of every
+// process on the machine.
+const floodRequests = 10
+
 // Budgets every arm is judged against; the fixed data plane must hold all.
 var budgets = []probe.Budget{
 	// Not one memcached dial may run out of source ports: each such error
@@ -142,7 +156,7 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 	flood.MaxRequests = 6
 	if scenario.Mode() != "quick" {
 		phases = scenario.Phases{Baseline: 5 * time.Second, Inject: 20 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
-		flood.MaxRequests = 40
+		flood.Rate, flood.MaxRequests = 0.5, floodRequests
 		bg.Rate = 200
 	}
 	seed := scenario.SeedFromEnv(1)
@@ -394,7 +408,8 @@ func TestPortExhaustion(t *testing.T) {
 			"the incident data plane must be caught failing requests on those errors (FailRequest); peaks %v", res.Peaks[scenario.MetricLoadErrors])
 		// The mechanism: the budget runs full, and TIME_WAIT holds a large
 		// share of it (the idle pool of 1000 holds most of the rest). Wide
-		// margins: measured full, with 750-1120 of 2000 in TIME_WAIT.
+		// margins: measured full every run, TIME_WAIT peaking at 1000-1120
+		// of 2000.
 		assert.GreaterOrEqual(t, peak(res, metricBudgetSockets, faultPhases...), 0.9*budgetPorts,
 			"the incident's sockets must fill the port budget; peaks %v", res.Peaks[metricBudgetSockets])
 		assert.GreaterOrEqual(t, peak(res, metricBudgetTimeWait, faultPhases...), budgetPorts/4.0,
