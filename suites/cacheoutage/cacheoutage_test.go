@@ -8,8 +8,8 @@
 // store concurrency, write error lines within its rate limit, and serve
 // from the cache again once memcached returns. The incident data plane
 // must be caught: FailRequest fails every request that meets the outage,
-// every error is logged, and with no store bound the cold cache memcached
-// comes back with sends one CQL query per key at once.
+// every error is logged, and, with no store bound, a restarted memcached's
+// empty cache sends one CQL query per key of a batch, all at once.
 package cacheoutage
 
 import (
@@ -111,6 +111,8 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 		phases = scenario.Phases{Baseline: 5 * time.Second, Inject: 20 * time.Second, Observe: 5 * time.Second, Recover: 15 * time.Second}
 		bg.Rate = 100
 	}
+	// The loads run from baseline to the end of recover; their caps, twice
+	// what their rates send in that time, only bound a run gone wrong.
 	run := phases.Baseline + phases.Inject + phases.Observe + phases.Recover
 	bg.MaxRequests = int(2 * bg.Rate * run.Seconds())
 	batch.MaxRequests = int(2 * batch.Rate * run.Seconds())
