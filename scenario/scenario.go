@@ -218,7 +218,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("scenario %s: data plane: %w", sc.Name, err)
 	}
-	defer dp.Close()
+	defer func() { _ = dp.Close() }()
 	srv, err := dataplane.NewServer(dp)
 	if err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
@@ -383,7 +383,7 @@ func warm(ctx context.Context, env *fixtures.Env, session *gocql.Session, n int)
 	if err != nil {
 		return err
 	}
-	defer dp.Close()
+	defer func() { _ = dp.Close() }()
 	const chunk = 5_000
 	for lo := 0; lo < n; lo += chunk {
 		if _, err := dp.GetPostRecords(ctx, "warmup", fixtures.PostURIs(lo, min(chunk, n-lo))); err != nil {

@@ -55,7 +55,7 @@ func Write(dir string, res *scenario.Result) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("report: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // closed below; this covers the error paths
 	if err := pageTmpl.Execute(f, newPageData(res)); err != nil {
 		return "", fmt.Errorf("report: render: %w", err)
 	}
