@@ -8,8 +8,9 @@
 // cgroup, with GOGC off and GOMEMLIMIT a little under the cgroup's limit,
 // supervised and restarted when it dies (faults.Supervisor). OOM kills are
 // counted from the kernel's own record for the cgroup. Everyday traffic and
-// the postmortem's batch flood (a few requests of 15-20k URIs) reach it over
-// HTTP on a fixed loopback port that each restarted child listens on again.
+// the postmortem's batch flood (a few requests of 20k URIs, the upper end
+// of its 15-20k) reach it over HTTP on a fixed loopback port that each
+// restarted child listens on again.
 //
 //   - incident (dataplane.IncidentConfig): one goroutine, one memcached
 //     connection and its buffers per URI. A single batch needs more memory
@@ -74,9 +75,11 @@ const (
 	// metricCgroupUsage is the memory charged to the child's cgroup.
 	metricCgroupUsage = "cgroup_usage_bytes"
 	// metricChildThreads and metricChildRSS are the child's live OS threads
-	// and resident set (missing while no child runs).
-	metricChildThreads = "child_threads"
-	metricChildRSS     = "child_rss_bytes"
+	// and resident set (missing while no child runs). They go under probe's
+	// names, which other suites use for the process that serves the data
+	// plane, so that the report's thread and memory charts show them.
+	metricChildThreads = probe.MetricThreads
+	metricChildRSS     = probe.MetricRSS
 )
 
 // posts is how many posts are seeded and cached. The flood's 15-20k URIs
