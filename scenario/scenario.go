@@ -274,6 +274,8 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 
 	runCtx, stopSampler := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(runCtx)
+	// Baseline is marked before the first sample, so every sample has a phase.
+	sampler.Mark(PhaseBaseline)
 	g.Go(func() error { return sampler.Run(gctx) })
 	var bg []faults.LoadReport
 	bgDone := make(chan struct{})
@@ -291,7 +293,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 	go func() { _ = lg.Wait(); close(bgDone) }()
 
 	phase := func(name string, d time.Duration) error {
-		sampler.Mark(name)
+		if name != PhaseBaseline {
+			sampler.Mark(name)
+		}
 		progress("%s: %s for %v", sc.Name, name, d)
 		t := time.NewTimer(d)
 		defer t.Stop()
