@@ -33,10 +33,9 @@ setup:
 images: setup
 	@scripts/images.sh
 
-## test: vet, then every package's tests in quick mode.
+## test: vet, then every package's tests in quick mode (scripts/test.sh).
 test: images
-	$(GO) vet ./...
-	SPIRAL_MODE=quick $(GO) test $(GOTEST_FLAGS) -timeout 14m ./...
+	@scripts/test.sh
 
 ## chaos: the suites at full strength; JUnit XML, JSON and HTML report in $(REPORT_DIR).
 chaos: images

@@ -19,6 +19,11 @@ if [[ -z $pkgs ]]; then
 	pkgs=./...
 fi
 
+# The suites share one CQL store container, removed when this script ends.
+export SPIRAL_SHARED_CQL=$$
+cleanup() { docker rm -f "spiral-cql-$$" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
 timeout=60m
 [[ $mode == soak ]] && timeout=24h
 
