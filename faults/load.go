@@ -218,7 +218,12 @@ func (l *Load) Run(ctx context.Context) (LoadReport, error) {
 	next := began
 	var runErr error
 	for started := 0; started < p.MaxRequests; started++ {
-		next = next.Add(time.Duration(rng.ExpFloat64() / p.Rate * float64(time.Second)))
+		// The first request leaves at once, so that even a short run of a
+		// slow profile (the internal client's 2 a second) sends one; the
+		// gaps after it are exponential.
+		if started > 0 {
+			next = next.Add(time.Duration(rng.ExpFloat64() / p.Rate * float64(time.Second)))
+		}
 		if next.After(deadline) {
 			break
 		}

@@ -3,8 +3,10 @@
 package suite
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -22,6 +24,9 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 		t.Fatal(err)
 	}
 	res, err := scenario.Run(t.Context(), env, sc)
+	if res != nil {
+		res.Replay = replayCommand(t, sc.Seed)
+	}
 	if res != nil && res.Timeline != nil {
 		writeReport(t, sc.Name, res)
 	}
@@ -41,6 +46,28 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 		}
 	})
 	return res
+}
+
+// replayCommand is the go test command that runs t again with seed, from
+// the module's root.
+func replayCommand(t *testing.T, seed uint64) string {
+	t.Helper()
+	parts := strings.Split(t.Name(), "/")
+	for i, p := range parts {
+		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+	}
+	pkg := "./suites/..."
+	if wd, err := os.Getwd(); err == nil {
+		for dir := wd; dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				if rel, err := filepath.Rel(dir, wd); err == nil {
+					pkg = "./" + filepath.ToSlash(rel)
+				}
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("SPIRAL_SEED=%d SPIRAL_MODE=%s go test -count=1 -v -run '%s' %s", seed, scenario.Mode(), strings.Join(parts, "/"), pkg)
 }
 
 func replay(res *scenario.Result) string {
