@@ -19,8 +19,10 @@ if [[ ! -x $bin ]]; then
 		fail "finding $bin" "install Debian's memcached package (apt-get install memcached), then retry 'make images'"
 	echo "images/memcached: installing Debian's memcached package for its binary" >&2
 	# The package's service must not start: policy-rc.d says no for this call.
-	DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y --no-install-recommends memcached >&2 ||
-		fail "apt-get install memcached" "run 'apt-get update' and retry 'make images'"
+	log="${SPIRAL_STATE:-/tmp/spiral}/apt-memcached.log"
+	mkdir -p "$(dirname "$log")"
+	DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y --no-install-recommends memcached >"$log" 2>&1 ||
+		fail "apt-get install memcached (log: $log)" "run 'apt-get update' and retry 'make images'"
 fi
 
 version="$($bin -V | awk '{print $2}')"
