@@ -1,0 +1,159 @@
+// Package incident replays the postmortem's chain of failures at once: the
+// internal client's batch floods beside everyday traffic, memcached dials
+// confined to a narrow port budget so that TIME_WAIT exhausts it in
+// seconds, and a log sink whose write(2) blocks, drained slowly.
+//
+//   - incident (dataplane.IncidentConfig): one goroutine and one Get per
+//     URI dial thousands of connections; those past the idle pool close
+//     into TIME_WAIT and hold the budget's ports; dials fail ("cannot
+//     assign requested address"); every failure is logged into the slow
+//     sink, each blocked line holding an OS thread. It must be caught by
+//     the port-error, goroutine, thread and load-error budgets together.
+//   - fixed (dataplane.DefaultConfig): every budget holds under the same
+//     faults.
+//
+// The replay runs in full mode (make chaos) only: each step has its own
+// suite in quick mode (batchflood, portexhaustion, logstorm).
+package incident
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+const (
+	// posts are seeded and cached: every lookup is a cache hit when
+	// memcached can be reached.
+	posts = 20_000
+	// floodBatch bounds the storm: with FailRequest an incident request
+	// answers only once each of its keys has been tried and its failure
+	// logged, so at most floodInFlight*floodBatch writers (one OS thread
+	// each) block in the sink, well under the runtime's 10,000 threads.
+	floodBatch    = 3_000
+	floodInFlight = 1
+	// budgetPorts is the postmortem's idle pool of 1000: four times what
+	// the fixed data plane needs (its 256 memcached operations at once), a
+	// third of what one incident batch dials.
+	budgetPorts = 1_000
+	// sinkPipeBytes is the sink's pipe: about 50 lines fit before writers
+	// block.
+	sinkPipeBytes = 16 << 10
+	// sinkDrainBytesPerSec drains about 25 lines a second: more than the
+	// fixed data plane's rate limit writes, far less than one line per
+	// failed dial.
+	sinkDrainBytesPerSec = 8 << 10
+	// healthyThreads is the postmortem's healthy baseline ("150 vs 1500").
+	healthyThreads = 150
+)
+
+// metricPortErrors counts the data plane's memcached dials that found no
+// free source port.
+const metricPortErrors = "dp_port_errors"
+
+var budgets = []probe.Budget{
+	probe.Limit(metricPortErrors, 0),
+	probe.Limit(probe.MetricGoroutines, 2_000, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
+	probe.Limit(probe.MetricThreads, healthyThreads),
+	probe.Limit(scenario.MetricLoadErrors, 0),
+}
+
+type portErrors struct{ dp *dataplane.DataPlane }
+
+func (portErrors) Metrics() []string { return []string{metricPortErrors} }
+
+func (s portErrors) Read(_ context.Context, dst []float64) error {
+	m, err := s.dp.Metrics()
+	if err != nil {
+		return err
+	}
+	dst[0] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
+	return nil
+}
+
+func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
+	t.Helper()
+	sink, err := faults.NewSink(faults.SinkConfig{DrainBytesPerSec: sinkDrainBytesPerSec, PipeBytes: sinkPipeBytes, Mode: faults.SinkDirect})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, sink.Close(), "close the sink") })
+	cfg.LogSink = sink
+
+	base := &net.Dialer{Timeout: cfg.MemcacheTimeout}
+	hook := faults.NewDialHook(base.DialContext)
+	cfg.DialContext = hook.Dial
+
+	phases := scenario.Phases{Baseline: 5 * time.Second, Inject: 15 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
+	flood := faults.InternalBatch
+	flood.BatchMin, flood.BatchMax, flood.KeySpace = floodBatch, floodBatch, posts
+	flood.Rate, flood.MaxInFlight, flood.MaxRequests = 1, floodInFlight, 10
+	flood.Duration, flood.Timeout = phases.Inject, phases.Inject+phases.Observe+phases.Recover
+	bg := faults.Background
+	bg.Rate, bg.BatchMax, bg.KeySpace, bg.MaxInFlight = 25, 20, posts, 32
+	seed := scenario.SeedFromEnv(21)
+	flood.Seed = seed + 100
+
+	return scenario.Scenario{
+		Name: "incident-replay/" + name, Config: cfg, Seed: seed,
+		Data: fixtures.SeedSpec{Posts: posts}, WarmPosts: posts,
+		Background: []faults.LoadProfile{bg},
+		// Recovered in reverse: the flood stops, ports come back, then the
+		// sink drains freely.
+		Faults: []scenario.FaultFunc{
+			func(scenario.Harness) (faults.Fault, error) { return sink, nil },
+			func(scenario.Harness) (faults.Fault, error) {
+				b, err := faults.FreePortBudget(budgetPorts)
+				if err != nil {
+					return nil, err
+				}
+				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
+			},
+			func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.Server.URL, flood) },
+		},
+		Probes: func(h scenario.Harness) []probe.Source {
+			return []probe.Source{
+				portErrors{h.DataPlane},
+				probe.Func("sink_blocked_writers", func() float64 { return float64(sink.Stats().InFlight) }),
+			}
+		},
+		Phases: phases, Budgets: budgets,
+	}
+}
+
+// The fixed arm runs first: the runtime keeps the threads the incident's
+// storm starts, and TIME_WAIT sockets live for 60 s.
+func TestIncidentReplay(t *testing.T) {
+	if scenario.Mode() == "quick" {
+		t.Skip("the full replay runs in full mode (make chaos, SPIRAL_MODE=full); quick mode runs each step's own suite")
+	}
+	env := fixtures.Shared(t)
+
+	t.Run("fixed", func(t *testing.T) {
+		res := suite.Run(t, env, replay(t, "fixed", dataplane.DefaultConfig()))
+		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget through the whole chain")
+		assert.True(t, res.Validated, res.ValidateError)
+		for _, l := range res.LoadSummary {
+			assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+		}
+	})
+
+	t.Run("incident", func(t *testing.T) {
+		res := suite.Run(t, env, replay(t, "incident", dataplane.IncidentConfig()))
+		for _, m := range []string{metricPortErrors, probe.MetricGoroutines, probe.MetricThreads, scenario.MetricLoadErrors} {
+			assert.True(t, res.Violated(m), "the incident data plane must be caught by %s; peaks %v", m, res.Peaks[m])
+		}
+		assert.True(t, res.Validated, "the incident data plane answers again once the faults are gone: %s", res.ValidateError)
+	})
+}
