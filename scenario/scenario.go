@@ -51,6 +51,11 @@ const (
 	MetricCacheErrors = "dp_cache_errors"
 	// MetricLogLines is log lines written to the sink, cumulative.
 	MetricLogLines = "dp_log_lines_written"
+	// MetricPortErrors is the data plane's memcached errors that say no
+	// source port was free (kinds addr_not_avail and addr_in_use),
+	// cumulative: the postmortem's "cannot assign requested address" and
+	// "bind: address already in use".
+	MetricPortErrors = "dp_cache_errors_port_exhausted"
 	// MetricLogDropped is log lines not written (rate limit), cumulative.
 	MetricLogDropped = "dp_log_lines_dropped"
 	// MetricStoreInFlight is the data plane's CQL queries in flight.
@@ -371,7 +376,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 	}
 	res.Timeline = sampler.Timeline()
 	res.Violations = res.Timeline.Check(sc.Budgets...)
-	res.Peaks = peaks(res.Timeline)
+	res.Peaks = Peaks(res.Timeline)
 	progress("%s: done: %d violation(s), validated=%v", sc.Name, len(res.Violations), res.Validated)
 	return res, nil
 }
@@ -475,7 +480,7 @@ func (s *timeWaitSource) Read(ctx context.Context, dst []float64) error {
 type dataPlaneSource struct{ dp *dataplane.DataPlane }
 
 func (dataPlaneSource) Metrics() []string {
-	return []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns}
+	return []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns, MetricPortErrors}
 }
 
 func (s dataPlaneSource) Read(_ context.Context, dst []float64) error {
@@ -485,10 +490,13 @@ func (s dataPlaneSource) Read(_ context.Context, dst []float64) error {
 	}
 	dst[0], dst[1], dst[2] = m.Sum("lookups_in_flight"), m.Sum("cache_errors_total"), m.Sum("log_lines_written_total")
 	dst[3], dst[4], dst[5] = m.Sum("log_lines_dropped_total"), m.Sum("store_queries_in_flight"), m.Sum("memcached_conns_open")
+	dst[6] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
 	return nil
 }
 
-func peaks(tl *probe.Timeline) map[string]map[string]float64 {
+// Peaks returns each metric's high-water mark per phase of tl, missing
+// values skipped.
+func Peaks(tl *probe.Timeline) map[string]map[string]float64 {
 	out := map[string]map[string]float64{}
 	for i, m := range tl.Metrics {
 		per := map[string]float64{}

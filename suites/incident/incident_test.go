@@ -17,7 +17,6 @@
 package incident
 
 import (
-	"context"
 	"net"
 	"testing"
 	"time"
@@ -62,26 +61,13 @@ const (
 
 // metricPortErrors counts the data plane's memcached dials that found no
 // free source port.
-const metricPortErrors = "dp_port_errors"
+const metricPortErrors = scenario.MetricPortErrors
 
 var budgets = []probe.Budget{
 	probe.Limit(metricPortErrors, 0),
 	probe.Limit(probe.MetricGoroutines, 2_000, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 	probe.Limit(probe.MetricThreads, healthyThreads),
 	probe.Limit(scenario.MetricLoadErrors, 0),
-}
-
-type portErrors struct{ dp *dataplane.DataPlane }
-
-func (portErrors) Metrics() []string { return []string{metricPortErrors} }
-
-func (s portErrors) Read(_ context.Context, dst []float64) error {
-	m, err := s.dp.Metrics()
-	if err != nil {
-		return err
-	}
-	dst[0] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
-	return nil
 }
 
 func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
@@ -124,7 +110,6 @@ func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
 		},
 		Probes: func(h scenario.Harness) []probe.Source {
 			return []probe.Source{
-				portErrors{h.DataPlane},
 				probe.Func("sink_blocked_writers", func() float64 { return float64(sink.Stats().InFlight) }),
 			}
 		},

@@ -37,7 +37,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -53,7 +52,7 @@ import (
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
-	"github.com/spiral-chaos/spiral/scenario/report"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
@@ -372,12 +371,12 @@ func runArm(t *testing.T, env *fixtures.Env, arm string, p profile, seed uint64)
 	}
 	res.Timeline = sampler.Timeline()
 	res.Violations = res.Timeline.Check(budgets...)
-	res.Peaks = peaks(res.Timeline)
+	res.Peaks = scenario.Peaks(res.Timeline)
 	run := armRun{res: res, stats: sup.Stats(), exits: sup.Exits()}
 	run.kernelKills, err = cg.OOMKills()
 	require.NoError(t, err)
 	progress("%s: done: %d violation(s), validated=%v", name, len(res.Violations), res.Validated)
-	writeReport(t, res)
+	suite.WriteReport(t, res)
 	logRun(t, run)
 
 	require.NoError(t, loadErr, "everyday traffic")
@@ -565,60 +564,6 @@ func requireNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.MemoryC
 	left, err := faults.ListMemoryCgroups()
 	require.NoError(t, err)
 	assert.Empty(t, left, "spiral-oom-* cgroups left")
-}
-
-func peaks(tl *probe.Timeline) map[string]map[string]float64 {
-	out := map[string]map[string]float64{}
-	for i, m := range tl.Metrics {
-		per := map[string]float64{}
-		for _, s := range tl.Samples {
-			v := s.Values[i]
-			if math.IsNaN(v) {
-				continue
-			}
-			if cur, ok := per[s.Phase]; !ok || v > cur {
-				per[s.Phase] = v
-			}
-		}
-		out[m] = per
-	}
-	return out
-}
-
-// writeReport writes res's report: under $SPIRAL_REPORT_DIR when set, else
-// into a temporary folder kept only if t fails (as suites/internal/suite
-// does for scenario runs).
-func writeReport(t *testing.T, res *scenario.Result) {
-	t.Helper()
-	dir := report.Dir(res.Scenario)
-	keep := dir != ""
-	if !keep {
-		d, err := os.MkdirTemp("", "spiral-report-")
-		if err != nil {
-			t.Logf("report: %v", err)
-			return
-		}
-		dir = filepath.Join(d, strings.ReplaceAll(res.Scenario, "/", "_"))
-		t.Cleanup(func() {
-			if !t.Failed() {
-				_ = os.RemoveAll(d)
-			}
-		})
-	}
-	page, err := report.Write(dir, res)
-	if err != nil {
-		t.Logf("report: %v", err)
-		return
-	}
-	if keep {
-		t.Logf("report: %s", page)
-		return
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("report kept: %s\nreplay: %s", page, res.Replay)
-		}
-	})
 }
 
 func logRun(t *testing.T, r armRun) {

@@ -57,11 +57,9 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 
 // Metrics this suite adds to the timeline.
 const (
-	// metricPortErrors is the data plane's memcached errors that say no
-	// source port was free (kinds addr_not_avail and addr_in_use),
-	// cumulative: the postmortem's "cannot assign requested address" and
-	// "bind: address already in use".
-	metricPortErrors = "dp_cache_errors_port_exhausted"
+	// metricPortErrors is scenario.MetricPortErrors: dials that found no
+	// free source port.
+	metricPortErrors = scenario.MetricPortErrors
 	// metricBudgetSockets counts sockets toward memcached, in any state,
 	// whose local port lies in the arm's port budget.
 	metricBudgetSockets = "budget_sockets"
@@ -197,7 +195,6 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 			defer a.mu.Unlock()
 			a.dp = h.DataPlane
 			return []probe.Source{
-				portErrorSource{h.DataPlane},
 				&budgetSocketSource{budget: a.budget, port: memcachedPort(h.Env)},
 			}
 		},
@@ -258,20 +255,6 @@ func memcachedPort(env *fixtures.Env) uint16 {
 		return 0 // the census then counts toward every port; the runner fails first
 	}
 	return ap.Port()
-}
-
-// portErrorSource reads metricPortErrors from the data plane's registry.
-type portErrorSource struct{ dp *dataplane.DataPlane }
-
-func (portErrorSource) Metrics() []string { return []string{metricPortErrors} }
-
-func (s portErrorSource) Read(_ context.Context, dst []float64) error {
-	m, err := s.dp.Metrics()
-	if err != nil {
-		return err
-	}
-	dst[0] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
-	return nil
 }
 
 // budgetSocketSource counts the sockets toward memcached whose local port

@@ -28,7 +28,7 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 		res.Replay = replayCommand(t, sc.Seed)
 	}
 	if res != nil && res.Timeline != nil {
-		writeReport(t, sc.Name, res)
+		WriteReport(t, res)
 	}
 	if err != nil {
 		t.Fatalf("%v\nreplay: %s", err, replay(res))
@@ -77,8 +77,12 @@ func replay(res *scenario.Result) string {
 	return res.Replay
 }
 
-func writeReport(t *testing.T, name string, res *scenario.Result) {
+// WriteReport writes res's report: under $SPIRAL_REPORT_DIR when set
+// (make chaos), else into a temporary folder kept only if t fails. Suites
+// with a run loop of their own call it directly.
+func WriteReport(t *testing.T, res *scenario.Result) {
 	t.Helper()
+	name := res.Scenario
 	dir := report.Dir(name)
 	keep := dir != ""
 	if !keep {
@@ -104,7 +108,7 @@ func writeReport(t *testing.T, name string, res *scenario.Result) {
 	} else {
 		t.Cleanup(func() {
 			if t.Failed() {
-				t.Logf("report kept: %s", page)
+				t.Logf("report kept: %s\nreplay: %s", page, res.Replay)
 			}
 		})
 	}
