@@ -4,6 +4,8 @@
 #   make test    the project's tests (quick mode), what CI runs
 #   make chaos   every suite at full strength, with a report in reports/
 #   make soak    the soak suite for SOAK_DURATION (default 2h)
+#   ENGINE=private (with test, chaos or soak): against a brand-new Docker
+#                engine started for the run and removed after it (root)
 
 SHELL := /bin/bash
 GO ?= go
@@ -23,7 +25,20 @@ export TESTCONTAINERS_RYUK_DISABLED ?= true
 all: test
 
 help:
-	@sed -n '4,7p' Makefile | sed 's/^# *//'
+	@sed -n '4,9p' Makefile | sed 's/^# *//'
+
+# ENGINE=private runs test, chaos or soak against a private engine
+# (scripts/private-engine.sh); empty uses the engine that answers (DOCKER_HOST
+# or the default socket), started by `make setup` where none does.
+ENGINE ?=
+ifneq ($(filter-out private,$(ENGINE)),)
+$(error ENGINE=$(ENGINE): want ENGINE=private, or leave it empty for the engine that answers)
+endif
+
+ifeq ($(ENGINE),private)
+test chaos soak:
+	@scripts/private-engine.sh $(MAKE) --no-print-directory $@ ENGINE=
+else
 
 ## setup: make sure a Docker engine answers (installs and starts one on Debian as root).
 setup:
@@ -41,9 +56,10 @@ test: images
 chaos: images
 	@scripts/chaos.sh "$(REPORT_DIR)" full
 
-## soak: the soak suite for $(SOAK_DURATION).
+## soak: the soak suite (suites/soak) for $(SOAK_DURATION).
 soak: images
-	@SPIRAL_SOAK_DURATION=$(SOAK_DURATION) scripts/chaos.sh "$(REPORT_DIR)" soak
+	@SPIRAL_SOAK_DURATION=$(SOAK_DURATION) scripts/chaos.sh "$(REPORT_DIR)" soak ./suites/soak
+endif
 
 ## lint: gofmt, go vet and golangci-lint (thelper, testifylint, errorlint; see .golangci.yml).
 lint:

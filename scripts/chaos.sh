@@ -4,19 +4,21 @@
 #   go-test.json  the raw `go test -json` stream
 #   <suite>/...   each scenario's summary.json, timeline.json and report.html
 #   index.html    links to every scenario's page (spiral report DIR)
-# Usage: scripts/chaos.sh REPORT_DIR MODE   (MODE: quick, full or soak)
+# Usage: scripts/chaos.sh REPORT_DIR MODE [PACKAGE...]
+#   MODE: quick, full or soak; PACKAGEs default to every suite (./suites/...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir="${1:?report dir}"
 mode="${2:-full}"
+shift 2 || shift $#
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
-pkgs=$(go list ./suites/... 2>/dev/null | grep -v '^$' || true)
-if [[ -z $pkgs ]]; then
-	echo "chaos: no suites yet (suites/ is empty); running every package's tests at $mode strength instead" >&2
-	pkgs=./...
+if [[ $# -gt 0 ]]; then
+	pkgs=$(go list "$@")
+else
+	pkgs=$(go list ./suites/...)
 fi
 
 # The suites share one CQL store container, removed when this script ends.

@@ -7,14 +7,20 @@
 # networking only: no bridge, no iptables, no IP forwarding, so no container
 # traffic can leave loopback. Its log goes to $SPIRAL_STATE/dockerd.log.
 # Idempotent; returns in well under a second when an engine already answers.
+#
+# --install-only: install dockerd if missing and start nothing
+# (scripts/private-engine.sh starts its own).
 set -euo pipefail
+
+install_only=
+[[ ${1:-} == --install-only ]] && install_only=1
 
 state="${SPIRAL_STATE:-/tmp/spiral}"
 mkdir -p "$state"
 
 engine_up() { docker info >/dev/null 2>&1; }
 
-if command -v docker >/dev/null 2>&1 && engine_up; then
+if [[ -z $install_only ]] && command -v docker >/dev/null 2>&1 && engine_up; then
 	exit 0
 fi
 
@@ -27,6 +33,9 @@ if ! command -v apt-get >/dev/null 2>&1; then
 	exit 1
 fi
 
+if [[ -n $install_only ]] && command -v dockerd >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; then
+	exit 0
+fi
 if ! command -v dockerd >/dev/null 2>&1; then
 	echo "setup: installing Debian's docker.io (log: $state/apt.log)" >&2
 	export DEBIAN_FRONTEND=noninteractive
@@ -42,13 +51,14 @@ if ! command -v docker >/dev/null 2>&1; then
 	echo "setup: dockerd is installed but the docker client is missing; install docker.io's client" >&2
 	exit 1
 fi
+[[ -z $install_only ]] || exit 0
 
-if ! pgrep -x dockerd >/dev/null 2>&1; then
+if ! { [[ -f $state/dockerd.pid ]] && kill -0 "$(cat "$state/dockerd.pid")" 2>/dev/null; }; then
 	echo "setup: starting dockerd for host networking only (log: $state/dockerd.log)" >&2
 	# setsid: dockerd outlives this script and the make that ran it.
 	setsid dockerd \
 		--bridge=none --iptables=false --ip6tables=false \
-		--ip-forward=false --ip-masq=false \
+		--ip-forward=false --ip-masq=false --userland-proxy=false \
 		--pidfile "$state/dockerd.pid" \
 		>"$state/dockerd.log" 2>&1 </dev/null &
 fi
