@@ -20,6 +20,11 @@ mkdir -p "$state"
 
 engine_up() { docker info >/dev/null 2>&1; }
 
+if [[ $(uname -s) != Linux ]]; then
+	echo "setup: Spiral runs on Linux only (its probes read /proc and netlink sock_diag; its faults use Linux socket options and cgroups); run it on a Linux machine or VM" >&2
+	exit 1
+fi
+
 if [[ -z $install_only ]] && command -v docker >/dev/null 2>&1 && engine_up; then
 	exit 0
 fi

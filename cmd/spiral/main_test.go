@@ -80,8 +80,13 @@ func population(t *testing.T, established, timeWait int) uint16 {
 		require.NoError(t, err)
 		clients = append(clients, c)
 	}
-	for range timeWait {
-		c, err := net.Dial("tcp4", addr)
+	for i := range timeWait {
+		// Each from its own source address: on loopback (tcp_tw_reuse=2)
+		// the kernel may hand a new connection the port of a TIME_WAIT
+		// socket with the same 4-tuple once a second has ticked, which
+		// would replace that socket.
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i))}}
+		c, err := d.Dial("tcp4", addr)
 		require.NoError(t, err)
 		require.NoError(t, c.Close())
 	}
