@@ -149,7 +149,8 @@ type Config struct {
 	BandAidDialer bool
 }
 
-// Figures from the postmortem (seeds/000_28fbdb6d1db9e8e0.txt).
+// Figures from the postmortem of the outage Spiral replays (README, "Where
+// it comes from").
 const (
 	// PostmortemMaxIdleConns is the postmortem's memcached idle pool size
 	// ("our max idle conn pool size was 1000").

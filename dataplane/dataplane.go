@@ -1,7 +1,7 @@
 // Package dataplane is the service under test: batch lookups of posts,
 // profiles and interaction counts through memcached, falling back to a CQL
 // store on a miss and filling the cache, with every knob the postmortem's
-// outage turned on (seeds/000_28fbdb6d1db9e8e0.txt) in one Config value.
+// outage turned on (README, "Where it comes from") in one Config value.
 //
 // A DataPlane is called directly from Go (GetPostRecords, GetProfiles,
 // GetInteractionCounts) or over HTTP/JSON through a Server on a loopback

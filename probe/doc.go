@@ -1,6 +1,7 @@
-// Package probe watches a process and its host the way the postmortem in
-// seeds/000 needed: TCP sockets by state and port from the kernel, ephemeral
-// port headroom, goroutines, live OS threads, open fds, RSS, heap and GC.
+// Package probe watches a process and its host the way the outage Spiral
+// replays (README, "Where it comes from") needed: TCP sockets by state and
+// port from the kernel, ephemeral port headroom, goroutines, live OS threads,
+// open fds, RSS, heap and GC.
 //
 // A [Census] counts sockets from netlink sock_diag with the state and port
 // filters applied in the kernel, or from /proc/net/tcp{,6} where netlink is
