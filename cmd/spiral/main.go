@@ -1,5 +1,6 @@
-// Command spiral is the command line of the Spiral chaos suite: socket census
-// today, scenario runs, soaks and image builds as they land.
+// Command spiral is the command line of the Spiral chaos suite: a socket
+// census (spiral sockets) and the index and summary of run reports (spiral
+// report).
 //
 // Usage:
 //
@@ -134,7 +135,7 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 // helpText lists the commands.
 func helpText() string {
 	var b strings.Builder
-	b.WriteString("Spiral turns the TIME_WAIT death spiral of seeds/000 into chaos tests.\n\n")
+	b.WriteString("Spiral: chaos and fault-injection tests for a Go data plane in front of memcached\nand a CQL store.\n\n")
 	b.WriteString("Usage:\n\tspiral <command> [flags]\n\nCommands:\n")
 	names := make([]string, 0, len(commands))
 	for n := range commands {

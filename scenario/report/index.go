@@ -17,14 +17,33 @@ type Entry struct {
 	Held       bool   `json:"held"`
 	Violations int    `json:"violations"`
 	Validated  bool   `json:"validated"`
+	// Seed and Replay are the scenario's seed and the command that runs it
+	// again, from its summary.json.
+	Seed   uint64 `json:"seed"`
+	Replay string `json:"replay"`
 	// Page is report.html relative to the index.
 	Page string `json:"page"`
 }
 
 // WriteIndex finds every summary.json under dir, writes dir/index.html and
 // dir/index.json listing them, and returns the entries. A folder with no
-// summary yields an empty index, not an error.
+// summary yields an empty index, not an error. It is Scan followed by
+// WriteEntries.
 func WriteIndex(dir string) ([]Entry, error) {
+	entries, err := Scan(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := WriteEntries(dir, entries); err != nil {
+		return nil, err
+	}
+	return entries, nil
+}
+
+// Scan finds every summary.json under dir and returns one entry per
+// scenario, sorted by scenario name, each Page relative to dir. It writes
+// nothing; a folder with no summary yields no entries, not an error.
+func Scan(dir string) ([]Entry, error) {
 	if st, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("report index: %w", err)
 	} else if !st.IsDir() {
@@ -41,36 +60,63 @@ func WriteIndex(dir string) ([]Entry, error) {
 		}
 		var s struct {
 			Scenario   string            `json:"scenario"`
+			Seed       uint64            `json:"seed"`
 			Held       bool              `json:"held"`
 			Violations []json.RawMessage `json:"violations"`
 			Validated  bool              `json:"validated"`
+			Replay     string            `json:"replay"`
 		}
 		if err := json.Unmarshal(b, &s); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		rel, _ := filepath.Rel(dir, filepath.Join(filepath.Dir(path), "report.html"))
-		entries = append(entries, Entry{s.Scenario, s.Held, len(s.Violations), s.Validated, rel})
+		rel, err := filepath.Rel(dir, filepath.Join(filepath.Dir(path), "report.html"))
+		if err != nil {
+			return err
+		}
+		entries = append(entries, Entry{
+			Scenario: s.Scenario, Held: s.Held, Violations: len(s.Violations), Validated: s.Validated,
+			Seed: s.Seed, Replay: s.Replay, Page: filepath.ToSlash(rel),
+		})
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("report index: %w", err)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].Scenario < entries[j].Scenario })
+	SortEntries(entries)
+	return entries, nil
+}
+
+// SortEntries sorts entries by scenario name, then by page: the order of an
+// index.
+func SortEntries(entries []Entry) {
+	sort.Slice(entries, func(i, j int) bool {
+		if entries[i].Scenario != entries[j].Scenario {
+			return entries[i].Scenario < entries[j].Scenario
+		}
+		return entries[i].Page < entries[j].Page
+	})
+}
+
+// WriteEntries writes dir/index.html and dir/index.json listing entries,
+// whose Pages must be relative to dir. Several runs' entries (Scan of each,
+// Pages prefixed with the run's folder under dir) make one index of them
+// all.
+func WriteEntries(dir string, entries []Entry) error {
 	b, err := json.MarshalIndent(entries, "", " ")
 	if err != nil {
-		return nil, fmt.Errorf("report index: %w", err)
+		return fmt.Errorf("report index: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "index.json"), b, 0o644); err != nil {
-		return nil, fmt.Errorf("report index: %w", err)
+		return fmt.Errorf("report index: %w", err)
 	}
 	var page strings.Builder
 	if err := indexTmpl.Execute(&page, entries); err != nil {
-		return nil, fmt.Errorf("report index: %w", err)
+		return fmt.Errorf("report index: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte(page.String()), 0o644); err != nil {
-		return nil, fmt.Errorf("report index: %w", err)
+		return fmt.Errorf("report index: %w", err)
 	}
-	return entries, nil
+	return nil
 }
 
 var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
