@@ -22,6 +22,10 @@ import (
 type LoadProfile struct {
 	// Client is the client name every request carries.
 	Client string
+	// Traffic is whose requests these are: the data plane's everyday
+	// clients or a batch client. Required: a scenario counts the failures
+	// of each apart.
+	Traffic Traffic
 	// Method is the RPC called. Defaults to dataplane.MethodGetPostRecords.
 	Method string
 	// Rate is the mean number of requests started per second.
@@ -47,20 +51,34 @@ type LoadProfile struct {
 	Seed uint64
 }
 
+// Traffic is whose requests a load stands for. The postmortem tells them
+// apart: everyday requests failing is the outage users saw; a batch
+// client's requests are what set it off.
+type Traffic string
+
+// Kinds of traffic.
+const (
+	// TrafficEveryday is the data plane's everyday clients (Background).
+	TrafficEveryday Traffic = "everyday"
+	// TrafficBatch is a batch client such as the postmortem's internal
+	// service (InternalBatch), whether it runs throughout or as a Flood.
+	TrafficBatch Traffic = "batch"
+)
+
 // Named load profiles.
 var (
 	// Background is the data plane's everyday traffic: hundreds of requests a
 	// second of 1-50 URIs ("typically ... between 1-50 post lookups per
 	// request").
 	Background = LoadProfile{
-		Client: "appview", Rate: 200, BatchMin: 1, BatchMax: 50,
+		Client: "appview", Traffic: TrafficEveryday, Rate: 200, BatchMin: 1, BatchMax: 50,
 		Duration: 30 * time.Second, MaxRequests: 20_000, MaxInFlight: 256, Timeout: 5 * time.Second,
 	}
 	// InternalBatch is the postmortem's new internal service: "less than
 	// three GetPostRecords requests per second, but ... batches of 15-20
 	// thousand URIs at a time".
 	InternalBatch = LoadProfile{
-		Client: "internal-batch", Rate: 2, BatchMin: 15_000, BatchMax: 20_000,
+		Client: "internal-batch", Traffic: TrafficBatch, Rate: 2, BatchMin: 15_000, BatchMax: 20_000,
 		Duration: 30 * time.Second, MaxRequests: 100, MaxInFlight: 8, Timeout: 30 * time.Second,
 	}
 )
@@ -94,6 +112,11 @@ func (p LoadProfile) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if p.Client == "" {
 		bad("load: Client is empty: every request names its client")
+	}
+	switch p.Traffic {
+	case TrafficEveryday, TrafficBatch:
+	default:
+		bad("load: Traffic is %q: want %q or %q, so that its failures are counted as such", p.Traffic, TrafficEveryday, TrafficBatch)
 	}
 	if p.Rate <= 0 || p.Rate > loadMaxRate {
 		bad("load: Rate is %g: want more than 0 and at most %d per second", p.Rate, loadMaxRate)
@@ -399,18 +422,26 @@ func (f *Flood) Recover(ctx context.Context) error {
 }
 
 // Wait blocks until the load has stopped by itself (or ctx ends) and returns
-// its report.
+// its report. When it fails (the flood was never injected, or ctx ended
+// first) the report is still the flood's: its profile, its counters and the
+// requests answered so far, so that a caller can report the flood as failed
+// rather than lose it. A flood that has stopped returns its report even
+// once ctx has ended.
 func (f *Flood) Wait(ctx context.Context) (LoadReport, error) {
 	f.mu.Lock()
 	done := f.done
 	f.mu.Unlock()
 	if done == nil {
-		return LoadReport{}, errors.New("flood: not injected")
+		return f.load.report(), fmt.Errorf("wait %s: not injected", f.Name())
 	}
 	select {
 	case <-done:
-	case <-ctx.Done():
-		return LoadReport{}, ctx.Err()
+	default:
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return f.load.report(), fmt.Errorf("wait %s: %w", f.Name(), ctx.Err())
+		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -49,7 +49,7 @@ func TestFloodProfileValidation(t *testing.T) {
 	bad := faults.LoadProfile{Rate: -1, BatchMin: 10, BatchMax: 5}
 	_, err := faults.NewLoad("http://127.0.0.1:1", bad)
 	require.Error(t, err)
-	for _, want := range []string{"Client is empty", "Rate is -1", "batch 10-5", "Duration", "MaxRequests"} {
+	for _, want := range []string{"Client is empty", `Traffic is ""`, "Rate is -1", "batch 10-5", "Duration", "MaxRequests"} {
 		assert.Contains(t, err.Error(), want)
 	}
 	for _, p := range []faults.LoadProfile{faults.Background, faults.InternalBatch} {
