@@ -62,8 +62,17 @@ const (
 	MetricStoreInFlight = "dp_store_queries_in_flight"
 	// MetricMemcachedConns is the data plane's open memcached connections.
 	MetricMemcachedConns = "dp_memcached_conns_open"
-	// MetricLoadErrors is failed requests of every load, cumulative.
+	// MetricLoadErrors is failed requests of every load, everyday and
+	// batch, cumulative: MetricEverydayErrors plus MetricBatchErrors.
 	MetricLoadErrors = "load_errors"
+	// MetricEverydayErrors is failed requests of the loads whose profile's
+	// Traffic is faults.TrafficEveryday, cumulative: everyday requests
+	// failing, the outage users see.
+	MetricEverydayErrors = "load_errors_everyday"
+	// MetricBatchErrors is failed requests of the loads whose profile's
+	// Traffic is faults.TrafficBatch (a flood or a batch load beside the
+	// everyday traffic), cumulative.
+	MetricBatchErrors = "load_errors_batch"
 	// MetricLoadOK is answered requests of every load, cumulative.
 	MetricLoadOK = "load_ok"
 )
@@ -98,7 +107,10 @@ type Scenario struct {
 	// WarmPosts posts (0..WarmPosts-1) are read once before the baseline so
 	// that they are in the cache.
 	WarmPosts int
-	// Background loads run from baseline to the end of recover.
+	// Background loads run from baseline to the end of recover. Each
+	// profile's Traffic says whose requests they are, and so which of
+	// MetricEverydayErrors and MetricBatchErrors counts their failures (a
+	// faults.Flood among Faults is counted by its profile's Traffic too).
 	Background []faults.LoadProfile
 	// Faults are injected at the start of inject and recovered at the start
 	// of recover, in order (recovered in reverse order).
@@ -144,11 +156,30 @@ type Result struct {
 // LoadSummary is a load's report without per-request records.
 type LoadSummary struct {
 	Client   string           `json:"client"`
+	Traffic  faults.Traffic   `json:"traffic"`
 	Stats    faults.LoadStats `json:"stats"`
 	Outcomes map[string]int   `json:"outcomes"`
 	P50      time.Duration    `json:"p50_ns"`
 	P99      time.Duration    `json:"p99_ns"`
 	Max      time.Duration    `json:"max_ns"`
+	// Failed says the load did not finish (a flood whose Wait failed, a
+	// load ended by its context), and Error why; Stats and Outcomes are
+	// then what it had done so far.
+	Failed bool   `json:"failed"`
+	Error  string `json:"error,omitempty"`
+}
+
+// NewLoadSummary returns rep without its per-request records; err is what
+// ended the load (Load.Run's or Flood.Wait's error), nil if it finished.
+func NewLoadSummary(rep faults.LoadReport, err error) LoadSummary {
+	s := LoadSummary{
+		Client: rep.Profile.Client, Traffic: rep.Profile.Traffic, Stats: rep.Stats, Outcomes: rep.Outcomes,
+		P50: rep.P50, P99: rep.P99, Max: rep.Max,
+	}
+	if err != nil {
+		s.Failed, s.Error = true, err.Error()
+	}
+	return s
 }
 
 // Held reports whether every budget held and the data plane answered after
@@ -252,7 +283,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 		}
 	}()
 
-	var loads []*faults.Load
+	var bgLoads []*faults.Load
 	for i, p := range sc.Background {
 		p.Seed = sc.Seed + uint64(i)
 		p.Duration = sc.Phases.Baseline + sc.Phases.Inject + sc.Phases.Observe + sc.Phases.Recover
@@ -260,10 +291,17 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
 		}
+		bgLoads = append(bgLoads, l)
+	}
+	// Every load is sampled: the background loads, then the floods.
+	var floods []*faults.Flood
+	var loads []LoadCounters
+	for _, l := range bgLoads {
 		loads = append(loads, l)
 	}
 	for _, f := range injected {
 		if fl, ok := f.(*faults.Flood); ok {
+			floods = append(floods, fl)
 			loads = append(loads, fl.Load())
 		}
 	}
@@ -282,16 +320,16 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 	// Baseline is marked before the first sample, so every sample has a phase.
 	sampler.Mark(PhaseBaseline)
 	g.Go(func() error { return sampler.Run(gctx) })
-	var bg []faults.LoadReport
 	bgDone := make(chan struct{})
 	reports := make([]faults.LoadReport, len(sc.Background))
+	reportErrs := make([]error, len(sc.Background))
 	loadCtx, stopLoads := context.WithCancel(ctx)
 	defer stopLoads()
 	lg, lctx := errgroup.WithContext(loadCtx)
-	for i := range sc.Background {
+	for i, l := range bgLoads {
 		lg.Go(func() error {
-			rep, err := loads[i].Run(lctx)
-			reports[i] = rep
+			rep, err := l.Run(lctx)
+			reports[i], reportErrs[i] = rep, err
 			return err
 		})
 	}
@@ -361,24 +399,31 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 		return res, fmt.Errorf("scenario %s: %w", sc.Name, runErr)
 	}
 
-	bg = reports
-	for _, f := range injected {
-		if fl, ok := f.(*faults.Flood); ok {
-			rep, err := fl.Wait(ctx)
-			if err == nil {
-				bg = append(bg, rep)
-			}
-		}
-	}
-	res.Loads = bg
-	for _, r := range bg {
-		res.LoadSummary = append(res.LoadSummary, LoadSummary{Client: r.Profile.Client, Stats: r.Stats, Outcomes: r.Outcomes, P50: r.P50, P99: r.P99, Max: r.Max})
-	}
+	res.Loads, res.LoadSummary = collectLoads(ctx, reports, reportErrs, floods)
 	res.Timeline = sampler.Timeline()
 	res.Violations = res.Timeline.Check(sc.Budgets...)
 	res.Peaks = Peaks(res.Timeline)
 	progress("%s: done: %d violation(s), validated=%v", sc.Name, len(res.Violations), res.Validated)
 	return res, nil
+}
+
+// collectLoads returns the reports and summaries of every load of a run:
+// the background loads' (reports, each ended by errs[i]), then each flood's
+// as Flood.Wait returns it. A flood whose Wait fails is kept, marked failed
+// with what it had done so far: a flood missing from the summary would read
+// as one that never ran.
+func collectLoads(ctx context.Context, reports []faults.LoadReport, errs []error, floods []*faults.Flood) ([]faults.LoadReport, []LoadSummary) {
+	all := append([]faults.LoadReport(nil), reports...)
+	allErrs := append([]error(nil), errs...)
+	for _, fl := range floods {
+		rep, err := fl.Wait(ctx)
+		all, allErrs = append(all, rep), append(allErrs, err)
+	}
+	sums := make([]LoadSummary, len(all))
+	for i, rep := range all {
+		sums[i] = NewLoadSummary(rep, allErrs[i])
+	}
+	return all, sums
 }
 
 // warm reads posts 0..n-1 through a fixed data plane of its own, so that
@@ -420,21 +465,12 @@ func validate(ctx context.Context, url string) error {
 	}
 }
 
-func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load, interval time.Duration, extra ...probe.Source) (*probe.Sampler, error) {
+func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []LoadCounters, interval time.Duration, extra ...probe.Source) (*probe.Sampler, error) {
 	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
 	if err != nil {
 		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
 	}
 	var census probe.Census
-	sumLoads := func(f func(faults.LoadStats) int64) func() float64 {
-		return func() float64 {
-			var n int64
-			for _, l := range loads {
-				n += f(l.Stats())
-			}
-			return float64(n)
-		}
-	}
 	tw := probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: ap.Port()}
 	// Sockets set-up just closed may still be in FIN_WAIT on their way to
 	// TIME_WAIT: they count as already there.
@@ -449,9 +485,47 @@ func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []*faults.Load
 		&timeWaitSource{census: census, filter: tw, before: before.Total()},
 		probe.NewSocketSource(MetricMemcachedEstablished, census, probe.Filter{States: []probe.State{probe.Established}, RemotePort: ap.Port()}),
 		dataPlaneSource{dp},
-		probe.Func(MetricLoadOK, sumLoads(func(s faults.LoadStats) int64 { return s.OK })),
-		probe.Func(MetricLoadErrors, sumLoads(func(s faults.LoadStats) int64 { return s.Errors })),
+		LoadSource(loads...),
 	}, extra...)...)
+}
+
+// LoadCounters is what LoadSource reads of a load: its profile (for its
+// Traffic) and its live counters. *faults.Load is one.
+type LoadCounters interface {
+	Profile() faults.LoadProfile
+	Stats() faults.LoadStats
+}
+
+// LoadSource returns a source of the loads' figures: MetricLoadOK,
+// MetricLoadErrors, and the errors by traffic, MetricEverydayErrors and
+// MetricBatchErrors, each load counted by its profile's Traffic. A Read
+// takes each load's counters once, so the total is always the sum of the
+// two; it fails (the sample's load figures missing) if a load's Traffic is
+// neither, which faults.NewLoad refuses.
+func LoadSource(loads ...LoadCounters) probe.Source { return loadSource(loads) }
+
+type loadSource []LoadCounters
+
+func (loadSource) Metrics() []string {
+	return []string{MetricLoadOK, MetricLoadErrors, MetricEverydayErrors, MetricBatchErrors}
+}
+
+func (s loadSource) Read(_ context.Context, dst []float64) error {
+	var ok, everyday, batch int64
+	for _, l := range s {
+		st := l.Stats()
+		ok += st.OK
+		switch p := l.Profile(); p.Traffic {
+		case faults.TrafficEveryday:
+			everyday += st.Errors
+		case faults.TrafficBatch:
+			batch += st.Errors
+		default:
+			return fmt.Errorf("load %s: traffic %q is neither %q nor %q", p.Client, p.Traffic, faults.TrafficEveryday, faults.TrafficBatch)
+		}
+	}
+	dst[0], dst[1], dst[2], dst[3] = float64(ok), float64(everyday+batch), float64(everyday), float64(batch)
+	return nil
 }
 
 // timeWaitSource counts TIME_WAIT sockets toward memcached, in all and

@@ -1,0 +1,118 @@
+package scenario
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/faults"
+)
+
+// heldServer is an HTTP server standing in for the data plane: it answers
+// every request with an empty JSON object once release is called, and
+// release is called when the test ends.
+func heldServer(t *testing.T) (url string, release func()) {
+	t.Helper()
+	held := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(held) }) }
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-held:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = w.Write([]byte("{}"))
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(release) // runs before srv.Close, which waits for handlers
+	return srv.URL, release
+}
+
+// oneRequestFlood is a batch flood of a single small request.
+func oneRequestFlood(t *testing.T, url, client string) *faults.Flood {
+	t.Helper()
+	p := faults.InternalBatch
+	p.Client, p.BatchMin, p.BatchMax = client, 1, 1
+	p.Rate, p.MaxRequests, p.Duration, p.Timeout = 1, 1, time.Second, 10*time.Second
+	f, err := faults.NewFlood(url, p)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = f.Recover(context.Background()) })
+	return f
+}
+
+// A flood whose Wait fails is in the summary, marked failed with its
+// client, its traffic and what it had done; background loads and floods
+// that finished are there beside it, not failed.
+func TestCollectLoadsKeepsAFailedFlood(t *testing.T) {
+	url, release := heldServer(t)
+
+	finished := oneRequestFlood(t, url, "batch-finished")
+	never := oneRequestFlood(t, url, "batch-never-injected")
+
+	require.NoError(t, finished.Inject(t.Context()))
+	release()
+	_, err := finished.Wait(t.Context())
+	require.NoError(t, err)
+
+	// A fresh server for the stuck one, which nothing releases until the
+	// test ends.
+	stuckURL, releaseStuck := heldServer(t)
+	stuck := oneRequestFlood(t, stuckURL, "batch-stuck")
+	t.Cleanup(releaseStuck) // before the flood's Recover, which waits for its request
+	require.NoError(t, stuck.Inject(t.Context()))
+	require.Eventually(t, func() bool { return stuck.Load().Stats().InFlight == 1 }, 5*time.Second, 10*time.Millisecond,
+		"the stuck flood's request is out")
+
+	bgRep := faults.LoadReport{Profile: faults.Background, Stats: faults.LoadStats{Sent: 5, OK: 5}}
+	ended, cancel := context.WithCancel(t.Context())
+	cancel() // the run's context has ended: the stuck flood's Wait fails
+	reports, sums := collectLoads(ended, []faults.LoadReport{bgRep}, []error{nil}, []*faults.Flood{finished, stuck, never})
+
+	require.Len(t, reports, 4, "every load, failed or not, is reported")
+	require.Len(t, sums, 4, "every load, failed or not, is summarized")
+	byClient := map[string]LoadSummary{}
+	for _, s := range sums {
+		byClient[s.Client] = s
+	}
+
+	bg := byClient[faults.Background.Client]
+	assert.False(t, bg.Failed, bg.Error)
+	assert.Equal(t, faults.TrafficEveryday, bg.Traffic)
+	assert.Equal(t, int64(5), bg.Stats.OK)
+
+	fin := byClient["batch-finished"]
+	assert.False(t, fin.Failed, fin.Error)
+	assert.Equal(t, int64(1), fin.Stats.OK)
+
+	st, ok := byClient["batch-stuck"]
+	require.True(t, ok, "the stuck flood is in the summary: %+v", sums)
+	assert.True(t, st.Failed)
+	assert.Contains(t, st.Error, "context canceled")
+	assert.Equal(t, faults.TrafficBatch, st.Traffic)
+	assert.Equal(t, int64(1), st.Stats.Sent, "what it had done so far")
+	assert.Equal(t, int64(1), st.Stats.InFlight)
+	assert.Zero(t, st.Stats.OK, "a flood that was not answered reads as such to a check on OK")
+
+	nv, ok := byClient["batch-never-injected"]
+	require.True(t, ok, "the flood never injected is in the summary: %+v", sums)
+	assert.True(t, nv.Failed)
+	assert.Contains(t, nv.Error, "not injected")
+	assert.Equal(t, faults.TrafficBatch, nv.Traffic)
+}
+
+// A background load ended by its context is reported failed too.
+func TestCollectLoadsMarksABackgroundLoadEndedByItsContext(t *testing.T) {
+	rep := faults.LoadReport{Profile: faults.Background, Stats: faults.LoadStats{Sent: 2, OK: 1}}
+	reports, sums := collectLoads(t.Context(), []faults.LoadReport{rep}, []error{context.Canceled}, nil)
+	require.Len(t, reports, 1)
+	require.Len(t, sums, 1)
+	assert.True(t, sums[0].Failed)
+	assert.Equal(t, context.Canceled.Error(), sums[0].Error)
+}
