@@ -1,8 +1,8 @@
 // Package report writes a scenario's results: summary.json (verdict,
 // violations, peaks, loads, replay command), timeline.json (every sample),
 // requests.json (every load request) and report.html, one self-contained page
-// with charts of goroutines, threads, sockets, heap, load and errors, the
-// fault window shaded.
+// with charts of goroutines, threads, sockets, heap, load and its failures
+// (everyday and batch apart), and errors, the fault window shaded.
 package report
 
 import (
@@ -78,7 +78,10 @@ var charts = []struct {
 	{"Memory (bytes)", []string{probe.MetricHeap, probe.MetricRSS, probe.MetricHeapGoal}},
 	{"GC pause p99 (s)", []string{probe.MetricGCPauseP99}},
 	{"Lookups in flight", []string{scenario.MetricLookupsInFlight}},
-	{"Load: answered and failed (cumulative)", []string{scenario.MetricLoadOK, scenario.MetricLoadErrors}},
+	{"Load answered (cumulative)", []string{scenario.MetricLoadOK}},
+	// Apart from the answered, whose thousands would flatten them, and by
+	// traffic: everyday requests failing is not a flood's failing.
+	{"Load failed (cumulative)", []string{scenario.MetricEverydayErrors, scenario.MetricBatchErrors}},
 	{"Cache errors and log lines (cumulative)", []string{scenario.MetricCacheErrors, scenario.MetricLogLines}},
 	{"Open fds", []string{probe.MetricFDs}},
 }
@@ -209,8 +212,8 @@ code{background:#f4f4f4;padding:2px 4px}
 {{if .Violations}}<h2>Violations</h2><ul>{{range .Violations}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.ValidateError}}<p class="failed">{{.Res.ValidateError}}</p>{{end}}
 <h2>Budgets</h2><ul>{{range .Res.Budgets}}<li>{{.}}</li>{{end}}</ul>
-<h2>Loads</h2><table><tr><th>client</th><th>sent</th><th>ok</th><th>errors</th><th>skipped</th><th>p50</th><th>p99</th><th>max</th><th>outcomes</th></tr>
-{{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{.P50}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td></tr>{{end}}</table>
+<h2>Loads</h2><table><tr><th>client</th><th>traffic</th><th>sent</th><th>ok</th><th>errors</th><th>skipped</th><th>p50</th><th>p99</th><th>max</th><th>outcomes</th><th>finished</th></tr>
+{{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Traffic}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{.P50}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td><td>{{if .Failed}}<span class="failed">failed: {{.Error}}</span>{{else}}yes{{end}}</td></tr>{{end}}</table>
 <h2>Timeline</h2><p>Shaded: the fault window (inject and observe).</p>
 <div class="charts">{{range .Charts}}{{.}}{{end}}</div>
 <p><small>generated {{.Generated}}; data: summary.json, timeline.json, requests.json</small></p>

@@ -3,6 +3,7 @@ package report_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/scenario/report"
@@ -73,4 +75,44 @@ func TestWriteAndIndex(t *testing.T) {
 func TestIndexOfMissingFolder(t *testing.T) {
 	_, err := report.WriteIndex(filepath.Join(t.TempDir(), "absent"))
 	require.Error(t, err)
+}
+
+// A load that did not finish is in summary.json and on the page as failed;
+// the failures chart draws everyday and batch apart.
+func TestWriteShowsAFailedLoad(t *testing.T) {
+	dir := t.TempDir()
+	res := result(t, "flood/fixed")
+	res.LoadSummary = []scenario.LoadSummary{
+		scenario.NewLoadSummary(faults.LoadReport{Profile: faults.Background, Stats: faults.LoadStats{Sent: 9, OK: 9}}, nil),
+		scenario.NewLoadSummary(faults.LoadReport{Profile: faults.InternalBatch, Stats: faults.LoadStats{Sent: 2, OK: 1, InFlight: 1}},
+			errors.New("wait flood internal-batch: context canceled")),
+	}
+	page, err := report.Write(dir, res)
+	require.NoError(t, err)
+
+	html, err := os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Contains(t, string(html), "failed: wait flood internal-batch: context canceled")
+	assert.Contains(t, string(html), "Load failed (cumulative)")
+	assert.Contains(t, string(html), scenario.MetricEverydayErrors)
+	assert.Contains(t, string(html), scenario.MetricBatchErrors)
+
+	var sum struct {
+		Loads []struct {
+			Client  string `json:"client"`
+			Traffic string `json:"traffic"`
+			Failed  bool   `json:"failed"`
+			Error   string `json:"error"`
+		} `json:"loads"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "summary.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &sum))
+	require.Len(t, sum.Loads, 2)
+	assert.Equal(t, "everyday", sum.Loads[0].Traffic)
+	assert.False(t, sum.Loads[0].Failed)
+	assert.Equal(t, faults.InternalBatch.Client, sum.Loads[1].Client)
+	assert.Equal(t, "batch", sum.Loads[1].Traffic)
+	assert.True(t, sum.Loads[1].Failed)
+	assert.Equal(t, "wait flood internal-batch: context canceled", sum.Loads[1].Error)
 }
