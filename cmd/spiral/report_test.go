@@ -355,7 +355,7 @@ func TestReportErrors(t *testing.T) {
 			a := shard(t, filepath.Join(root, "a"), batchShard, nil)
 			return []string{"report", "-o", filepath.Join(a, "merged"), a}
 		},
-		code:  exitUsage,
+		code: exitUsage,
 		after: func(t *testing.T, root string) {
 			t.Helper()
 			assert.NoDirExists(t, filepath.Join(root, "a", "merged"))
