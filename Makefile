@@ -48,9 +48,9 @@ setup:
 images: setup
 	@scripts/images.sh
 
-## test: vet, then every package's tests in quick mode (scripts/test.sh).
+## test: vet, then every package's tests in quick mode (scripts/test.sh); JUNIT=path also writes JUnit XML there.
 test: images
-	@scripts/test.sh
+	@JUNIT='$(JUNIT)' GOTESTSUM='$(GOTESTSUM)' scripts/test.sh
 
 ## chaos: the suites at full strength; JUnit XML, JSON and HTML report in $(REPORT_DIR).
 chaos: images
