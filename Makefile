@@ -61,11 +61,12 @@ soak: images
 	@SPIRAL_SOAK_DURATION=$(SOAK_DURATION) scripts/chaos.sh "$(REPORT_DIR)" soak ./suites/soak
 endif
 
-## lint: gofmt, go vet and golangci-lint (thelper, testifylint, errorlint; see .golangci.yml).
+## lint: gofmt, go vet, golangci-lint (thelper, testifylint, errorlint; see .golangci.yml), actionlint on .github/workflows (and shellcheck on their run: blocks, if installed).
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
 	$(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0 run ./...
+	$(GO) run github.com/rhysd/actionlint/cmd/actionlint@v1.7.12 .github/workflows/*.yml
 
 ## clean: remove containers and reports Spiral left behind.
 clean:
