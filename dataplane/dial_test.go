@@ -65,11 +65,14 @@ func TestDeadline(t *testing.T) {
 	assert.Less(t, time.Since(start), 2*time.Second, "answers about one dial after the deadline")
 	assert.InDelta(t, 1, snapshot(t, dp).Sum("requests_total", "code", "deadline"), 0)
 
-	srv := newServer(t, dp)
-	status, eb := post(t, srv, "/xrpc/GetPostRecords", "test", `{"uris":["`+uris[0]+`"]}`)
-	assert.Contains(t, []int{http.StatusOK, http.StatusGatewayTimeout}, status,
-		"200 if an idle connection is left from the first request, else 504")
-	if status == http.StatusGatewayTimeout {
-		assert.Equal(t, "Timeout", eb.Error)
-	}
+	// Over HTTP, from a data plane of its own (no idle connection is left
+	// from the request above), a post never seeded, so never cached: the
+	// dial outlasts the deadline, and the store read after the miss finds
+	// it passed. (A key memcached holds would be answered when the slow dial
+	// returns: gomemcache's calls don't take a context.)
+	srv := newServer(t, newDataPlane(t, cfg))
+	uncached := fixtures.PostURI(absent)
+	status, eb := post(t, srv, "/xrpc/GetPostRecords", "test", `{"uris":["`+uncached+`"]}`)
+	assert.Equal(t, http.StatusGatewayTimeout, status)
+	assert.Equal(t, "Timeout", eb.Error)
 }

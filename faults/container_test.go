@@ -148,12 +148,10 @@ func TestStopCQLRecovers(t *testing.T) {
 	}, time.Minute, 500*time.Millisecond, "the session reconnects")
 }
 
-// TestKillCQLRecovers runs in full mode only (SPIRAL_MODE=full): a second
-// Cassandra restart adds 15-25 s.
+// TestKillCQLRecovers: a CQL store killed outright (no flush) comes back
+// with Recover and the session reconnects. A second Cassandra restart in
+// this package adds 15-25 s to make test.
 func TestKillCQLRecovers(t *testing.T) {
-	if os.Getenv("SPIRAL_MODE") != "full" {
-		t.Skip("kills and restarts the CQL store; SPIRAL_MODE=full runs it")
-	}
 	env := containerEnv(t)
 	noLeaks(t, gocqlReconnects)
 	s := env.Session(t)
