@@ -43,7 +43,9 @@ if [[ -n $install_only ]] && command -v dockerd >/dev/null 2>&1 && command -v do
 fi
 if ! command -v dockerd >/dev/null 2>&1; then
 	echo "setup: installing Debian's docker.io (log: $state/apt.log)" >&2
-	export DEBIAN_FRONTEND=noninteractive
+	# RUNLEVEL=1: the package's init script must not start an engine of its
+	# own (with a bridge, iptables and state in /var/lib/docker).
+	export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
 	if ! apt-get install -y --no-install-recommends docker.io >"$state/apt.log" 2>&1; then
 		apt-get update >>"$state/apt.log" 2>&1 || true
 		apt-get install -y --no-install-recommends docker.io >>"$state/apt.log" 2>&1 || {
