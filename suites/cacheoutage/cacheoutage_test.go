@@ -262,7 +262,8 @@ func rise(res *scenario.Result, metric, phase string) float64 {
 func logFigures(t *testing.T, res *scenario.Result) {
 	t.Helper()
 	for _, m := range []string{
-		scenario.MetricStoreInFlight, metricStorePeak, scenario.MetricLoadErrors, scenario.MetricLogLines, scenario.MetricLogDropped,
+		scenario.MetricStoreInFlight, metricStorePeak, scenario.MetricLoadErrors, scenario.MetricEverydayErrors, scenario.MetricBatchErrors,
+		scenario.MetricLogLines, scenario.MetricLogDropped,
 		scenario.MetricCacheErrors, probe.MetricGoroutines, probe.MetricThreads,
 	} {
 		t.Logf("  peak %s: %v", m, res.Peaks[m])
@@ -291,6 +292,7 @@ func TestCacheOutage(t *testing.T) {
 				require.NotEmpty(t, res.LoadSummary)
 				for _, l := range res.LoadSummary {
 					assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+					assert.False(t, l.Failed, "load %s finished: %s", l.Client, l.Error)
 				}
 				// The mechanisms behind the budgets held: the outage was
 				// felt (errors beyond the rate limit, dropped), requests

@@ -137,7 +137,7 @@ var budgets = append([]probe.Budget{
 	probe.Limit(metricSinkThreads, blockedWritersBudget, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 	// Everyday traffic keeps being answered (the fixed data plane reads
 	// the store when memcached is down).
-	probe.Limit(scenario.MetricLoadErrors, 0),
+	probe.Limit(scenario.MetricEverydayErrors, 0),
 }, drained...)
 
 // sinkProbes reads the sink's figures into the timeline.
@@ -271,6 +271,7 @@ func TestLogStorm(t *testing.T) {
 		assert.Positive(t, peak(res, scenario.MetricLogDropped), "lines over the rate limit are counted in %s", scenario.MetricLogDropped)
 		for _, l := range res.LoadSummary {
 			assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+			assert.False(t, l.Failed, "load %s finished: %s", l.Client, l.Error)
 		}
 		requireDrained(t, sink)
 		logFigures(t, res, sink)
