@@ -57,8 +57,8 @@ import (
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
 
-// Metrics of this suite's timeline, beside the load's (scenario.MetricLoadOK,
-// MetricLoadErrors) and memcached's TIME_WAIT sockets
+// Metrics of this suite's timeline, beside the load's (scenario.LoadSource)
+// and memcached's TIME_WAIT sockets
 // (scenario.MetricMemcachedTimeWait).
 const (
 	// metricOOMKills is the kernel's count of OOM kills in the child's
@@ -284,7 +284,7 @@ func runArm(t *testing.T, env *fixtures.Env, arm string, p profile, seed uint64)
 	require.NoError(t, err)
 	flood, err := faults.NewFlood(url, p.flood)
 	require.NoError(t, err)
-	loads := []*faults.Load{bg, flood.Load()}
+	loads := []scenario.LoadCounters{bg, flood.Load()}
 	sampler, err := newSampler(env, sup, cg, loads)
 	require.NoError(t, err)
 
@@ -366,9 +366,7 @@ func runArm(t *testing.T, env *fixtures.Env, arm string, p profile, seed uint64)
 
 	floodReport, floodErr := flood.Wait(ctx)
 	res.Loads = []faults.LoadReport{bgReport, floodReport}
-	for _, r := range res.Loads {
-		res.LoadSummary = append(res.LoadSummary, scenario.LoadSummary{Client: r.Profile.Client, Stats: r.Stats, Outcomes: r.Outcomes, P50: r.P50, P99: r.P99, Max: r.Max})
-	}
+	res.LoadSummary = []scenario.LoadSummary{scenario.NewLoadSummary(bgReport, loadErr), scenario.NewLoadSummary(floodReport, floodErr)}
 	res.Timeline = sampler.Timeline()
 	res.Violations = res.Timeline.Check(budgets...)
 	res.Peaks = scenario.Peaks(res.Timeline)
@@ -409,25 +407,15 @@ func validate(ctx context.Context, url string) error {
 
 // newSampler samples the child, its cgroup and supervisor, memcached's
 // TIME_WAIT sockets and the loads.
-func newSampler(env *fixtures.Env, sup *faults.Supervisor, cg *faults.MemoryCgroup, loads []*faults.Load) (*probe.Sampler, error) {
+func newSampler(env *fixtures.Env, sup *faults.Supervisor, cg *faults.MemoryCgroup, loads []scenario.LoadCounters) (*probe.Sampler, error) {
 	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
 	if err != nil {
 		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
 	}
-	sum := func(f func(faults.LoadStats) int64) func() float64 {
-		return func() float64 {
-			var n int64
-			for _, l := range loads {
-				n += f(l.Stats())
-			}
-			return float64(n)
-		}
-	}
 	return probe.NewSampler(100*time.Millisecond,
 		&childSource{sup: sup, cg: cg},
 		probe.NewSocketSource(scenario.MetricMemcachedTimeWait, probe.Census{}, probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: ap.Port()}),
-		probe.Func(scenario.MetricLoadOK, sum(func(s faults.LoadStats) int64 { return s.OK })),
-		probe.Func(scenario.MetricLoadErrors, sum(func(s faults.LoadStats) int64 { return s.Errors })),
+		scenario.LoadSource(loads...),
 	)
 }
 
