@@ -147,6 +147,10 @@ type Result struct {
 	// ValidateError why not.
 	Validated     bool   `json:"validated"`
 	ValidateError string `json:"validate_error,omitempty"`
+	// Error is why the run stopped part-way or a fault failed to recover,
+	// as Run returned it; the timeline and loads are then what was seen up
+	// to that point.
+	Error string `json:"error,omitempty"`
 	// Peaks is each metric's high-water mark per phase.
 	Peaks map[string]map[string]float64 `json:"peaks"`
 	// Replay is the command that runs this scenario again.
@@ -229,15 +233,19 @@ func (sc Scenario) Validate() error {
 
 // Run executes sc against env and returns what it saw. It fails only when
 // the run itself could not happen (bad scenario, data plane or fault that
-// can't start); budgets that don't hold are in Result.Violations. Every fault
-// is recovered and every load stopped before Run returns. It blocks for the
-// sum of the phases plus set-up (seconds).
-func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
+// can't start or recover); budgets that don't hold are in Result.Violations.
+// Every fault is recovered, even when another fails to, and every load
+// stopped before Run returns; a fault that fails to recover is an error (a
+// backend left paused would break whatever runs next). A run that stops
+// part-way still returns its Result, with the timeline and loads seen so
+// far and Result.Error set, so that its report can be written. It blocks for
+// the sum of the phases plus set-up (seconds).
+func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err error) {
 	sc = sc.withDefaults()
 	if err := sc.Validate(); err != nil {
 		return nil, err
 	}
-	res := &Result{Scenario: sc.Name, Seed: sc.Seed, Config: sc.Config, Started: time.Now(), Budgets: sc.Budgets, Replay: replayCommand(sc)}
+	res = &Result{Scenario: sc.Name, Seed: sc.Seed, Config: sc.Config, Started: time.Now(), Budgets: sc.Budgets, Replay: replayCommand(sc)}
 	progress("%s: seed %d; set-up", sc.Name, sc.Seed)
 
 	session, err := env.NewCluster().CreateSession()
@@ -274,12 +282,31 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 		injected = append(injected, f)
 		res.Faults = append(res.Faults, f.Name())
 	}
-	// Whatever happens below, no fault outlives the run.
-	defer func() {
+	// recoverAll recovers every fault, last injected first, even when one
+	// fails, and returns every failure. Recover is idempotent: a fault
+	// already recovered returns nil.
+	recoverAll := func(ctx context.Context, when string) error {
+		var errs []error
 		for i := len(injected) - 1; i >= 0; i-- {
-			rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			_ = injected[i].Recover(rctx)
-			cancel()
+			if when == "" { // the recover phase; the others are clean-up
+				progress("%s: recover %s", sc.Name, injected[i].Name())
+			}
+			if err := injected[i].Recover(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("recover %s%s: %w", injected[i].Name(), when, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	// Whatever happens below (a panic, a set-up error), no fault outlives
+	// the run.
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if rerr := recoverAll(rctx, " after the run"); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("scenario %s: %w", sc.Name, rerr))
+			if res != nil {
+				res.Error = err.Error()
+			}
 		}
 	}()
 
@@ -367,11 +394,8 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 			return err
 		}
 		sampler.Mark(PhaseRecover)
-		for i := len(injected) - 1; i >= 0; i-- {
-			progress("%s: recover %s", sc.Name, injected[i].Name())
-			if err := injected[i].Recover(ctx); err != nil {
-				return fmt.Errorf("recover %s: %w", injected[i].Name(), err)
-			}
+		if err := recoverAll(ctx, ""); err != nil {
+			return err
 		}
 		if err := phase(PhaseRecover, sc.Phases.Recover); err != nil {
 			return err
@@ -389,20 +413,29 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (*Result, error) {
 	}()
 	if runErr != nil {
 		stopLoads()
+		// Stop the faults (floods among them) now, so that the loads can
+		// be collected below.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		runErr = errors.Join(runErr, recoverAll(rctx, " after the run stopped"))
+		cancel()
 	}
 	<-bgDone
 	stopSampler()
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		progress("%s: sampler: %v", sc.Name, err)
 	}
-	if runErr != nil {
-		return res, fmt.Errorf("scenario %s: %w", sc.Name, runErr)
-	}
 
+	// A run that stopped part-way keeps what it saw, for its report.
 	res.Loads, res.LoadSummary = collectLoads(ctx, reports, reportErrs, floods)
 	res.Timeline = sampler.Timeline()
 	res.Violations = res.Timeline.Check(sc.Budgets...)
 	res.Peaks = Peaks(res.Timeline)
+	if runErr != nil {
+		err = fmt.Errorf("scenario %s: %w", sc.Name, runErr)
+		res.Error = err.Error()
+		progress("%s: stopped: %v", sc.Name, err)
+		return res, err
+	}
 	progress("%s: done: %d violation(s), validated=%v", sc.Name, len(res.Violations), res.Validated)
 	return res, nil
 }
