@@ -1,6 +1,7 @@
 // Command spiral is the command line of the Spiral chaos suite: a socket
-// census (spiral sockets) and the index and summary of run reports (spiral
-// report).
+// census (spiral sockets), the index and summary of run reports (spiral
+// report), and the peaks of several runs beside their budgets (spiral
+// envelope).
 //
 // Usage:
 //
