@@ -4,6 +4,7 @@
 #   make test    the project's tests (quick mode), what CI runs
 #   make chaos   every suite at full strength, with a report in reports/
 #   make soak    the soak suite for SOAK_DURATION (default 2h)
+#   make envelope PKG=./suites/x [MODE=quick COUNT=5]  peaks of runs vs budgets
 #   ENGINE=private (with test, chaos or soak): against a brand-new Docker
 #                engine started for the run and removed after it (root)
 
@@ -59,6 +60,10 @@ chaos: images
 ## soak: the soak suite (suites/soak) for $(SOAK_DURATION).
 soak: images
 	@SPIRAL_SOAK_DURATION=$(SOAK_DURATION) scripts/chaos.sh "$(REPORT_DIR)" soak ./suites/soak
+
+## envelope: PKG's tests (RUN=regex: some) COUNT times in MODE, each run's reports apart, then spiral envelope (scripts/envelope.sh).
+envelope: images
+	@scripts/envelope.sh '$(or $(MODE),quick)' '$(or $(COUNT),5)' '$(or $(PKG),$(error envelope: PKG=package wanted, e.g. PKG=./suites/batchflood))' '$(or $(RUN),.)'
 endif
 
 ## lint: gofmt, go vet, golangci-lint (thelper, testifylint, errorlint; see .golangci.yml), actionlint on .github/workflows (and shellcheck on their run: blocks, if installed).
