@@ -330,7 +330,7 @@ func writeEnvelopeTable(out io.Writer, envs []scenarioEnvelope) error {
 				budget, over = number(r.Budget), strconv.Itoa(r.Over)
 				switch {
 				case r.Ratio != nil:
-					ratio = strconv.FormatFloat(*r.Ratio, 'f', 2, 64)
+					ratio = ratioString(*r.Ratio)
 				case r.Max != nil && *r.Budget > 0:
 					ratio = "inf"
 				}
@@ -343,6 +343,16 @@ func writeEnvelopeTable(out io.Writer, envs []scenarioEnvelope) error {
 		return fmt.Errorf("write: %w", err)
 	}
 	return nil
+}
+
+// ratioString formats budget/max to 3 significant digits, so that an
+// incident's 0.0153 (a bound 65 times exceeded) keeps its figure; from 100
+// on, in whole numbers.
+func ratioString(r float64) string {
+	if r >= 100 {
+		return strconv.FormatFloat(r, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(r, 'g', 3, 64)
 }
 
 // number formats a figure as the budgets print theirs: whole numbers in

@@ -99,7 +99,8 @@ func envelopeTable(tb testing.TB, out string) map[string]map[string]string {
 	return rows
 }
 
-func fmtRatio(budget, peak float64) string { return strconv.FormatFloat(budget/peak, 'f', 2, 64) }
+// fmtRatio is budget/peak to 3 significant digits, as the table shows it.
+func fmtRatio(budget, peak float64) string { return strconv.FormatFloat(budget/peak, 'g', 3, 64) }
 
 func TestEnvelope(t *testing.T) {
 	root := t.TempDir()
@@ -292,4 +293,17 @@ func TestEnvelopeHelp(t *testing.T) {
 	code, out, _ := spiral(t, "help")
 	require.Equal(t, 0, code)
 	assert.Contains(t, out, "envelope")
+}
+
+func TestRatioString(t *testing.T) {
+	for r, want := range map[float64]string{
+		200.0 / 13096: "0.0153", // an incident 65 times over its bound
+		2000.0 / 71:   "28.2",
+		150.0 / 12:    "12.5",
+		1:             "1",
+		0:             "0",
+		150.0 / 0.5:   "300",
+	} {
+		assert.Equal(t, want, ratioString(r), "%v", r)
+	}
 }
