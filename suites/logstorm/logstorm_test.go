@@ -66,8 +66,13 @@ const posts = 2_000
 // Figures from the postmortem and the runtime.
 const (
 	// healthyThreads is the postmortem's healthy baseline of OS threads
-	// ("150 vs 1500").
+	// ("150 vs 1500"): the magnitude the incident arm must pass, not the
+	// fixed arm's budget.
 	healthyThreads = 150
+	// fixedThreads is the fixed arm's thread budget: it peaked at 9-10 OS
+	// threads over 8 runs (5 quick, 3 full; 2026-12-02, `make envelope
+	// PKG=./suites/logstorm`), twice that. The incident reached 617-1,231.
+	fixedThreads = 20
 	// runtimeMaxThreads is the Go runtime's default thread limit
 	// (runtime/debug.SetMaxThreads): one more thread and the process
 	// crashes. The incident arm's storm must stay well clear of it.
@@ -130,8 +135,8 @@ var drained = []probe.Budget{
 
 // budgets must all hold for the fixed data plane.
 var budgets = append([]probe.Budget{
-	// The postmortem's healthy baseline, over the whole run.
-	probe.Limit(probe.MetricThreads, healthyThreads),
+	// OS threads over the whole run, from the fixed arm's envelope.
+	probe.Limit(probe.MetricThreads, fixedThreads),
 	// No more writers inside the sink than the rate limit lets through.
 	probe.Limit(metricSinkBlocked, blockedWritersBudget, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 	probe.Limit(metricSinkThreads, blockedWritersBudget, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
@@ -281,7 +286,9 @@ func TestLogStorm(t *testing.T) {
 		sink := newSink(t)
 		res := suite.Run(t, env, stormScenario("incident", dataplane.IncidentConfig(), sink, p))
 		assert.True(t, res.Violated(probe.MetricThreads),
-			"the incident data plane must be caught with OS threads past the healthy %d; peaks %v", healthyThreads, res.Peaks[probe.MetricThreads])
+			"the incident data plane must be caught past the fixed arm's %d OS threads; peaks %v", fixedThreads, res.Peaks[probe.MetricThreads])
+		assert.Greater(t, peak(res, probe.MetricThreads), float64(healthyThreads),
+			"the storm must reach the postmortem's magnitude: OS threads past its healthy %d", healthyThreads)
 		assert.True(t, res.Violated(metricSinkBlocked),
 			"the incident data plane must be caught with writers blocked in the sink; peaks %v", res.Peaks[metricSinkBlocked])
 		assert.True(t, res.Violated(metricSinkThreads),

@@ -13,8 +13,8 @@
 //     the connections beyond the pool close into TIME_WAIT and hold the
 //     rest, so dials fail with EADDRNOTAVAIL ("cannot assign requested
 //     address") and, under FailRequest, so do the requests that made them.
-//     It must be caught by the port-error budget and by everyday requests
-//     failing (the everyday load-error budget).
+//     It must be caught by the port-error budget and by the flood's
+//     requests failing (the batch load-error budget).
 //   - band-aid: the incident plus the postmortem's random 127.x.y.z source
 //     addresses. Each source address has a port space of its own, so the
 //     budget's ports carry more sockets than there are ports and no dial
@@ -391,8 +391,12 @@ func TestPortExhaustion(t *testing.T) {
 		a.logCacheErrors(t)
 		assert.True(t, res.Violated(metricPortErrors),
 			"the incident data plane must be caught failing memcached dials for want of a source port (EADDRNOTAVAIL); peaks %v", res.Peaks[metricPortErrors])
-		assert.True(t, res.Violated(scenario.MetricEverydayErrors),
-			"the incident data plane must be caught failing everyday requests on those errors (FailRequest); peaks %v", res.Peaks[scenario.MetricEverydayErrors])
+		// The flood's requests fail on those errors (FailRequest): 4-6 in
+		// each of 8 runs (5 quick, 3 full; 2026-12-02). Everyday requests
+		// fail in most runs (0-59) but not all (0 in 1 of 5 quick runs), so
+		// they are logged, not asserted.
+		assert.True(t, res.Violated(scenario.MetricBatchErrors),
+			"the incident data plane must be caught failing the flood's requests on those errors (FailRequest); peaks %v", res.Peaks[scenario.MetricBatchErrors])
 		// The mechanism: the budget runs full, and TIME_WAIT holds a large
 		// share of it (the idle pool of 1000 holds most of the rest). Wide
 		// margins: measured full every run, TIME_WAIT peaking at 1000-1120
