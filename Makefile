@@ -21,7 +21,7 @@ SOAK_DURATION ?= 2h
 export TESTCONTAINERS_HOST_OVERRIDE ?= 127.0.0.1
 export TESTCONTAINERS_RYUK_DISABLED ?= true
 
-.PHONY: all setup images test chaos soak lint clean help
+.PHONY: all setup images test chaos soak lint clean help envelope
 
 all: test
 
