@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,4 +198,64 @@ func BenchmarkRuntimeRead(b *testing.B) {
 	for b.Loop() {
 		r.Read()
 	}
+}
+
+// BenchmarkPeak states what a Peak of runtime.NumGoroutine costs. Read:
+// one Peak.Read beside the plain runtime.NumGoroutine it wraps. Polling: the
+// process's CPU time (getrusage, every thread) per second of wall time
+// while the benchmark sleeps, idle as the baseline, then with a
+// NewGoroutinesPeak polling at 5 ms (the scenario runner's) and 20 ms;
+// what a poller adds is its figure less the baseline's.
+func BenchmarkPeak(b *testing.B) {
+	b.Run("read/NumGoroutine", func(b *testing.B) {
+		n := 0
+		for b.Loop() {
+			n += runtime.NumGoroutine()
+		}
+		_ = n
+	})
+	b.Run("read/Peak.Read", func(b *testing.B) {
+		p, err := probe.NewGoroutinesPeak(time.Hour)
+		require.NoError(b, err)
+		dst := make([]float64, 1)
+		for b.Loop() {
+			if err := p.Read(b.Context(), dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	const window = 200 * time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		interval time.Duration // 0: no poller
+	}{
+		{"poll/baseline-idle", 0},
+		{"poll/every-5ms", 5 * time.Millisecond},
+		{"poll/every-20ms", 20 * time.Millisecond},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			if tc.interval > 0 {
+				p, err := probe.NewGoroutinesPeak(tc.interval)
+				require.NoError(b, err)
+				require.NoError(b, p.Start(b.Context()))
+				b.Cleanup(p.Stop)
+			}
+			var cpu, wall time.Duration
+			for b.Loop() {
+				c0, w0 := cpuTime(b), time.Now()
+				time.Sleep(window)
+				cpu += cpuTime(b) - c0
+				wall += time.Since(w0)
+			}
+			b.ReportMetric(float64(cpu.Microseconds())/wall.Seconds(), "cpu-µs/s")
+		})
+	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	b.Helper()
+	var ru syscall.Rusage
+	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -8,7 +8,10 @@
 // refused. [ReadProcess] and [RuntimeReader] read process and Go runtime
 // figures. A [Sampler] reads a list of named [Source] values at a fixed
 // interval into a [Timeline] with phase marks; [Timeline.Check] judges the
-// timeline against [Budget] high-water marks and reports every violation.
+// timeline against [Budget] high-water marks and reports every violation. A
+// [Peak] is a Source that polls a cheap reading at a short interval in a
+// goroutine of its own and reports, at each sample, the highest value since
+// the one before: bursts that begin and end between two samples.
 //
 // The package never imports testing: it takes a context and returns values and
 // errors, so scenarios and suites decide what fails.
