@@ -3,6 +3,7 @@ package scenario_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 )
 
@@ -86,14 +88,46 @@ func TestRunStoppedPartWayRecoversAndKeepsTheResult(t *testing.T) {
 	assert.Contains(t, res.Error, "inject bad")
 }
 
-// A clean run recovers each fault and returns no error.
+// A clean run recovers each fault and returns no error. Its pollers, the
+// built-in goroutines_peak and a probe.Peak among the scenario's probes,
+// poll while it runs and are stopped when it returns.
 func TestRunRecoversFaults(t *testing.T) {
 	env := fixtures.Shared(t)
 	f := &stubFault{name: "f"}
-	res, err := scenario.Run(t.Context(), env, stubScenario("clean", f))
+	var polls atomic.Int64
+	extra, err := probe.NewPeak("polls", time.Millisecond, func(context.Context) (float64, error) {
+		return float64(polls.Add(1)), nil
+	})
+	require.NoError(t, err)
+	sc := stubScenario("clean", f)
+	sc.Probes = func(scenario.Harness) []probe.Source { return []probe.Source{extra} }
+	res, err := scenario.Run(t.Context(), env, sc)
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, f.injects.Load())
 	assert.Positive(t, f.recovers.Load())
 	assert.Empty(t, res.Error)
 	assert.True(t, res.Validated, res.ValidateError)
+
+	assert.NotContains(t, goroutineStacks(), "probe.(*Peak).poll", "no poller outlives Run")
+	assert.Greater(t, polls.Load(), int64(2*len(res.Timeline.Samples)), "Run started the scenario's Peak: it polled between samples")
+	require.ErrorContains(t, extra.Start(t.Context()), "stopped", "Run stopped it")
+	// The plain count is read a few µs before the peak's own reading; a
+	// goroutine or two may end in between.
+	const slack = 10
+	for _, ph := range []string{scenario.PhaseBaseline, scenario.PhaseInject, scenario.PhaseRecover} {
+		assert.GreaterOrEqual(t, res.Peaks[probe.MetricGoroutinesPeak][ph], res.Peaks[probe.MetricGoroutines][ph]-slack,
+			"goroutines_peak in %s is at least the plain count's peak", ph)
+	}
+}
+
+// goroutineStacks returns every goroutine's stack.
+func goroutineStacks() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }
