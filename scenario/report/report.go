@@ -72,7 +72,9 @@ var charts = []struct {
 	Title   string
 	Metrics []string
 }{
-	{"Goroutines", []string{probe.MetricGoroutines}},
+	// The plain count at each sample, and the high-water mark polled
+	// between samples: a flood's goroutines may come and go between two.
+	{"Goroutines", []string{probe.MetricGoroutines, probe.MetricGoroutinesPeak}},
 	{"OS threads", []string{probe.MetricThreads}},
 	{"Sockets to memcached", []string{scenario.MetricMemcachedTimeWait, scenario.MetricMemcachedTimeWaitAdded, scenario.MetricMemcachedEstablished}},
 	{"Memory (bytes)", []string{probe.MetricHeap, probe.MetricRSS, probe.MetricHeapGoal}},

@@ -116,3 +116,23 @@ func TestWriteShowsAFailedLoad(t *testing.T) {
 	assert.True(t, sum.Loads[1].Failed)
 	assert.Equal(t, "wait flood internal-batch: context canceled", sum.Loads[1].Error)
 }
+
+// The goroutines chart draws the high-water mark between samples beside the
+// plain count.
+func TestGoroutinesChartShowsThePeak(t *testing.T) {
+	g, peak := 10.0, 10.0
+	s, err := probe.NewSampler(1e6,
+		probe.Func(probe.MetricGoroutines, func() float64 { return g }),
+		probe.Func(probe.MetricGoroutinesPeak, func() float64 { return peak }))
+	require.NoError(t, err)
+	s.Mark(scenario.PhaseInject)
+	require.NoError(t, s.Sample(t.Context()))
+	peak = 4000 // a burst between samples
+	require.NoError(t, s.Sample(t.Context()))
+	res := &scenario.Result{Scenario: "burst", Timeline: s.Timeline(), Validated: true}
+	page, err := report.Write(filepath.Join(t.TempDir(), "burst"), res)
+	require.NoError(t, err)
+	html, err := os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Regexp(t, `Goroutines</text>.*<polyline[^>]*>.*>goroutines</text><polyline[^>]*>.*>goroutines_peak</text>`, string(html))
+}
