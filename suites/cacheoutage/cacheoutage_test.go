@@ -15,7 +15,6 @@ package cacheoutage
 import (
 	"context"
 	"math"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,8 +39,8 @@ const (
 	// metricStoreReads is keys that missed (or could not reach) memcached
 	// and were answered from the CQL store.
 	metricStoreReads = "dp_lookups_store"
-	// metricStorePeak is the highest dp_store_queries_in_flight seen
-	// between two samples (see storePeakSource).
+	// metricStorePeak is the highest dp_store_queries_in_flight polled
+	// between two samples (see newStorePeak).
 	metricStorePeak = "dp_store_queries_in_flight_peak"
 )
 
@@ -99,7 +98,7 @@ func budgets(phases scenario.Phases) []probe.Budget {
 }
 
 // outageScenario returns the run of cfg through outage o. Its probes poll
-// the data plane until t ends.
+// the data plane while the run samples.
 func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) scenario.Scenario {
 	t.Helper()
 	bg := faults.Background
@@ -132,8 +131,8 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 			return faults.NewContainerFault(h.Env.Memcached, o.action), nil
 		}},
 		Probes: func(h scenario.Harness) []probe.Source {
-			peak := newStorePeakSource(h.DataPlane)
-			t.Cleanup(peak.stop)
+			peak, err := newStorePeak(h.DataPlane)
+			require.NoError(t, err) // only a bad name or interval fails
 			return []probe.Source{lookupSource{h.DataPlane}, peak}
 		},
 		Phases:  phases,
@@ -155,81 +154,26 @@ func (s lookupSource) Read(_ context.Context, dst []float64) error {
 	return nil
 }
 
-// storePollInterval is how often storePeakSource reads the data plane's
-// gauge. The incident's store queries come in bursts of a batch's keys
-// that last 200-400 ms (measured) and mostly fall between the runner's
-// samples, 100 ms apart and often late on a busy machine; every 20 ms
-// catches each burst near its top.
+// storePollInterval is how often the store's peak (newStorePeak) reads the
+// data plane's gauge. The incident's store queries come in bursts of a
+// batch's keys that last 200-400 ms (measured) and mostly fall between the
+// runner's samples, 100 ms apart and often late on a busy machine; every
+// 20 ms catches each burst near its top.
 const storePollInterval = 20 * time.Millisecond
 
-// storePeakSource reports, at each sample, the highest value of the data
-// plane's store_queries_in_flight gauge it polled since the previous
-// sample (or, for the first sample, since it started). A poll is one
-// Gather of the data plane's registry: 0.2-0.5 ms here under load, 1-2.5%
-// of one core at storePollInterval. stop ends the polling; it is
-// idempotent.
-type storePeakSource struct {
-	dp   *dataplane.DataPlane
-	quit chan struct{}
-	done chan struct{}
-	once sync.Once
-
-	mu   sync.Mutex
-	peak float64
-	err  error
-}
-
-func newStorePeakSource(dp *dataplane.DataPlane) *storePeakSource {
-	s := &storePeakSource{dp: dp, quit: make(chan struct{}), done: make(chan struct{})}
-	go s.poll()
-	return s
-}
-
-func (s *storePeakSource) poll() {
-	defer close(s.done)
-	tick := time.NewTicker(storePollInterval)
-	defer tick.Stop()
-	for {
-		m, err := s.dp.Metrics()
-		s.mu.Lock()
+// newStorePeak returns the source of metricStorePeak: the highest value of
+// the data plane's store_queries_in_flight gauge polled between two
+// samples. The run starts and stops it. A poll is one Gather of the data
+// plane's registry: 0.2-0.5 ms here under load, 1-2.5% of one core at
+// storePollInterval.
+func newStorePeak(dp *dataplane.DataPlane) (*probe.Peak, error) {
+	return probe.NewPeak(metricStorePeak, storePollInterval, func(context.Context) (float64, error) {
+		m, err := dp.Metrics()
 		if err != nil {
-			s.err = err
-		} else {
-			s.peak = max(s.peak, m.Sum("store_queries_in_flight"))
+			return 0, err
 		}
-		s.mu.Unlock()
-		select {
-		case <-s.quit:
-			return
-		case <-tick.C:
-		}
-	}
-}
-
-func (s *storePeakSource) stop() {
-	s.once.Do(func() { close(s.quit) })
-	<-s.done
-}
-
-func (*storePeakSource) Metrics() []string { return []string{metricStorePeak} }
-
-// Read reports the peak since the previous Read and starts a new one from
-// the gauge's current value.
-func (s *storePeakSource) Read(_ context.Context, dst []float64) error {
-	m, err := s.dp.Metrics()
-	if err != nil {
-		return err
-	}
-	now := m.Sum("store_queries_in_flight")
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		err, s.err = s.err, nil
-		return err
-	}
-	dst[0] = max(s.peak, now)
-	s.peak = now
-	return nil
+		return m.Sum("store_queries_in_flight"), nil
+	})
 }
 
 // rise returns how much cumulative metric grew over phase: its last value
@@ -264,7 +208,7 @@ func logFigures(t *testing.T, res *scenario.Result) {
 	for _, m := range []string{
 		scenario.MetricStoreInFlight, metricStorePeak, scenario.MetricLoadErrors, scenario.MetricEverydayErrors, scenario.MetricBatchErrors,
 		scenario.MetricLogLines, scenario.MetricLogDropped,
-		scenario.MetricCacheErrors, probe.MetricGoroutines, probe.MetricThreads,
+		scenario.MetricCacheErrors, probe.MetricGoroutines, probe.MetricGoroutinesPeak, probe.MetricThreads,
 	} {
 		t.Logf("  peak %s: %v", m, res.Peaks[m])
 	}
