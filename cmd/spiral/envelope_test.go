@@ -282,19 +282,6 @@ func TestEnvelopeErrors(t *testing.T) {
 	}
 }
 
-func TestEnvelopeHelp(t *testing.T) {
-	for _, args := range [][]string{{"help", "envelope"}, {"envelope", "-h"}} {
-		code, out, errOut := spiral(t, args...)
-		require.Equal(t, 0, code, "%q: %s", args, errOut)
-		assert.Contains(t, out, "Usage: spiral envelope [-json] [-all] DIR...")
-		assert.Contains(t, out, "-json")
-		assert.Contains(t, out, "-all")
-	}
-	code, out, _ := spiral(t, "help")
-	require.Equal(t, 0, code)
-	assert.Contains(t, out, "envelope")
-}
-
 func TestRatioString(t *testing.T) {
 	for r, want := range map[float64]string{
 		200.0 / 13096: "0.0153", // an incident 65 times over its bound

@@ -192,18 +192,28 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
+// TestHelp: "spiral help" lists every command, and each command's help
+// (through "help NAME" and "NAME -h") shows its usage line and flags.
 func TestHelp(t *testing.T) {
-	code, out, _ := spiral(t, "help")
-	require.Equal(t, 0, code)
-	assert.Contains(t, out, "sockets")
-	assert.Contains(t, out, "help")
-
-	code, out, _ = spiral(t, "help", "sockets")
-	require.Equal(t, 0, code)
-	assert.Contains(t, out, "spiral sockets --port 11211 --state time-wait")
-	assert.Contains(t, out, "-json")
-
-	code, out, _ = spiral(t, "sockets", "-h")
-	require.Equal(t, 0, code)
-	assert.Contains(t, out, "-port")
+	for _, tc := range []struct {
+		name  string
+		usage string   // a line of the command's usage text
+		flags []string // flags its help must list
+	}{
+		{"sockets", "spiral sockets --port 11211 --state time-wait", []string{"-json", "-port"}},
+		{"report", "Usage: spiral report [-o OUT] [-summary FILE] DIR...", []string{"-o OUT", "-summary FILE"}},
+		{"envelope", "Usage: spiral envelope [-json] [-all] DIR...", []string{"-json", "-all"}},
+	} {
+		code, out, _ := spiral(t, "help")
+		require.Equal(t, 0, code)
+		assert.Contains(t, out, tc.name, "spiral help lists %s", tc.name)
+		for _, args := range [][]string{{"help", tc.name}, {tc.name, "-h"}} {
+			code, out, errOut := spiral(t, args...)
+			require.Equal(t, 0, code, "%q: %s", args, errOut)
+			assert.Contains(t, out, tc.usage, "%q", args)
+			for _, f := range tc.flags {
+				assert.Contains(t, out, f, "%q", args)
+			}
+		}
+	}
 }

@@ -538,16 +538,3 @@ func TestReplayTest(t *testing.T) {
 	_, _, ok = replayTest("go test ./...")
 	assert.False(t, ok)
 }
-
-func TestReportHelp(t *testing.T) {
-	for _, args := range [][]string{{"help", "report"}, {"report", "-h"}} {
-		code, out, errOut := spiral(t, args...)
-		require.Equal(t, 0, code, "%q: %s", args, errOut)
-		assert.Contains(t, out, "Usage: spiral report [-o OUT] [-summary FILE] DIR...")
-		assert.Contains(t, out, "-o OUT")
-		assert.Contains(t, out, "-summary FILE")
-	}
-	code, out, _ := spiral(t, "help")
-	require.Equal(t, 0, code)
-	assert.Contains(t, out, "report")
-}
