@@ -193,6 +193,38 @@ func BenchmarkThreads(b *testing.B) {
 	}
 }
 
+// BenchmarkThreadsBusy reads every thread's system call, beside Threads'
+// one status read, with the process's own few threads and with 500 more
+// blocked in read(2) (an incident's log storm holds 600-1,200).
+func BenchmarkThreadsBusy(b *testing.B) {
+	bench := func(b *testing.B) {
+		for b.Loop() {
+			if _, err := probe.ThreadsBusy(0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("baseline=Threads", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := probe.Threads(0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("threads=own", bench)
+	b.Run("threads=+500", func(b *testing.B) {
+		release := blockInRead(b, 500, false)
+		defer release()
+		for n, err := probe.ThreadsBusy(0); n < 500; n, err = probe.ThreadsBusy(0) {
+			if err != nil {
+				b.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		bench(b)
+	})
+}
+
 func BenchmarkRuntimeRead(b *testing.B) {
 	var r probe.RuntimeReader
 	for b.Loop() {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Method selects where a Census reads sockets from.
@@ -113,6 +114,27 @@ type Filter struct {
 	RemoteAddr netip.Addr `json:"remote_addr,omitzero"`
 	// Family restricts the census to one address family; the zero value means both.
 	Family Family `json:"family,omitzero"`
+	// MinTimer keeps only sockets whose kernel timer has more than MinTimer
+	// left; 0 means any. A TIME_WAIT socket's timer starts at 60 s
+	// (TCP_TIMEWAIT_LEN) when it enters the state, so MinTimer = 60 s less
+	// the time since t selects the sockets that entered TIME_WAIT after t:
+	// a run's own, whatever earlier runs left (TimeWaitSince). The kernel
+	// can't filter on it: it is applied to each answer.
+	MinTimer time.Duration `json:"min_timer_ns,omitzero"`
+}
+
+// TimeWaitLen is how long a socket stays in TIME_WAIT on Linux
+// (TCP_TIMEWAIT_LEN, include/net/tcp.h), and what its timer starts at.
+const TimeWaitLen = 60 * time.Second
+
+// TimeWaitSince returns the MinTimer that selects TIME_WAIT sockets that
+// entered the state after t, as of now: TimeWaitLen less the time since t,
+// at least a nanosecond (0 would select every socket, and every socket
+// that entered TIME_WAIT before t has expired once the result would be 0
+// or less). Sockets whose TIME_WAIT was restarted by a retransmitted FIN
+// count as entering it then.
+func TimeWaitSince(t, now time.Time) time.Duration {
+	return max(TimeWaitLen-now.Sub(t), time.Nanosecond)
 }
 
 func (f Filter) validate() error {
@@ -126,6 +148,9 @@ func (f Filter) validate() error {
 	}
 	if f.RemoteAddr.IsValid() && f.RemoteAddr.Zone() != "" {
 		return errors.New("filter: remote address must not have a zone")
+	}
+	if f.MinTimer < 0 {
+		return fmt.Errorf("filter: MinTimer is %v: want 0 (any) or more", f.MinTimer)
 	}
 	return nil
 }
@@ -154,6 +179,10 @@ type Socket struct {
 	Remote netip.AddrPort `json:"remote"`
 	UID    uint32         `json:"uid"`
 	Inode  uint32         `json:"inode"`
+	// Timer is what the socket's kernel timer has left (TIME_WAIT's
+	// expiry, a retransmit, a keepalive), 0 when none runs; to the
+	// millisecond with netlink, to 10 ms with procfs.
+	Timer time.Duration `json:"timer_ns"`
 }
 
 // Counts holds a census: how many sockets matched, by state.

@@ -201,6 +201,42 @@ func TestCensusFallsBackWhenNetlinkRefused(t *testing.T) {
 func TestCensusRejectsBadFilter(t *testing.T) {
 	_, err := probe.Census{}.Count(t.Context(), probe.Filter{States: []probe.State{42}})
 	require.ErrorContains(t, err, "unknown tcp state 42")
+	_, err = probe.Census{}.Count(t.Context(), probe.Filter{MinTimer: -time.Second})
+	require.ErrorContains(t, err, "MinTimer")
+}
+
+// TIME_WAIT sockets that entered the state after a moment are told from
+// those that were there before by their kernel timer, in netlink and in
+// procfs: what makes a run's TIME_WAIT figure its own whatever an earlier
+// run in the same network namespace left.
+func TestCensusTimeWaitSince(t *testing.T) {
+	const before, after = 3, 4
+	srv := startServer(t, "tcp4", "127.0.0.1")
+	require.NoError(t, srv.makeTimeWait(t.Context(), before))
+	tw := probe.Filter{RemotePort: srv.port(), States: []probe.State{probe.TimeWait}}
+	waitCounts(t, probe.Census{}, tw, map[probe.State]int{probe.TimeWait: before})
+	// procfs reports the timer to 10 ms, and the kernel's clock ticks
+	// every 1-10 ms: a quarter second apart is unambiguous.
+	time.Sleep(250 * time.Millisecond)
+	mark := time.Now()
+	time.Sleep(250 * time.Millisecond)
+	require.NoError(t, srv.makeTimeWait(t.Context(), after))
+
+	for _, m := range methods {
+		c := probe.Census{Method: m}
+		all := waitCounts(t, c, tw, map[probe.State]int{probe.TimeWait: before + after})
+		assert.Equal(t, before+after, all.Total(), m)
+		since := tw
+		since.MinTimer = probe.TimeWaitSince(mark, time.Now())
+		got, err := c.Count(t.Context(), since)
+		require.NoError(t, err)
+		assert.Equal(t, after, got.Total(), "%s: only the sockets that entered TIME_WAIT after the mark", m)
+		for _, s := range listSettled(t, c, tw, before+after) {
+			assert.Greater(t, s.Timer, probe.TimeWaitLen-10*time.Second, "%s: a fresh TIME_WAIT timer is near 60 s: %+v", m, s)
+			assert.LessOrEqual(t, s.Timer, probe.TimeWaitLen, m)
+		}
+	}
+	assert.Equal(t, time.Nanosecond, probe.TimeWaitSince(mark, mark.Add(2*probe.TimeWaitLen)), "long after, every TIME_WAIT socket is the run's own")
 }
 
 // The procfs parser reads the kernel's host-order hex words: checked against
@@ -219,7 +255,7 @@ func TestParseProcNetTCP(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []probe.Socket{
 		{Family: probe.IPv4, State: probe.Listen, Local: netip.MustParseAddrPort("127.0.0.1:11467"), Remote: netip.MustParseAddrPort("0.0.0.0:0"), UID: 1000, Inode: 12345},
-		{Family: probe.IPv4, State: probe.TimeWait, Local: netip.MustParseAddrPort("127.0.1.46:40686"), Remote: netip.MustParseAddrPort("127.0.0.1:11467")},
+		{Family: probe.IPv4, State: probe.TimeWait, Local: netip.MustParseAddrPort("127.0.1.46:40686"), Remote: netip.MustParseAddrPort("127.0.0.1:11467"), Timer: 5310 * time.Millisecond},
 		{Family: probe.IPv4, State: probe.Established, Local: netip.MustParseAddrPort("127.0.0.1:40960"), Remote: netip.MustParseAddrPort("127.0.0.1:11467"), UID: 1000, Inode: 777},
 	}, socks)
 

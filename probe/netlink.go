@@ -31,14 +31,15 @@ const (
 	sizeofHostcond      = 8  // struct inet_diag_hostcond {u8 family; u8 prefix_len; int port}, address follows
 
 	// Offsets inside struct inet_diag_msg (and inet_diag_sockid at offset 4).
-	msgOffFamily = 0
-	msgOffState  = 1
-	msgOffSport  = 4
-	msgOffDport  = 6
-	msgOffSrc    = 8
-	msgOffDst    = 24
-	msgOffUID    = 64
-	msgOffInode  = 68
+	msgOffFamily  = 0
+	msgOffState   = 1
+	msgOffSport   = 4
+	msgOffDport   = 6
+	msgOffSrc     = 8
+	msgOffDst     = 24
+	msgOffExpires = 52 // idiag_expires, in ms (jiffies_delta_to_msecs)
+	msgOffUID     = 64
+	msgOffInode   = 68
 
 	// diagRecvBuffer is the receive buffer for dump answers. The kernel packs
 	// a dump into datagrams of at most SKB_WITH_OVERHEAD(32768) bytes
@@ -188,6 +189,9 @@ func dump(ctx context.Context, fd int, seq uint32, legacy bool, fam Family, f Fi
 					return visited, fmt.Errorf("read dump: short inet_diag_msg of %d bytes", len(payload))
 				}
 				visited++
+				if f.MinTimer > 0 && diagTimer(payload) <= f.MinTimer {
+					continue
+				}
 				st := State(payload[msgOffState])
 				if count != nil {
 					count(st)
@@ -202,6 +206,12 @@ func dump(ctx context.Context, fd int, seq uint32, legacy bool, fam Family, f Fi
 
 func nlmAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
+// diagTimer is an inet_diag_msg's idiag_expires: what the socket's timer
+// has left.
+func diagTimer(p []byte) time.Duration {
+	return time.Duration(binary.NativeEndian.Uint32(p[msgOffExpires:])) * time.Millisecond
+}
+
 func decodeDiagMsg(p []byte, st State) Socket {
 	if st == tcpNewSynRecv {
 		st = SynRecv
@@ -210,6 +220,7 @@ func decodeDiagMsg(p []byte, st State) Socket {
 		State: st,
 		UID:   binary.NativeEndian.Uint32(p[msgOffUID:]),
 		Inode: binary.NativeEndian.Uint32(p[msgOffInode:]),
+		Timer: diagTimer(p),
 	}
 	sport := binary.BigEndian.Uint16(p[msgOffSport:])
 	dport := binary.BigEndian.Uint16(p[msgOffDport:])

@@ -3,11 +3,13 @@ package probe
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 
 	"github.com/shirou/gopsutil/v4/process"
+	"golang.org/x/sys/unix"
 )
 
 // ProcessStats are the operating system's figures for one process.
@@ -16,6 +18,11 @@ type ProcessStats struct {
 	// For a Go process it counts every M the runtime ever kept, including
 	// those blocked in write(2), unlike runtime/pprof's threadcreate profile.
 	Threads int `json:"threads"`
+	// ThreadsBusy is the threads not parked idle (ThreadsBusy): what the
+	// process needs now, where Threads is what it ever needed. It is -1
+	// when this process may not read the other's system calls (no ptrace
+	// right).
+	ThreadsBusy int `json:"threads_busy"`
 	// FDs is the number of open file descriptors (entries of /proc/PID/fd).
 	FDs int `json:"fds"`
 	// RSSBytes is the resident set size (/proc/PID/statm).
@@ -38,6 +45,12 @@ func ReadProcess(ctx context.Context, pid int) (ProcessStats, error) {
 		return st, err
 	}
 	st.Threads = threads
+	switch st.ThreadsBusy, err = ThreadsBusy(pid); {
+	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
+		st.ThreadsBusy = -1
+	case err != nil:
+		return st, err
+	}
 	p := &process.Process{Pid: int32(pid)}
 	fds, err := p.NumFDsWithContext(ctx)
 	if err != nil {
@@ -84,4 +97,83 @@ func Threads(pid int) (int, error) {
 		return 0, fmt.Errorf("read threads: %w", err)
 	}
 	return n, nil
+}
+
+// ThreadsBusy returns how many OS threads of process pid (0 means the
+// calling process) are not parked idle: running, or blocked in a system
+// call other than a futex(2) wait, such as write(2) to a sink that does
+// not drain. It reads the first field of /proc/PID/task/TID/syscall, the
+// system call each thread is in ("running" when it is on a CPU), which
+// needs the right to ptrace the process (always true of the calling
+// process and of its own children). One thread in it is the caller's own
+// read when pid is the calling process.
+//
+// A Go process keeps every thread it ever created, parked in futex(2)
+// when idle: a count of live threads (Threads) carries over what an
+// earlier run in the same process needed, while ThreadsBusy is what the
+// process needs now. The kernel's view of idle threads is exactly the
+// runtime's: an idle M, a GC worker and a spinning-down M all park on a
+// futex. It costs one directory listing and one 64-byte read per thread:
+// 67 µs for a test binary's 8 threads here, 6.9 ms with 500 more blocked in
+// read(2), against 28 µs for Threads (BenchmarkThreadsBusy).
+func ThreadsBusy(pid int) (int, error) {
+	dir := "/proc/self/task"
+	if pid != 0 {
+		dir = "/proc/" + strconv.Itoa(pid) + "/task"
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return 0, fmt.Errorf("read busy threads: %w", err)
+	}
+	tids, err := d.Readdirnames(-1)
+	_ = d.Close() // a directory has nothing to flush
+	if err != nil {
+		return 0, fmt.Errorf("read busy threads: %w", err)
+	}
+	var buf [64]byte
+	busy := 0
+	for _, tid := range tids {
+		nr, ok, err := threadSyscall(dir+"/"+tid+"/syscall", buf[:])
+		if err != nil {
+			return 0, fmt.Errorf("read busy threads: %w", err)
+		}
+		if ok && nr != unix.SYS_FUTEX {
+			busy++
+		}
+	}
+	return busy, nil
+}
+
+// threadSyscall reads a /proc/PID/task/TID/syscall file: the number of the
+// system call the thread is blocked in, or -1 for "running" and for a
+// thread blocked outside any system call (a page fault). ok is false when
+// the thread ended before it could be read.
+func threadSyscall(path string, buf []byte) (nr int, ok bool, err error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("open %s: %w", path, err)
+	}
+	n, err := unix.Read(fd, buf)
+	_ = unix.Close(fd) // read-only
+	if errors.Is(err, unix.ESRCH) || err == nil && n == 0 {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read %s: %w", path, err)
+	}
+	field := buf[:n]
+	if i := bytes.IndexAny(field, " \n"); i >= 0 {
+		field = field[:i]
+	}
+	if string(field) == "running" {
+		return -1, true, nil
+	}
+	v, err := strconv.Atoi(string(field))
+	if err != nil {
+		return 0, false, fmt.Errorf("read %s: unexpected %q", path, buf[:n])
+	}
+	return v, true, nil
 }

@@ -2,6 +2,7 @@ package probe_test
 
 import (
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -24,7 +25,7 @@ const blockedThreads = 24
 // read(2) on a blocking pipe; with lock, each first locks its thread and
 // exits still locked, which ends the thread. The returned release makes
 // every read return and waits for the goroutines.
-func blockInRead(t *testing.T, n int, lock bool) (release func()) {
+func blockInRead(t testing.TB, n int, lock bool) (release func()) {
 	t.Helper()
 	var wg sync.WaitGroup
 	writers := make([]int, 0, n)
@@ -104,11 +105,35 @@ func TestThreadsStayAfterUnlockedSyscalls(t *testing.T) {
 	during, ok := pollThreads(t, func(n int) bool { return n >= blockedThreads+2 })
 	require.True(t, ok, "threads %d while %d block in read(2), want >= %d", during, blockedThreads, blockedThreads+2)
 
+	busy, err := probe.ThreadsBusy(0)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, busy, blockedThreads, "every thread blocked in read(2) is busy")
+
 	release()
 	time.Sleep(50 * time.Millisecond)
 	after, err := probe.Threads(0)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, after, blockedThreads+2, "idle Ms are kept")
+	// Once they return, the kept threads park in futex(2) and are no longer
+	// busy: what makes a run's busy threads its own.
+	idle := pollBusy(t, func(n int) bool { return n < blockedThreads/2 })
+	assert.Less(t, idle, blockedThreads/2, "busy threads after the reads returned (live: %d)", after)
+}
+
+// pollBusy reads ThreadsBusy until ok accepts it or settleTimeout passes,
+// and returns the last reading.
+func pollBusy(t *testing.T, ok func(int) bool) int {
+	t.Helper()
+	var n int
+	for deadline := time.Now().Add(settleTimeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		var err error
+		n, err = probe.ThreadsBusy(0)
+		require.NoError(t, err)
+		if ok(n) {
+			break
+		}
+	}
+	return n
 }
 
 // Goroutine and fd counts follow known changes exactly.
@@ -225,6 +250,24 @@ func TestReadProcessOfAnotherPID(t *testing.T) {
 	require.NoError(t, err)
 	assert.Positive(t, st.Threads)
 	assert.Positive(t, st.RSSBytes)
+	// Whether this process may read init's system calls depends on the
+	// machine (yama, capabilities): unknown reads -1, never an error.
+	assert.GreaterOrEqual(t, st.ThreadsBusy, -1)
+
+	// Its own child it may: one thread, blocked in a sleep.
+	child := exec.Command("sleep", "30")
+	require.NoError(t, child.Start())
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	var cst probe.ProcessStats
+	for deadline := time.Now().Add(settleTimeout); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		cst, err = probe.ReadProcess(t.Context(), child.Process.Pid)
+		require.NoError(t, err)
+		if cst.ThreadsBusy == 1 {
+			break
+		}
+	}
+	assert.Equal(t, 1, cst.Threads)
+	assert.Equal(t, 1, cst.ThreadsBusy, "a child's one thread, blocked in nanosleep(2), is busy")
 
 	_, err = probe.ReadProcess(t.Context(), 1<<30)
 	require.Error(t, err)

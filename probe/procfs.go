@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 )
 
 // procNetTCP names the procfs tables of TCP sockets
@@ -110,13 +111,20 @@ func parseProcNetTCP(ctx context.Context, r *bufio.Reader, fam Family, f Filter,
 		if !f.remoteAddrMatches(remote.Addr()) {
 			continue
 		}
+		timer, ok := parseProcTimer(fields[5])
+		if !ok {
+			return fmt.Errorf("malformed timer in line %q", bytes.TrimSpace(line))
+		}
+		if f.MinTimer > 0 && timer <= f.MinTimer {
+			continue
+		}
 		if count != nil {
 			count(state)
 		}
 		if list != nil {
 			uid, _ := parseDec(fields[7])
 			inode, _ := parseDec(fields[9])
-			list(Socket{Family: fam, State: state, Local: local, Remote: remote, UID: uint32(uid), Inode: uint32(inode)})
+			list(Socket{Family: fam, State: state, Local: local, Remote: remote, UID: uint32(uid), Inode: uint32(inode), Timer: timer})
 		}
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -145,6 +153,25 @@ func splitFields(line []byte, out [][]byte) int {
 		i = j
 	}
 	return n
+}
+
+// parseProcTimer parses the "tr:tm->when" field, such as "03:00001770":
+// the timer that runs (0 for none) and what it has left in clock ticks
+// (USER_HZ, 100 a second on Linux; jiffies_delta_to_clock_t).
+func parseProcTimer(b []byte) (time.Duration, bool) {
+	colon := bytes.IndexByte(b, ':')
+	if colon < 0 {
+		return 0, false
+	}
+	tr, ok1 := parseHex(b[:colon])
+	ticks, ok2 := parseHex(b[colon+1:])
+	if !ok1 || !ok2 {
+		return 0, false
+	}
+	if tr == 0 {
+		return 0, true
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, true
 }
 
 func parseHex(b []byte) (uint64, bool) {

@@ -26,6 +26,7 @@ type Source interface {
 // Names of the built-in metrics.
 const (
 	MetricThreads           = "threads"              // live OS threads, /proc/PID/status
+	MetricThreadsBusy       = "threads_busy"         // OS threads not parked idle (ThreadsBusy)
 	MetricFDs               = "fds"                  // open file descriptors
 	MetricRSS               = "rss_bytes"            // resident set size
 	MetricGoroutines        = "goroutines"           // live goroutines
@@ -87,18 +88,24 @@ func Prefix(prefix string, s Source) Source { return prefixed{prefix: prefix, So
 
 type processSource struct{ pid int }
 
-// NewProcessSource returns a Source of threads, fds and rss_bytes for process
-// pid (0 means the calling process). Each read costs ReadProcess.
+// NewProcessSource returns a Source of threads, threads_busy, fds and
+// rss_bytes for process pid (0 means the calling process). Each read costs
+// ReadProcess.
 func NewProcessSource(pid int) Source { return processSource{pid: pid} }
 
-func (processSource) Metrics() []string { return []string{MetricThreads, MetricFDs, MetricRSS} }
+func (processSource) Metrics() []string {
+	return []string{MetricThreads, MetricFDs, MetricRSS, MetricThreadsBusy}
+}
 
 func (s processSource) Read(ctx context.Context, dst []float64) error {
 	st, err := ReadProcess(ctx, s.pid)
 	if err != nil {
 		return err
 	}
-	dst[0], dst[1], dst[2] = float64(st.Threads), float64(st.FDs), float64(st.RSSBytes)
+	dst[0], dst[1], dst[2], dst[3] = float64(st.Threads), float64(st.FDs), float64(st.RSSBytes), float64(st.ThreadsBusy)
+	if st.ThreadsBusy < 0 {
+		dst[3] = math.NaN() // not ours to read
+	}
 	return nil
 }
 

@@ -42,8 +42,10 @@ const (
 	// MetricMemcachedTimeWait counts this host's TIME_WAIT sockets toward the
 	// memcached port: the postmortem's exhausted resource.
 	MetricMemcachedTimeWait = "memcached_time_wait"
-	// MetricMemcachedTimeWaitAdded is MetricMemcachedTimeWait less its value
-	// when the run began (never below 0): the sockets this run left.
+	// MetricMemcachedTimeWaitAdded counts the sockets of
+	// MetricMemcachedTimeWait that entered TIME_WAIT since the run began
+	// (told by their kernel timer): the sockets this run left, whatever
+	// earlier runs left beside them.
 	MetricMemcachedTimeWaitAdded = "memcached_time_wait_added"
 	// MetricMemcachedEstablished counts ESTABLISHED sockets toward memcached.
 	MetricMemcachedEstablished = "memcached_established"
@@ -544,10 +546,7 @@ func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []LoadCounters
 	}
 	var census probe.Census
 	tw := probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: ap.Port()}
-	// Sockets set-up just closed may still be in FIN_WAIT on their way to
-	// TIME_WAIT: they count as already there.
-	closing := probe.Filter{States: []probe.State{probe.TimeWait, probe.FinWait1, probe.FinWait2}, RemotePort: ap.Port()}
-	before, err := census.Count(context.Background(), closing)
+	since, err := settleClosing(context.Background(), census, ap.Port())
 	if err != nil {
 		return nil, fmt.Errorf("socket census: %w", err)
 	}
@@ -555,7 +554,7 @@ func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []LoadCounters
 		probe.NewProcessSource(0),
 		probe.NewRuntimeSource(),
 		goroutinesPeak,
-		&timeWaitSource{census: census, filter: tw, before: before.Total()},
+		&timeWaitSource{census: census, filter: tw, since: since},
 		probe.NewSocketSource(MetricMemcachedEstablished, census, probe.Filter{States: []probe.State{probe.Established}, RemotePort: ap.Port()}),
 		dataPlaneSource{dp},
 		LoadSource(loads...),
@@ -602,12 +601,15 @@ func (s loadSource) Read(_ context.Context, dst []float64) error {
 }
 
 // timeWaitSource counts TIME_WAIT sockets toward memcached, in all and
-// added since the run began: set-up (seeding, warming the cache) and earlier
-// runs leave some that live on for 60 s and are not the data plane's doing.
+// those that entered TIME_WAIT since the run began, told apart by their
+// kernel timer (probe.TimeWaitSince): set-up (seeding, warming the cache)
+// and earlier runs leave sockets that live on for 60 s, and are not this
+// run's doing. Subtracting a count taken at the start would let an earlier
+// run's sockets, expiring during this one, hide this run's.
 type timeWaitSource struct {
 	census probe.Census
 	filter probe.Filter
-	before int
+	since  time.Time
 }
 
 func (s *timeWaitSource) Metrics() []string {
@@ -615,13 +617,43 @@ func (s *timeWaitSource) Metrics() []string {
 }
 
 func (s *timeWaitSource) Read(ctx context.Context, dst []float64) error {
-	c, err := s.census.Count(ctx, s.filter)
+	all, err := s.census.Count(ctx, s.filter)
 	if err != nil {
 		return err
 	}
-	dst[0], dst[1] = float64(c.Total()), float64(max(0, c.Total()-s.before))
+	own := s.filter
+	own.MinTimer = probe.TimeWaitSince(s.since, time.Now())
+	added, err := s.census.Count(ctx, own)
+	if err != nil {
+		return err
+	}
+	dst[0], dst[1] = float64(all.Total()), float64(added.Total())
 	return nil
 }
+
+// settleClosing waits, for at most closingSettle, until no socket toward
+// port is on its way to TIME_WAIT (FIN_WAIT1, FIN_WAIT2): the connections
+// set-up just closed (the warming data plane's) then stand in TIME_WAIT
+// before the moment it returns, which starts the run's own count.
+func settleClosing(ctx context.Context, census probe.Census, port uint16) (time.Time, error) {
+	closing := probe.Filter{States: []probe.State{probe.FinWait1, probe.FinWait2}, RemotePort: port}
+	deadline := time.Now().Add(closingSettle)
+	for {
+		c, err := census.Count(ctx, closing)
+		if err != nil {
+			return time.Time{}, err
+		}
+		now := time.Now()
+		if c.Total() == 0 || now.After(deadline) {
+			return now, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// closingSettle bounds settleClosing: on loopback, a closed connection
+// reaches TIME_WAIT within a millisecond once memcached answers its FIN.
+const closingSettle = time.Second
 
 // dataPlaneSource reads the data plane's own metrics, one Gather a sample.
 type dataPlaneSource struct{ dp *dataplane.DataPlane }
