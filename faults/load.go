@@ -173,7 +173,9 @@ type LoadStats struct {
 
 // LoadReport is what a finished load saw.
 type LoadReport struct {
-	Profile  LoadProfile    `json:"profile"`
+	Profile LoadProfile `json:"profile"`
+	// Began is when the load started: each Request's Start counts from it.
+	Began    time.Time      `json:"began"`
 	Stats    LoadStats      `json:"stats"`
 	Outcomes map[string]int `json:"outcomes"`
 	// P50, P99 and Max are latency quantiles of every answered request.
@@ -192,6 +194,7 @@ type Load struct {
 	sent, ok, errs, skipped, inflight atomic.Int64
 
 	mu       sync.Mutex
+	began    time.Time
 	requests []Request
 }
 
@@ -233,6 +236,9 @@ func (l *Load) Run(ctx context.Context) (LoadReport, error) {
 	p := l.profile
 	rng := rand.New(rand.NewPCG(p.Seed, 0x5a1a1))
 	began := time.Now()
+	l.mu.Lock()
+	l.began = began
+	l.mu.Unlock()
 	deadline := began.Add(p.Duration)
 	sem := make(chan struct{}, p.MaxInFlight)
 	var wg sync.WaitGroup
@@ -334,10 +340,10 @@ func classify(err error) string {
 
 func (l *Load) report() LoadReport {
 	l.mu.Lock()
-	reqs := append([]Request(nil), l.requests...)
+	reqs, began := append([]Request(nil), l.requests...), l.began
 	l.mu.Unlock()
 	sort.Slice(reqs, func(i, j int) bool { return reqs[i].Start < reqs[j].Start })
-	rep := LoadReport{Profile: l.profile, Stats: l.Stats(), Outcomes: map[string]int{}, Requests: reqs}
+	rep := LoadReport{Profile: l.profile, Began: began, Stats: l.Stats(), Outcomes: map[string]int{}, Requests: reqs}
 	lat := make([]time.Duration, 0, len(reqs))
 	for _, r := range reqs {
 		rep.Outcomes[r.Outcome]++

@@ -93,6 +93,21 @@ func (t *Timeline) Cost() CostSummary {
 	return c
 }
 
+// AddMetric adds a column to a finished timeline, valued at each sample by
+// at (NaN for missing): a figure computed after the run from records the
+// sampler could not read live, such as the latency of requests that began
+// in the interval before each sample. It refuses a name already recorded.
+func (t *Timeline) AddMetric(name string, at func(s Sample) float64) error {
+	if name == "" || t.Index(name) >= 0 {
+		return fmt.Errorf("timeline: add metric %q: empty or already recorded", name)
+	}
+	t.Metrics = append(t.Metrics, name)
+	for i := range t.Samples {
+		t.Samples[i].Values = append(t.Samples[i].Values, at(t.Samples[i]))
+	}
+	return nil
+}
+
 func (t *Timeline) clone() *Timeline {
 	out := &Timeline{
 		Start:    t.Start,

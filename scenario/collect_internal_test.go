@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"context"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // heldServer is an HTTP server standing in for the data plane: it answers
@@ -115,4 +117,39 @@ func TestCollectLoadsMarksABackgroundLoadEndedByItsContext(t *testing.T) {
 	require.Len(t, sums, 1)
 	assert.True(t, sums[0].Failed)
 	assert.Equal(t, context.Canceled.Error(), sums[0].Error)
+}
+
+// Each sample's everyday p99 covers the everyday requests that left in the
+// second before it, answered or failed; batch requests don't count, and a
+// second without everyday requests is missing, not 0.
+func TestAddEverydayLatency(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	tl := &probe.Timeline{Start: t0, Metrics: []string{"x"}}
+	for i := 1; i <= 3; i++ {
+		tl.Samples = append(tl.Samples, probe.Sample{At: t0.Add(time.Duration(i) * time.Second), Values: []float64{0}})
+	}
+	ms := time.Millisecond
+	everyday := faults.LoadReport{
+		Profile: faults.LoadProfile{Traffic: faults.TrafficEveryday},
+		Began:   t0.Add(100 * ms),
+		Requests: []faults.Request{
+			{Start: 400 * ms, Latency: 10 * ms, Outcome: faults.OutcomeOK},               // at 0.5 s
+			{Start: 1400 * ms, Latency: 20 * ms, Outcome: faults.OutcomeOK},              // at 1.5 s
+			{Start: 1500 * ms, Latency: 2 * time.Second, Outcome: faults.OutcomeTimeout}, // at 1.6 s: stalled
+		},
+	}
+	batch := faults.LoadReport{
+		Profile:  faults.LoadProfile{Traffic: faults.TrafficBatch},
+		Began:    t0,
+		Requests: []faults.Request{{Start: 2500 * ms, Latency: 5 * time.Second, Outcome: faults.OutcomeOK}},
+	}
+	require.NoError(t, addEverydayLatency(tl, []faults.LoadReport{batch, everyday}))
+	got := tl.Series(MetricEverydayLatencyP99)
+	require.Len(t, got, 3)
+	assert.InDelta(t, 0.010, got[0], 1e-9)
+	assert.InDelta(t, 2.0, got[1], 1e-9, "the stalled request is the window's p99")
+	assert.True(t, math.IsNaN(got[2]), "no everyday request left in the last second: %v", got[2])
+	assert.Equal(t, []float64{0, 0, 0}, tl.Series("x"), "the other columns are untouched")
+
+	require.Error(t, addEverydayLatency(tl, nil), "a second column of the same name is refused")
 }

@@ -11,8 +11,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,7 +81,18 @@ const (
 	MetricBatchErrors = "load_errors_batch"
 	// MetricLoadOK is answered requests of every load, cumulative.
 	MetricLoadOK = "load_ok"
+	// MetricEverydayLatencyP99 is, at each sample, the 99th percentile
+	// latency of the everyday requests (Traffic faults.TrafficEveryday)
+	// that left in the LatencyWindow before it, answered or failed, in
+	// seconds; missing where none left. It is computed from the loads'
+	// records after the run, so it costs the sampler nothing and a request
+	// that stalls counts at the moment it was sent.
+	MetricEverydayLatencyP99 = "everyday_latency_p99_seconds"
 )
+
+// LatencyWindow is the span of requests each MetricEverydayLatencyP99
+// value covers: 50 everyday requests at the quick mode's 50 a second.
+const LatencyWindow = time.Second
 
 // Phases are the durations of a run's phases. Inject lasts while the faults
 // are in, observe watches them act, recover removes them and watches the
@@ -457,6 +470,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	// A run that stopped part-way keeps what it saw, for its report.
 	res.Loads, res.LoadSummary = collectLoads(ctx, reports, reportErrs, floods)
 	res.Timeline = sampler.Timeline()
+	if err := addEverydayLatency(res.Timeline, res.Loads); err != nil {
+		progress("%s: %v", sc.Name, err)
+	}
 	res.Violations = res.Timeline.Check(sc.Budgets...)
 	res.Peaks = Peaks(res.Timeline)
 	if runErr != nil {
@@ -486,6 +502,48 @@ func collectLoads(ctx context.Context, reports []faults.LoadReport, errs []error
 		sums[i] = NewLoadSummary(rep, allErrs[i])
 	}
 	return all, sums
+}
+
+// addEverydayLatency adds MetricEverydayLatencyP99 to tl from the everyday
+// loads' request records.
+func addEverydayLatency(tl *probe.Timeline, reports []faults.LoadReport) error {
+	type req struct {
+		at      time.Time
+		latency time.Duration
+	}
+	var reqs []req
+	for _, rep := range reports {
+		if rep.Profile.Traffic != faults.TrafficEveryday {
+			continue
+		}
+		for _, r := range rep.Requests {
+			reqs = append(reqs, req{rep.Began.Add(r.Start), r.Latency})
+		}
+	}
+	slices.SortFunc(reqs, func(a, b req) int { return a.at.Compare(b.at) })
+	firstAfter := func(t time.Time) int {
+		i, _ := slices.BinarySearchFunc(reqs, t, func(r req, t time.Time) int {
+			if r.at.After(t) {
+				return 1
+			}
+			return -1
+		})
+		return i
+	}
+	var window []time.Duration
+	return tl.AddMetric(MetricEverydayLatencyP99, func(s probe.Sample) float64 {
+		// Requests that left in (s.At-LatencyWindow, s.At].
+		lo, hi := firstAfter(s.At.Add(-LatencyWindow)), firstAfter(s.At)
+		if lo >= hi {
+			return math.NaN()
+		}
+		window = window[:0]
+		for _, r := range reqs[lo:hi] {
+			window = append(window, r.latency)
+		}
+		slices.Sort(window)
+		return window[int(math.Ceil(0.99*float64(len(window))))-1].Seconds()
+	})
 }
 
 // warm reads posts 0..n-1 through a fixed data plane of its own, so that
