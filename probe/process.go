@@ -35,6 +35,12 @@ type ProcessStats struct {
 // block on the process. Fds and RSS come from gopsutil; threads from
 // /proc/PID/status.
 func ReadProcess(ctx context.Context, pid int) (ProcessStats, error) {
+	return readProcess(ctx, pid, true)
+}
+
+// readProcess is ReadProcess; without busy it leaves ThreadsBusy at -1
+// and skips its walk of the threads.
+func readProcess(ctx context.Context, pid int, busy bool) (ProcessStats, error) {
 	self := pid == 0 || pid == os.Getpid()
 	if pid == 0 {
 		pid = os.Getpid()
@@ -45,7 +51,13 @@ func ReadProcess(ctx context.Context, pid int) (ProcessStats, error) {
 		return st, err
 	}
 	st.Threads = threads
-	switch st.ThreadsBusy, err = ThreadsBusy(pid); {
+	st.ThreadsBusy = -1
+	if !busy {
+		err = nil
+	} else {
+		st.ThreadsBusy, err = ThreadsBusy(pid)
+	}
+	switch {
 	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
 		st.ThreadsBusy = -1
 	case err != nil:

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -86,25 +87,49 @@ func (p prefixed) Metrics() []string {
 // same kind can share a sampler: Prefix("child_", NewProcessSource(pid)).
 func Prefix(prefix string, s Source) Source { return prefixed{prefix: prefix, Source: s} }
 
-type processSource struct{ pid int }
+type processSource struct {
+	pid int
 
-// NewProcessSource returns a Source of threads, threads_busy, fds and
-// rss_bytes for process pid (0 means the calling process). Each read costs
-// ReadProcess.
-func NewProcessSource(pid int) Source { return processSource{pid: pid} }
+	mu       sync.Mutex // Sampler.Sample may run beside Sampler.Run
+	nextWalk time.Time  // when threads_busy may be walked again
+}
 
-func (processSource) Metrics() []string {
+// busyWalkShare bounds the time a process source spends walking threads
+// for threads_busy: after a walk that took d, the next waits
+// d/busyWalkShare - d, and threads_busy is missing (NaN) in between. A
+// walk reads a procfs file per thread, tens of µs for a healthy process's
+// dozen threads (every sample) but milliseconds for an incident's
+// thousand, and more on a saturated machine; the walk then happens a few
+// times a second instead of blinding the sampler.
+const busyWalkShare = 0.05
+
+// NewProcessSource returns a Source of threads, fds, rss_bytes and
+// threads_busy for process pid (0 means the calling process). Each read
+// costs ReadProcess; threads_busy is read at most busyWalkShare of the
+// time, and missing when not read or not readable (another user's
+// process).
+func NewProcessSource(pid int) Source { return &processSource{pid: pid} }
+
+func (*processSource) Metrics() []string {
 	return []string{MetricThreads, MetricFDs, MetricRSS, MetricThreadsBusy}
 }
 
-func (s processSource) Read(ctx context.Context, dst []float64) error {
-	st, err := ReadProcess(ctx, s.pid)
+func (s *processSource) Read(ctx context.Context, dst []float64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t0 := time.Now()
+	walk := !t0.Before(s.nextWalk)
+	st, err := readProcess(ctx, s.pid, walk)
 	if err != nil {
 		return err
 	}
+	if walk {
+		d := time.Since(t0)
+		s.nextWalk = t0.Add(time.Duration(float64(d) / busyWalkShare))
+	}
 	dst[0], dst[1], dst[2], dst[3] = float64(st.Threads), float64(st.FDs), float64(st.RSSBytes), float64(st.ThreadsBusy)
 	if st.ThreadsBusy < 0 {
-		dst[3] = math.NaN() // not ours to read
+		dst[3] = math.NaN() // not walked this time, or not ours to read
 	}
 	return nil
 }

@@ -75,10 +75,13 @@ var charts = []struct {
 	// The plain count at each sample, and the high-water mark polled
 	// between samples: a flood's goroutines may come and go between two.
 	{"Goroutines", []string{probe.MetricGoroutines, probe.MetricGoroutinesPeak}},
-	{"OS threads", []string{probe.MetricThreads}},
+	// Live (every thread the runtime kept) and at work (not parked idle).
+	{"OS threads", []string{probe.MetricThreads, probe.MetricThreadsBusy}},
 	{"Sockets to memcached", []string{scenario.MetricMemcachedTimeWait, scenario.MetricMemcachedTimeWaitAdded, scenario.MetricMemcachedEstablished}},
 	{"Memory (bytes)", []string{probe.MetricHeap, probe.MetricRSS, probe.MetricHeapGoal}},
 	{"GC pause p99 (s)", []string{probe.MetricGCPauseP99}},
+	{"GC share of CPU", []string{probe.MetricGCCPUFraction}},
+	{"Everyday latency p99 (s)", []string{scenario.MetricEverydayLatencyP99}},
 	{"Lookups in flight", []string{scenario.MetricLookupsInFlight}},
 	{"Load answered (cumulative)", []string{scenario.MetricLoadOK}},
 	// Apart from the answered, whose thousands would flatten them, and by

@@ -113,3 +113,47 @@ func WriteReport(t *testing.T, res *scenario.Result) {
 		})
 	}
 }
+
+// Reporter is the part of *testing.T the assertions here use.
+type Reporter interface {
+	Helper()
+	Errorf(format string, args ...any)
+	Logf(format string, args ...any)
+}
+
+// Growth returns metric's highest value while the faults act (inject,
+// observe and recover) and its highest value in the baseline, from
+// res.Peaks: how far the faults moved it. ok is false when either phase
+// has no value of it.
+func Growth(res *scenario.Result, metric string) (during, baseline float64, ok bool) {
+	per := res.Peaks[metric]
+	base, okBase := per[scenario.PhaseBaseline]
+	found := false
+	for _, ph := range []string{scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover} {
+		if v, ok := per[ph]; ok && (!found || v > during) {
+			during, found = v, true
+		}
+	}
+	return during, base, okBase && found
+}
+
+// AssertGrowth fails t unless metric's peak while the faults act is at
+// least factor times its baseline peak (and above 0): the postmortem's
+// magnitudes ("150 vs 1500" threads) as a ratio of the run's own baseline,
+// which no other run in the process shifts when metric is one of the
+// run's own (threads_busy, not threads).
+func AssertGrowth(t Reporter, res *scenario.Result, metric string, factor float64) bool {
+	t.Helper()
+	during, base, ok := Growth(res, metric)
+	if !ok {
+		t.Errorf("%s: no value in the baseline or while the faults act; peaks %v", metric, res.Peaks[metric])
+		return false
+	}
+	if during <= 0 || during < factor*base {
+		t.Errorf("%s peaked at %g while the faults acted, %.1f× its baseline peak %g: want at least %g×",
+			metric, during, during/max(base, 1e-9), base, factor)
+		return false
+	}
+	t.Logf("%s: %g while the faults acted, %.1f× its baseline peak %g (want %g×)", metric, during, during/max(base, 1e-9), base, factor)
+	return true
+}
