@@ -69,10 +69,18 @@ const (
 	// ("150 vs 1500"): the magnitude the incident arm must pass, not the
 	// fixed arm's budget.
 	healthyThreads = 150
-	// fixedThreads is the fixed arm's thread budget: it peaked at 9-10 OS
-	// threads over 8 runs (5 quick, 3 full; 2026-12-02, `make envelope
-	// PKG=./suites/logstorm`), twice that. The incident reached 617-1,231.
-	fixedThreads = 20
+	// fixedThreadsBusy is the fixed arm's budget of OS threads at work
+	// (probe.MetricThreadsBusy, not parked idle): it peaked at 4 over 5
+	// quick runs (2026-12-02, `make envelope PKG=./suites/...`; the
+	// sampler's own read, sysmon, the netpoller and a running goroutine),
+	// a little over twice that. The incident reached 622-686. The live
+	// thread count (8-9 in the fixed arm when it runs first) is charted,
+	// not judged: the runtime keeps every thread an earlier arm started.
+	fixedThreadsBusy = 10
+	// stormGrowth is how many times its baseline the incident's threads
+	// at work must reach while the faults act: the postmortem's "roughly
+	// 10x more Ms' than compared to the healthy baseline".
+	stormGrowth = 10
 	// runtimeMaxThreads is the Go runtime's default thread limit
 	// (runtime/debug.SetMaxThreads): one more thread and the process
 	// crashes. The incident arm's storm must stay well clear of it.
@@ -135,8 +143,17 @@ var drained = []probe.Budget{
 
 // budgets must all hold for the fixed data plane.
 var budgets = append([]probe.Budget{
-	// OS threads over the whole run, from the fixed arm's envelope.
-	probe.Limit(probe.MetricThreads, fixedThreads),
+	// OS threads at work over the whole run, from the fixed arm's envelope.
+	probe.Limit(probe.MetricThreadsBusy, fixedThreadsBusy),
+	// Everyday requests keep their latency: the p99 of each second's
+	// everyday requests peaked at 14-18 ms in the fixed arm (the incident,
+	// its requests stuck behind their log lines: 5.3-5.6 s).
+	probe.Limit(scenario.MetricEverydayLatencyP99, 0.04, scenario.PhaseInject, scenario.PhaseObserve),
+	// GC: the fixed arm's share of CPU peaked at 0.0045-0.0054 an
+	// interval; the floor of 0.05 (10 ms of GC CPU in one 100 ms interval
+	// on 2 cores) is what one cycle of a small heap may cost on a busy
+	// machine.
+	probe.Limit(probe.MetricGCCPUFraction, 0.05, scenario.PhaseInject, scenario.PhaseObserve),
 	// No more writers inside the sink than the rate limit lets through.
 	probe.Limit(metricSinkBlocked, blockedWritersBudget, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 	probe.Limit(metricSinkThreads, blockedWritersBudget, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
@@ -255,9 +272,8 @@ func peak(res *scenario.Result, metric string) float64 {
 	return m
 }
 
-// The fixed arm runs first: the Go runtime keeps the threads it started
-// (idle Ms are not given back to the OS), so the incident arm's storm
-// would count against the fixed arm's thread budget.
+// The arms run in any order: the threads judged are those at work, not the
+// idle ones the runtime keeps from an earlier arm's storm.
 func TestLogStorm(t *testing.T) {
 	env := fixtures.Shared(t)
 	if env.Memcached == nil {
@@ -282,13 +298,33 @@ func TestLogStorm(t *testing.T) {
 		logFigures(t, res, sink)
 	})
 
+	// A regression far smaller than the incident: the fixed data plane
+	// with a rate limit five times too permissive (50 lines a second, a
+	// burst of 100), above what the slow sink drains (about 27 lines a
+	// second), so writers pile up in it at some 20 a second instead of the
+	// incident's hundreds.
+	t.Run("regression-limiter", func(t *testing.T) {
+		sink := newSink(t)
+		cfg := dataplane.DefaultConfig()
+		cfg.LogPolicy.PerSecond, cfg.LogPolicy.Burst = 5*dataplane.DefaultLogPerSecond, 5*dataplane.DefaultLogBurst
+		res := suite.Run(t, env, stormScenario("regression-limiter", cfg, sink, p))
+		assert.True(t, res.Violated(metricSinkBlocked),
+			"a limiter five times too permissive must be caught with writers blocked in the sink; peaks %v", res.Peaks[metricSinkBlocked])
+		assert.True(t, res.Violated(probe.MetricThreadsBusy),
+			"each blocked writer holds an OS thread; peaks %v", res.Peaks[probe.MetricThreadsBusy])
+		assert.Empty(t, res.Timeline.Check(drained...), "after recover the sink drains and its writers return")
+		requireDrained(t, sink)
+		logFigures(t, res, sink)
+	})
+
 	t.Run("incident", func(t *testing.T) {
 		sink := newSink(t)
 		res := suite.Run(t, env, stormScenario("incident", dataplane.IncidentConfig(), sink, p))
-		assert.True(t, res.Violated(probe.MetricThreads),
-			"the incident data plane must be caught past the fixed arm's %d OS threads; peaks %v", fixedThreads, res.Peaks[probe.MetricThreads])
-		assert.Greater(t, peak(res, probe.MetricThreads), float64(healthyThreads),
-			"the storm must reach the postmortem's magnitude: OS threads past its healthy %d", healthyThreads)
+		assert.True(t, res.Violated(probe.MetricThreadsBusy),
+			"the incident data plane must be caught past the fixed arm's %d OS threads at work; peaks %v", fixedThreadsBusy, res.Peaks[probe.MetricThreadsBusy])
+		suite.AssertGrowth(t, res, probe.MetricThreadsBusy, stormGrowth)
+		assert.Greater(t, peak(res, probe.MetricThreadsBusy), float64(healthyThreads),
+			"the storm must reach the postmortem's magnitude: OS threads at work past its healthy %d", healthyThreads)
 		assert.True(t, res.Violated(metricSinkBlocked),
 			"the incident data plane must be caught with writers blocked in the sink; peaks %v", res.Peaks[metricSinkBlocked])
 		assert.True(t, res.Violated(metricSinkThreads),
@@ -308,7 +344,7 @@ func logFigures(t *testing.T, res *scenario.Result, sink *faults.Sink) {
 	if st.Writes > 0 {
 		perLine = float64(st.BytesWritten) / float64(st.Writes)
 	}
-	t.Logf("%s: peak threads %v, blocked writers %v, threads in write %v, backlog %v; cache errors %.0f, lines written %.0f (%.0f B each), dropped %.0f",
-		res.Scenario, res.Peaks[probe.MetricThreads], res.Peaks[metricSinkBlocked], res.Peaks[metricSinkThreads], res.Peaks[metricSinkBacklog],
+	t.Logf("%s: peak threads %v, at work %v, blocked writers %v, threads in write %v, backlog %v; cache errors %.0f, lines written %.0f (%.0f B each), dropped %.0f",
+		res.Scenario, res.Peaks[probe.MetricThreads], res.Peaks[probe.MetricThreadsBusy], res.Peaks[metricSinkBlocked], res.Peaks[metricSinkThreads], res.Peaks[metricSinkBacklog],
 		peak(res, scenario.MetricCacheErrors), peak(res, scenario.MetricLogLines), perLine, peak(res, scenario.MetricLogDropped))
 }
