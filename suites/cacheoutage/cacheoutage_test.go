@@ -129,7 +129,7 @@ func budgets(o outage) []probe.Budget {
 		probe.Limit(probe.MetricGCCPUFraction, e.gcShare, scenario.PhaseInject, scenario.PhaseObserve),
 		probe.Limit(probe.MetricGoroutinesPeak, e.goroutines, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 		// OS threads at work: 4-5 in every fixed run.
-		probe.Limit(probe.MetricThreadsBusy, 10),
+		probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
 	}
 }
 

@@ -75,7 +75,7 @@ var budgets = []probe.Budget{
 	probe.Limit(probe.MetricGoroutinesPeak, 140, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 	// OS threads at work (the live count keeps an earlier arm's idle
 	// threads): the fixed arm peaked at BUSY, the incident at INCBUSY.
-	probe.Limit(probe.MetricThreadsBusy, 10),
+	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
 	// Everyday latency and GC through the whole chain: the fixed arm's
 	// p99 peaked at P99, its GC share at GCP.
 	probe.Limit(scenario.MetricEverydayLatencyP99, 0.2 /*TEMPFULL*/, scenario.PhaseInject, scenario.PhaseObserve),

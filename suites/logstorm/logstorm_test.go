@@ -76,7 +76,7 @@ const (
 	// a little over twice that. The incident reached 622-686. The live
 	// thread count (8-9 in the fixed arm when it runs first) is charted,
 	// not judged: the runtime keeps every thread an earlier arm started.
-	fixedThreadsBusy = 10
+	fixedThreadsBusy = suite.ThreadsBusyBudget
 	// stormGrowth is how many times its baseline the incident's threads
 	// at work must reach while the faults act: the postmortem's "roughly
 	// 10x more Ms' than compared to the healthy baseline".

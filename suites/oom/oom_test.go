@@ -18,7 +18,7 @@
 //     that is live, and the kernel kills the child. It must be caught by
 //     the OOM kill budget; the supervisor must still bring it back to
 //     healthy (data plane built, memcached and the CQL store answering)
-//     within restartBound after every kill.
+//     within restartBudget after every kill.
 //   - fixed (dataplane.DefaultConfig): bounded, chunked lookups under the
 //     same limits and load: no OOM kill, no failed request, every budget
 //     holds.
@@ -117,8 +117,16 @@ const memoryBudget = childGOMEMLIMIT + 16<<20
 // a healthy data plane ("restart must reach healthy within a bound"): a Go
 // process start, a CQL session and a memcached round trip, measured at
 // 0.2-0.4 s here. The bound leaves room for a loaded 2-core CI machine and
-// is also the child's start timeout.
+// is also the child's start timeout; restartBudget is what a restart is
+// judged against.
 const restartBound = 20 * time.Second
+
+// restartBudget bounds child_down_seconds, the time from a kill to a
+// healthy data plane: the incident's restarts took 0.1-0.4 s (5 quick runs
+// and earlier full ones, 2026-12-02; the fixed arm is never down), twice
+// that plus a floor of 1.2 s for a CQL session's handshake on a loaded
+// 2-core machine. A restart ten times slower than measured is caught.
+const restartBudget = 2 * time.Second
 
 // validateTimeout bounds how long the data plane may take to answer a small
 // batch after recover.
@@ -130,8 +138,8 @@ var budgets = []probe.Budget{
 	probe.Limit(metricOOMKills, 0),
 	// Live memory fits under the runtime's limit.
 	probe.Limit(metricCgroupUsage, memoryBudget),
-	// A restart reaches healthy within the bound.
-	probe.Limit(metricDown, restartBound.Seconds()),
+	// A restart reaches healthy within its budget.
+	probe.Limit(metricDown, restartBudget.Seconds()),
 	// Everyday traffic and the flood keep being answered.
 	probe.Limit(scenario.MetricLoadErrors, 0),
 }
@@ -208,7 +216,7 @@ func TestOOM(t *testing.T) {
 			"the incident data plane must be caught with more live memory than GOMEMLIMIT; peaks %v", res.Peaks[metricCgroupUsage])
 		assert.Positive(t, r.kernelKills, "the kernel counted the kills")
 		assert.False(t, res.Violated(metricDown),
-			"every restart reaches healthy within %v; peaks %v", restartBound, res.Peaks[metricDown])
+			"every restart reaches healthy within %v; peaks %v", restartBudget, res.Peaks[metricDown])
 		// A kill of a healthy child begins an outage; its Recovery is the
 		// time to the next healthy child (a child killed before its first
 		// health check adds to the outage instead).
@@ -219,7 +227,7 @@ func TestOOM(t *testing.T) {
 			}
 			outages++
 			assert.Positive(t, e.Recovery, "a restart after %s reached healthy", e)
-			assert.Less(t, e.Recovery, restartBound, "kill to healthy after %s", e)
+			assert.Less(t, e.Recovery, restartBudget, "kill to healthy after %s", e)
 		}
 		assert.Positive(t, outages, "the supervisor saw healthy children OOM-killed: %v", r.exits)
 		assert.True(t, res.Validated, "the incident data plane answers again once the flood stops: %s", res.ValidateError)

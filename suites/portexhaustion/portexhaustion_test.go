@@ -122,7 +122,7 @@ var budgets = []probe.Budget{
 	// envelope over 5 quick runs: 4 threads at work; a p99 of 4-14 ms (the
 	// incident: 0.96-1.45 s, the band-aid 0.49-0.69 s, both stalled
 	// behind their floods); a GC share of 0.026-0.080.
-	probe.Limit(probe.MetricThreadsBusy, 10),
+	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
 	probe.Limit(scenario.MetricEverydayLatencyP99, 0.03, scenario.PhaseInject, scenario.PhaseObserve),
 	probe.Limit(probe.MetricGCCPUFraction, 0.16, scenario.PhaseInject, scenario.PhaseObserve),
 	// Everyday traffic keeps being answered while the ports are scarce.

@@ -42,7 +42,7 @@ const posts = 20_000
 var budgets = []probe.Budget{
 	// OS threads at work peaked at 5; the live count's growth across
 	// cycles is checked apart.
-	probe.Limit(probe.MetricThreadsBusy, 10),
+	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
 	// A bounded data plane never needs one goroutine per key, judged on
 	// the high-water mark polled between samples: 347 at most (a paused
 	// memcached: requests wait out its timeout), 75-135 otherwise.

@@ -157,3 +157,11 @@ func AssertGrowth(t Reporter, res *scenario.Result, metric string, factor float6
 	t.Logf("%s: %g while the faults acted, %.1f× its baseline peak %g (want %g×)", metric, during, during/max(base, 1e-9), base, factor)
 	return true
 }
+
+// ThreadsBusyBudget bounds probe.MetricThreadsBusy, the OS threads at
+// work, in every fixed arm. With nothing blocked in a system call a Go
+// process has at most GOMAXPROCS threads running (2 here), sysmon and the
+// netpoller each in a sleep, and the sampler's own read: 5, the highest
+// peak of every fixed arm of every suite over 5 quick runs (2026-12-02;
+// most peaked at 4). Twice that. The incident's log storm reached 622-686.
+const ThreadsBusyBudget = 10
