@@ -1,0 +1,204 @@
+// Command dataplane runs Spiral's bundled data plane as a process of its
+// own: the service under test of the suites, for a run where it must live
+// apart from the test (a child process in a memory cgroup, a service
+// restarted after an OOM kill) or for trying it by hand.
+//
+// Usage:
+//
+//	dataplane [flags]
+//
+// It serves the data plane's HTTP interface (POST /xrpc/<method>, GET
+// /metrics, GET /healthz, which answers 200 only while memcached and the
+// CQL store both answer) on -listen, and prints one line to stdout once it
+// listens:
+//
+//	dataplane: listening on http://127.0.0.1:41234
+//
+// so that whoever started it on port 0 learns the address. SIGINT or
+// SIGTERM stops it: requests in flight get -shutdown-timeout to finish,
+// then it exits 0. Bad flags exit 2 with a message; a data plane that can't
+// start (no backend, bad keyspace) exits 1.
+//
+// The backends default to Spiral's external-mode variables
+// (SPIRAL_MEMCACHED_ADDRS, SPIRAL_CQL_HOSTS, SPIRAL_KEYSPACE), which is how
+// a suite hands a child its environment's backends. GOMEMLIMIT and GOGC
+// apply as to any Go program.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/fixtures"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// options are the parsed flags.
+type options struct {
+	listen          string
+	config          string
+	memcached       []string
+	cql             []string
+	keyspace        string
+	logSink         string
+	shutdownTimeout time.Duration
+}
+
+// configs are the configurations -config names.
+var configs = map[string]func() dataplane.Config{
+	"fixed":    dataplane.DefaultConfig,
+	"incident": dataplane.IncidentConfig,
+}
+
+// parseFlags parses args; a bad flag is an error to print with the usage.
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("dataplane", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: dataplane [flags]\n\nRuns Spiral's bundled data plane; see `go doc ./cmd/dataplane`.\n\n")
+		fs.PrintDefaults()
+	}
+	memcached := envOr(fixtures.EnvMemcachedAddrs, "")
+	cql := envOr(fixtures.EnvCQLHosts, "")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "`address` to serve on (port 0: any free port, printed once listening)")
+	fs.StringVar(&o.config, "config", "fixed", "data plane configuration: fixed (dataplane.DefaultConfig) or incident (dataplane.IncidentConfig)")
+	fs.StringVar(&memcached, "memcached", memcached, "memcached servers, comma-separated `host:port` (default $"+fixtures.EnvMemcachedAddrs+")")
+	fs.StringVar(&cql, "cql", cql, "CQL store contact points, comma-separated `host:port` (default $"+fixtures.EnvCQLHosts+")")
+	fs.StringVar(&o.keyspace, "keyspace", envOr(fixtures.EnvKeyspace, fixtures.DefaultKeyspace), "CQL `keyspace` holding the tables (default $"+fixtures.EnvKeyspace+")")
+	fs.StringVar(&o.logSink, "log", "stderr", "where error lines go: stderr, discard (counted, not written) or a file `path` (appended)")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long requests in flight may take to finish after SIGINT or SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	var errs []error
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	if _, ok := configs[o.config]; !ok {
+		errs = append(errs, fmt.Errorf("-config %q: want fixed or incident", o.config))
+	}
+	o.memcached, o.cql = splitList(memcached), splitList(cql)
+	if len(o.memcached) == 0 {
+		errs = append(errs, fmt.Errorf("no memcached server: set -memcached or $%s", fixtures.EnvMemcachedAddrs))
+	}
+	if len(o.cql) == 0 {
+		errs = append(errs, fmt.Errorf("no CQL contact point: set -cql or $%s", fixtures.EnvCQLHosts))
+	}
+	for _, a := range append(append([]string{o.listen}, o.memcached...), o.cql...) {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("address %q: %w", a, err))
+		}
+	}
+	if o.shutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("-shutdown-timeout %v: want more than 0", o.shutdownTimeout))
+	}
+	return o, errors.Join(errs...)
+}
+
+// run is the command: it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "dataplane: %v\n", err)
+		return 2
+	}
+	if err := serve(ctx, o, stdout); err != nil {
+		fmt.Fprintf(stderr, "dataplane: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// serve builds the data plane, serves it until ctx ends, then shuts down.
+func serve(ctx context.Context, o options, stdout io.Writer) error {
+	cfg := configs[o.config]()
+	sink, closeSink, err := openSink(o.logSink)
+	if err != nil {
+		return err
+	}
+	defer closeSink()
+	cfg.LogSink = sink
+
+	env := fixtures.Env{MemcachedAddrs: o.memcached, CQLHosts: o.cql, Keyspace: o.keyspace}
+	dp, err := dataplane.New(cfg, dataplane.Backends{MemcachedAddrs: o.memcached, Cluster: env.NewCluster(), Keyspace: o.keyspace})
+	if err != nil {
+		return fmt.Errorf("start the data plane: %w", err)
+	}
+	defer func() { _ = dp.Close() }() // its error would change nothing at exit
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{Handler: dp.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	fmt.Fprintf(stdout, "dataplane: listening on http://%s\n", ln.Addr())
+
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shut down: %w", err)
+	}
+	return nil
+}
+
+// openSink returns the writer -log names and how to close it.
+func openSink(name string) (io.Writer, func(), error) {
+	switch name {
+	case "stderr":
+		return dataplane.SyncWriter(os.Stderr), func() {}, nil
+	case "discard":
+		return nil, func() {}, nil
+	case "":
+		return nil, nil, errors.New("-log is empty: want stderr, discard or a path")
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open the log sink: %w", err)
+	}
+	return f, func() { _ = f.Close() }, nil // lines are written unbuffered
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func splitList(s string) []string {
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
