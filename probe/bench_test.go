@@ -12,6 +12,7 @@ import (
 	"time"
 
 	psnet "github.com/shirou/gopsutil/v4/net"
+	"github.com/shirou/gopsutil/v4/process"
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/probe"
@@ -170,6 +171,40 @@ func BenchmarkSample(b *testing.B) {
 			require.NoError(b, err)
 			for b.Loop() {
 				if err := s.Sample(b.Context()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkFDs counts this process's open descriptors with FDs (a stat of
+// /proc/self/fd, its fallback a getdents count) beside gopsutil's NumFDs
+// (a listing of names), with the test binary's own few and with 11,000
+// more (the incident floods' sockets).
+func BenchmarkFDs(b *testing.B) {
+	for _, extra := range []int{0, 11_000} {
+		if extra > 0 {
+			openDevNull(b, extra)
+		}
+		p := &process.Process{Pid: int32(os.Getpid())}
+		b.Run(fmt.Sprintf("fds=+%d/baseline=gopsutil", extra), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := p.NumFDsWithContext(b.Context()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("fds=+%d/stat", extra), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := probe.FDs(0); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("fds=+%d/getdents", extra), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := probe.FDsByListing("/proc/self/fd", true); err != nil {
 					b.Fatal(err)
 				}
 			}

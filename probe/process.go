@@ -3,10 +3,12 @@ package probe
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 
 	"github.com/shirou/gopsutil/v4/process"
 	"golang.org/x/sys/unix"
@@ -30,10 +32,10 @@ type ProcessStats struct {
 }
 
 // ReadProcess reads the figures of process pid; pid 0 means the calling
-// process. It costs three procfs reads (status, the fd directory, statm),
-// 50-110 µs here with a few dozen fds (BenchmarkReadProcess), and does not
-// block on the process. Fds and RSS come from gopsutil; threads from
-// /proc/PID/status.
+// process. It costs a read of /proc/PID/status (threads), a stat of its fd
+// directory (FDs), gopsutil's read of statm (RSS) and a walk of its
+// threads (ThreadsBusy), and does not block on the process
+// (BenchmarkReadProcess).
 func ReadProcess(ctx context.Context, pid int) (ProcessStats, error) {
 	return readProcess(ctx, pid, true)
 }
@@ -41,7 +43,6 @@ func ReadProcess(ctx context.Context, pid int) (ProcessStats, error) {
 // readProcess is ReadProcess; without busy it leaves ThreadsBusy at -1
 // and skips its walk of the threads.
 func readProcess(ctx context.Context, pid int, busy bool) (ProcessStats, error) {
-	self := pid == 0 || pid == os.Getpid()
 	if pid == 0 {
 		pid = os.Getpid()
 	}
@@ -64,13 +65,8 @@ func readProcess(ctx context.Context, pid int, busy bool) (ProcessStats, error) 
 		return st, err
 	}
 	p := &process.Process{Pid: int32(pid)}
-	fds, err := p.NumFDsWithContext(ctx)
-	if err != nil {
+	if st.FDs, err = FDs(pid); err != nil {
 		return st, fmt.Errorf("count fds of pid %d: %w", pid, err)
-	}
-	st.FDs = int(fds)
-	if self {
-		st.FDs-- // the descriptor gopsutil held open on /proc/self/fd while listing it
 	}
 	mem, err := p.MemoryInfoWithContext(ctx)
 	if err != nil {
@@ -189,3 +185,72 @@ func threadSyscall(path string, buf []byte) (nr int, ok bool, err error) {
 	}
 	return v, true, nil
 }
+
+// FDs returns the number of open file descriptors of process pid (0 means
+// the calling process). Linux 6.2 and later report it as the size of
+// /proc/PID/fd (fs/proc/fd.c, proc_fd_getattr: a count of the open-files
+// bitmap), one stat(2) whatever the count; on an older kernel, which
+// reports 0, FDs counts the directory's getdents64(2) records without
+// building a name for each. Measured by BenchmarkFDs with 11,000 open
+// descriptors: 14.3 ms for gopsutil's NumFDs (a listing of names), 11.7 ms
+// for the getdents count, a few µs for the stat.
+func FDs(pid int) (int, error) {
+	dir := "/proc/self/fd"
+	if pid != 0 {
+		dir = "/proc/" + strconv.Itoa(pid) + "/fd"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return 0, fmt.Errorf("count fds: stat %s: %w", dir, err)
+	}
+	if st.Size > 0 {
+		return int(st.Size), nil
+	}
+	return fdsByListing(dir, pid == 0 || pid == os.Getpid())
+}
+
+// fdsByListing counts the entries of dir, a /proc/PID/fd; self says it is
+// the calling process's, whose count includes the descriptor open on dir.
+func fdsByListing(dir string, self bool) (int, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("count fds: open %s: %w", dir, err)
+	}
+	defer func() { _ = unix.Close(fd) }() // read-only
+	bp := direntBuffers.Get().(*[]byte)
+	defer direntBuffers.Put(bp)
+	buf := *bp
+	n := 0
+	for {
+		got, err := unix.Getdents(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("count fds: getdents %s: %w", dir, err)
+		}
+		if got == 0 {
+			break
+		}
+		for off := 0; off+19 <= got; {
+			// struct linux_dirent64: d_ino u64, d_off s64, d_reclen u16,
+			// d_type u8, then the name.
+			reclen := int(binary.NativeEndian.Uint16(buf[off+16:]))
+			if reclen == 0 {
+				return 0, fmt.Errorf("count fds: getdents %s: malformed record", dir)
+			}
+			if name := buf[off+19]; name != '.' { // "." and ".." are no descriptors
+				n++
+			}
+			off += reclen
+		}
+	}
+	if self {
+		n-- // the descriptor open on the directory
+	}
+	return n, nil
+}
+
+// direntBuffers holds getdents buffers: 32 KiB takes about 1,300 fd
+// entries per call.
+var direntBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

@@ -1,6 +1,7 @@
 package probe_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -271,4 +272,56 @@ func TestReadProcessOfAnotherPID(t *testing.T) {
 
 	_, err = probe.ReadProcess(t.Context(), 1<<30)
 	require.Error(t, err)
+}
+
+// openDevNull opens n descriptors on /dev/null, closed when tb ends.
+func openDevNull(tb testing.TB, n int) {
+	tb.Helper()
+	files := make([]*os.File, 0, n)
+	tb.Cleanup(func() {
+		for _, f := range files {
+			_ = f.Close()
+		}
+	})
+	for range n {
+		f, err := os.Open(os.DevNull)
+		require.NoError(tb, err)
+		files = append(files, f)
+	}
+}
+
+// FDs counts exactly what gopsutil's listing counts, for this process
+// with a few thousand descriptors more and for a child.
+func TestFDsAgreesWithAListing(t *testing.T) {
+	before, err := probe.FDs(0)
+	require.NoError(t, err)
+	openDevNull(t, 3000)
+	after, err := probe.FDs(0)
+	require.NoError(t, err)
+	assert.Equal(t, before+3000, after)
+	st, err := probe.ReadProcess(t.Context(), 0)
+	require.NoError(t, err)
+	assert.Equal(t, after, st.FDs, "ReadProcess counts the same")
+	listed, err := probe.FDsByListing("/proc/self/fd", true)
+	require.NoError(t, err)
+	assert.Equal(t, after, listed, "the fallback for kernels before 6.2 counts the same")
+
+	child := exec.Command("sleep", "30")
+	require.NoError(t, child.Start())
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	// Until it has exec'd the child holds the pipe os/exec reports exec
+	// errors on, and sleep opens its locale files as it starts: the three
+	// counts agree once it sleeps.
+	dir := fmt.Sprintf("/proc/%d/fd", child.Process.Pid)
+	var n, names int
+	require.Eventually(t, func() bool {
+		var err1, err2, err3 error
+		n, err1 = probe.FDs(child.Process.Pid)
+		listed, err2 = probe.FDsByListing(dir, false)
+		var ents []os.DirEntry
+		ents, err3 = os.ReadDir(dir)
+		names = len(ents)
+		return err1 == nil && err2 == nil && err3 == nil && n == listed && n == names
+	}, settleTimeout, time.Millisecond, "a child's descriptors: stat %d, getdents %d, names %d", n, listed, names)
+	assert.Positive(t, n)
 }
