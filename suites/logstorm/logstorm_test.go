@@ -146,9 +146,11 @@ var budgets = append([]probe.Budget{
 	// OS threads at work over the whole run, from the fixed arm's envelope.
 	probe.Limit(probe.MetricThreadsBusy, fixedThreadsBusy),
 	// Everyday requests keep their latency: the p99 of each second's
-	// everyday requests peaked at 14-18 ms in the fixed arm (the incident,
-	// its requests stuck behind their log lines: 5.3-5.6 s).
-	probe.Limit(scenario.MetricEverydayLatencyP99, 0.04, scenario.PhaseInject, scenario.PhaseObserve),
+	// everyday requests peaked at 14-18 ms in the fixed arm over 5 quick
+	// runs and at 90 ms in a later one, the second memcached was killed
+	// (the first fallback reads of the store); twice that. The incident,
+	// its requests stuck behind their log lines: 5.3-5.6 s.
+	probe.Limit(scenario.MetricEverydayLatencyP99, 0.18, scenario.PhaseInject, scenario.PhaseObserve),
 	// GC: the fixed arm's share of CPU peaked at 0.0045-0.0054 an
 	// interval; the floor of 0.05 (10 ms of GC CPU in one 100 ms interval
 	// on 2 cores) is what one cycle of a small heap may cost on a busy
@@ -299,19 +301,22 @@ func TestLogStorm(t *testing.T) {
 	})
 
 	// A regression far smaller than the incident: the fixed data plane
-	// with a rate limit five times too permissive (50 lines a second, a
-	// burst of 100), above what the slow sink drains (about 27 lines a
-	// second), so writers pile up in it at some 20 a second instead of the
-	// incident's hundreds.
-	t.Run("regression-limiter", func(t *testing.T) {
+	// failing a request on a cache error (the incident's FailRequest)
+	// instead of reading the store, and nothing else changed: no storm
+	// (its lines stay rate-limited, its lookups chunked), but everyday
+	// requests fail while memcached is down. A looser rate limit is no
+	// such regression here: chunked lookups fail once per chunk, some 30
+	// errors a second, which a limit five times too permissive passed
+	// whole without one writer blocking (2 quick runs, 2026-12-02).
+	t.Run("regression-failrequest", func(t *testing.T) {
 		sink := newSink(t)
 		cfg := dataplane.DefaultConfig()
-		cfg.LogPolicy.PerSecond, cfg.LogPolicy.Burst = 5*dataplane.DefaultLogPerSecond, 5*dataplane.DefaultLogBurst
-		res := suite.Run(t, env, stormScenario("regression-limiter", cfg, sink, p))
-		assert.True(t, res.Violated(metricSinkBlocked),
-			"a limiter five times too permissive must be caught with writers blocked in the sink; peaks %v", res.Peaks[metricSinkBlocked])
-		assert.True(t, res.Violated(probe.MetricThreadsBusy),
-			"each blocked writer holds an OS thread; peaks %v", res.Peaks[probe.MetricThreadsBusy])
+		cfg.OnCacheError = dataplane.FailRequest
+		res := suite.Run(t, env, stormScenario("regression-failrequest", cfg, sink, p))
+		assert.True(t, res.Violated(scenario.MetricEverydayErrors),
+			"failing requests on cache errors must be caught; peaks %v", res.Peaks[scenario.MetricEverydayErrors])
+		assert.False(t, res.Violated(probe.MetricThreadsBusy),
+			"without the storm no thread blocks; peaks %v", res.Peaks[probe.MetricThreadsBusy])
 		assert.Empty(t, res.Timeline.Check(drained...), "after recover the sink drains and its writers return")
 		requireDrained(t, sink)
 		logFigures(t, res, sink)
