@@ -201,7 +201,7 @@ func TestHelp(t *testing.T) {
 		flags []string // flags its help must list
 	}{
 		{"sockets", "spiral sockets --port 11211 --state time-wait", []string{"-json", "-port"}},
-		{"report", "Usage: spiral report [-o OUT] [-summary FILE] DIR...", []string{"-o OUT", "-summary FILE"}},
+		{"report", "Usage: spiral report [-o OUT] [-summary FILE] [-baseline DIR [-ratio R]] DIR...", []string{"-o OUT", "-summary FILE"}},
 		{"envelope", "Usage: spiral envelope [-json] [-all] DIR...", []string{"-json", "-all"}},
 	} {
 		code, out, _ := spiral(t, "help")

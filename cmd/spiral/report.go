@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -20,19 +21,28 @@ func init() {
 	register(command{
 		name:    "report",
 		summary: "index run reports into index.html, merging several runs' folders",
-		usage: `Usage: spiral report [-o OUT] [-summary FILE] DIR...
+		usage: `Usage: spiral report [-o OUT] [-summary FILE] [-baseline DIR [-ratio R]] DIR...
 
 Finds every scenario report (summary.json) under each DIR, as written by
-'make chaos' or scripts/chaos.sh, writes index.html and index.json linking
-them, and prints one line per scenario: whether its budgets held and how
-many were violated. Incident arms are expected to violate budgets; the
-suites' own verdicts are in each DIR's junit.xml.
+'make chaos' or scripts/chaos.sh, writes one A/B page per suite
+(suite-<suite>.html: every arm on the same charts, budgets drawn, a
+verdict table), and index.html and index.json: a matrix of suites by arms
+with each arm's test verdict from the nearest junit.xml (and the failed
+assertion's message), its budgets, and links. It prints one line per
+scenario: whether its budgets held and how many were violated. Incident
+arms are expected to violate budgets; the tests' verdicts say whether
+each arm did what its suite requires.
+
+-baseline DIR compares with a previous run's report folder (one DIR as
+given to spiral report, or its merged OUT): the index marks, and the
+command prints, each scenario whose test verdict or budgets flipped, and
+each budgeted peak that moved by more than -ratio times either way.
 
 With one DIR and no -o, the index is written into DIR. With -o OUT, each DIR
 is copied into OUT/<DIR's name> and OUT/index.html links the scenarios of
 every DIR: one index over the report folders of a run's shards. A DIR already
 inside OUT is indexed where it is; a name already taken in OUT gets a suffix
-(-2, -3, ...); nothing in OUT is overwritten except its index files.
+(-2, -3, ...); nothing in OUT is overwritten but its index and suite pages.
 
 -summary FILE writes a Markdown summary: one row per suite (its verdict from
 junit.xml), one row per scenario (its test's verdict, its budgets, its seed)
@@ -41,7 +51,8 @@ and the replay command of every failed test.
 Flags come before the folders. Examples:
 
 	spiral report reports/20250102T030405Z
-	spiral report -o reports/nightly -summary summary.md shards/*`,
+	spiral report -o reports/nightly -summary summary.md shards/*
+	spiral report -baseline reports/last-night reports/tonight`,
 		run: runReport,
 	})
 }
@@ -50,6 +61,8 @@ func runReport(_ context.Context, args []string, out io.Writer) error {
 	fs := newFlagSet("report", out)
 	outDir := fs.String("o", "", "write the index into `OUT`, copying each DIR into it (needed with several DIRs)")
 	summaryFile := fs.String("summary", "", "also write a Markdown summary of suites, scenarios and failures to `FILE`")
+	baseline := fs.String("baseline", "", "mark what changed since the previous run's report folder `DIR`")
+	ratio := fs.Float64("ratio", report.DefaultPeakRatio, "with -baseline, mark a budgeted peak that moved by more than `R` times either way")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -62,6 +75,17 @@ func runReport(_ context.Context, args []string, out io.Writer) error {
 		return usagef("report: want at least one folder")
 	case len(dirs) > 1 && *outDir == "":
 		return usagef("report: %d folders need -o OUT, the folder to merge them into", len(dirs))
+	case !(*ratio > 1) || math.IsInf(*ratio, 0):
+		return usagef("report: -ratio %v: want a number above 1", *ratio)
+	}
+	// The baseline is read before anything is written: a bad one changes
+	// nothing.
+	var base []report.Entry
+	if *baseline != "" {
+		var err error
+		if base, err = report.Scan(*baseline); err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
 	}
 	dest := *outDir
 	if dest == "" {
@@ -76,7 +100,18 @@ func runReport(_ context.Context, args []string, out io.Writer) error {
 		entries = append(entries, r.entries...)
 	}
 	report.SortEntries(entries)
-	if err := report.WriteEntries(dest, entries); err != nil {
+	idx := report.Index{Entries: entries}
+	if *baseline != "" {
+		gone, err := report.Compare(base, entries, *ratio)
+		if err != nil {
+			return err
+		}
+		idx.Baseline = &report.Baseline{Dir: *baseline, Ratio: *ratio, Gone: gone}
+	}
+	if err := report.WriteSuitePages(dest, entries); err != nil {
+		return err
+	}
+	if err := report.WriteEntries(dest, idx); err != nil {
 		return err
 	}
 	if *summaryFile != "" {
@@ -94,6 +129,16 @@ func runReport(_ context.Context, args []string, out io.Writer) error {
 			verdict = fmt.Sprintf("%d violation(s)", e.Violations)
 		}
 		printf(out, "%-40s %s\n", e.Scenario, verdict)
+	}
+	if idx.Baseline != nil {
+		changes := report.ChangeLines(entries)
+		for _, g := range idx.Baseline.Gone {
+			changes = append(changes, g+": gone")
+		}
+		printf(out, "%d change(s) since %s:\n", len(changes), *baseline)
+		for _, c := range changes {
+			printf(out, "  %s\n", c)
+		}
 	}
 	printf(out, "%d scenario report(s); index: %s/index.html\n", len(entries), dest)
 	if *summaryFile != "" {
@@ -184,6 +229,7 @@ func gatherRuns(dest string, srcs []string) ([]runFolder, error) {
 		if rel != "." {
 			for j := range entries {
 				entries[j].Page = path.Join(rel, entries[j].Page)
+				entries[j].Run = rel
 			}
 		}
 		runs[i] = runFolder{rel: rel, dir: dir, entries: entries}

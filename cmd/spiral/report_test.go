@@ -317,7 +317,8 @@ func TestReport(t *testing.T) {
 			for _, e := range ents {
 				names = append(names, e.Name())
 			}
-			assert.ElementsMatch(t, []string{"report-batchflood", "report-oom", "index.html", "index.json"}, names)
+			assert.ElementsMatch(t, []string{"report-batchflood", "report-oom", "index.html", "index.json",
+				"suite-report-batchflood_batch-flood.html", "suite-report-oom_oom.html"}, names)
 		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {

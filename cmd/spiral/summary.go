@@ -1,68 +1,13 @@
 package main
 
 import (
-	"encoding/xml"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/spiral-chaos/spiral/scenario/report"
 )
-
-// junitReport is the part of a junit.xml, as gotestsum writes it
-// (scripts/chaos.sh), that the summary reads: one testsuite per package,
-// one testcase per test and subtest.
-type junitReport struct {
-	XMLName xml.Name `xml:"testsuites"`
-	// Errors counts failures outside any test, such as a package that did
-	// not build.
-	Errors int          `xml:"errors,attr"`
-	Suites []junitSuite `xml:"testsuite"`
-}
-
-type junitSuite struct {
-	// Name is the package's import path.
-	Name     string      `xml:"name,attr"`
-	Tests    int         `xml:"tests,attr"`
-	Failures int         `xml:"failures,attr"`
-	Skipped  int         `xml:"skipped,attr"`
-	Cases    []junitCase `xml:"testcase"`
-}
-
-type junitCase struct {
-	// Classname is the package's import path, Name the test's full name
-	// ("TestOOM/incident").
-	Classname string        `xml:"classname,attr"`
-	Name      string        `xml:"name,attr"`
-	Failure   *junitFailure `xml:"failure"`
-	Skipped   *struct{}     `xml:"skipped"`
-}
-
-type junitFailure struct {
-	// Output is the test's output.
-	Output string `xml:",chardata"`
-}
-
-// readJUnit reads dir/junit.xml; a folder without one yields nil.
-func readJUnit(dir string) (*junitReport, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "junit.xml"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("summary: %w", err)
-	}
-	var j junitReport
-	if err := xml.Unmarshal(b, &j); err != nil {
-		return nil, fmt.Errorf("summary: %s: %w", filepath.Join(dir, "junit.xml"), err)
-	}
-	return &j, nil
-}
 
 // Verdicts, as the summary writes them.
 const (
@@ -73,37 +18,31 @@ const (
 	verdictUnknown = "unknown"
 )
 
-func (s junitSuite) verdict() string {
-	switch {
-	case s.Failures > 0 || slices.ContainsFunc(s.Cases, func(c junitCase) bool { return c.Failure != nil }):
+// mdVerdict is a junit verdict (report.Passed, ...) as the summary writes
+// it: a failure in bold.
+func mdVerdict(v string) string {
+	switch v {
+	case report.Failed:
 		return verdictFailed
-	case s.Tests == 0:
+	case report.Passed:
+		return verdictPassed
+	case report.Skipped:
+		return verdictSkipped
+	case report.NoTests:
 		return verdictNoTests
-	case s.Skipped == s.Tests:
-		return verdictSkipped
 	}
-	return verdictPassed
-}
-
-func (c junitCase) verdict() string {
-	switch {
-	case c.Failure != nil:
-		return verdictFailed
-	case c.Skipped != nil:
-		return verdictSkipped
-	}
-	return verdictPassed
+	return verdictUnknown
 }
 
 // summarize renders runs as Markdown: a table of suites with their
 // verdicts, a table of scenarios, and the replay command of every failed
 // test.
 func summarize(runs []runFolder) (string, error) {
-	junits := make([]*junitReport, len(runs))
+	junits := make([]*report.JUnit, len(runs))
 	for i, r := range runs {
-		j, err := readJUnit(r.dir)
+		j, err := report.ReadJUnit(r.dir)
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("summary: %w", err)
 		}
 		junits[i] = j
 	}
@@ -118,7 +57,7 @@ func summarize(runs []runFolder) (string, error) {
 			continue
 		}
 		for _, s := range j.Suites {
-			fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %s |\n", code(s.Name), s.verdict(), s.Tests, s.Failures, s.Skipped, code(r.rel))
+			fmt.Fprintf(&b, "| %s | %s | %d | %d | %d | %s |\n", code(s.Name), mdVerdict(s.Verdict()), s.Tests, s.Failures, s.Skipped, code(r.rel))
 		}
 		if j.Errors > 0 {
 			notes = append(notes, fmt.Sprintf("%s: %d error(s) outside any test (a package that did not build, or a crash): see its go-test.json.", code(r.rel), j.Errors))
@@ -138,8 +77,8 @@ func summarize(runs []runFolder) (string, error) {
 	for i, r := range runs {
 		for _, e := range r.entries {
 			test := verdictUnknown
-			if c, ok := caseOf(junits[i], e.Replay); ok {
-				test = c.verdict()
+			if c, ok := junits[i].Case(e.Replay); ok {
+				test = mdVerdict(c.Verdict())
 			}
 			budgets := "held"
 			if e.Violations > 0 {
@@ -181,13 +120,13 @@ func summarize(runs []runFolder) (string, error) {
 
 // failedLeaves returns the failed cases none of whose subtests failed: a
 // parent fails with its subtests, and the subtest is the one to replay.
-func failedLeaves(cases []junitCase) []junitCase {
-	var leaves []junitCase
+func failedLeaves(cases []report.JUnitCase) []report.JUnitCase {
+	var leaves []report.JUnitCase
 	for _, c := range cases {
 		if c.Failure == nil {
 			continue
 		}
-		child := slices.ContainsFunc(cases, func(o junitCase) bool {
+		child := slices.ContainsFunc(cases, func(o report.JUnitCase) bool {
 			return o.Failure != nil && o.Classname == c.Classname && strings.HasPrefix(o.Name, c.Name+"/")
 		})
 		if !child {
@@ -201,10 +140,10 @@ func failedLeaves(cases []junitCase) []junitCase {
 // the scenarios its test ran (from their summary.json), else the replay
 // lines the test printed, else a go test command for it with a note that
 // it lacks the run's seed.
-func replaysOf(c junitCase, entries []report.Entry) ([]string, string) {
+func replaysOf(c report.JUnitCase, entries []report.Entry) ([]string, string) {
 	var cmds []string
 	for _, e := range entries {
-		if test, pkg, ok := replayTest(e.Replay); ok && test == c.Name && samePackage(c.Classname, pkg) && !slices.Contains(cmds, e.Replay) {
+		if test, pkg, ok := report.ReplayTest(e.Replay); ok && test == c.Name && report.SamePackage(c.Classname, pkg) && !slices.Contains(cmds, e.Replay) {
 			cmds = append(cmds, e.Replay)
 		}
 	}
@@ -233,69 +172,9 @@ func replaysOf(c junitCase, entries []report.Entry) ([]string, string) {
 // it ("replay: SPIRAL_SEED=...").
 var replayLine = regexp.MustCompile(`(?m)replay: (\S.*)$`)
 
-// runPattern is a replay command's -run pattern and the package after it.
-var runPattern = regexp.MustCompile(`-run '([^']*)'\s+(\S+)`)
-
-// caseOf finds in j the test case that the replay command runs.
-func caseOf(j *junitReport, replay string) (junitCase, bool) {
-	test, pkg, ok := replayTest(replay)
-	if j == nil || !ok {
-		return junitCase{}, false
-	}
-	for _, s := range j.Suites {
-		for _, c := range s.Cases {
-			if c.Name == test && samePackage(c.Classname, pkg) {
-				return c, true
-			}
-		}
-	}
-	return junitCase{}, false
-}
-
-// replayTest returns the test a replay command runs and its package:
-// "TestOOM/incident" and "./suites/oom" from "SPIRAL_SEED=5 go test
-// -count=1 -v -run '^TestOOM$/^incident$' ./suites/oom". Anchors and
-// regexp.QuoteMeta's escapes are undone; ok is false for a command with no
-// quoted -run pattern.
-func replayTest(cmd string) (test, pkg string, ok bool) {
-	m := runPattern.FindStringSubmatch(cmd)
-	if m == nil {
-		return "", "", false
-	}
-	parts := strings.Split(m[1], "/")
-	for i, p := range parts {
-		parts[i] = unquotePattern(p)
-	}
-	return strings.Join(parts, "/"), m[2], true
-}
-
-// unquotePattern undoes "^" + regexp.QuoteMeta(name) + "$": a leading "^"
-// and a trailing unescaped "$" are dropped, and a backslash escapes the
-// next byte.
-func unquotePattern(p string) string {
-	p = strings.TrimPrefix(p, "^")
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		switch {
-		case p[i] == '\\' && i+1 < len(p):
-			i++
-		case p[i] == '$' && i == len(p)-1:
-			continue
-		}
-		b.WriteByte(p[i])
-	}
-	return b.String()
-}
-
-// samePackage reports whether the package pattern of a go test command
-// ("./suites/oom", "./suites/...") names the package importPath.
-func samePackage(importPath, pattern string) bool {
-	if strings.Contains(pattern, "...") {
-		return true
-	}
-	rel := strings.TrimPrefix(pattern, "./")
-	return importPath == rel || strings.HasSuffix(importPath, "/"+rel)
-}
+// replayTest is report.ReplayTest: the test a replay command runs and its
+// package.
+func replayTest(cmd string) (test, pkg string, ok bool) { return report.ReplayTest(cmd) }
 
 // code is s as Markdown inline code, safe in a table cell.
 func code(s string) string {

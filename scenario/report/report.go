@@ -78,10 +78,10 @@ var charts = []struct {
 	// Live (every thread the runtime kept) and at work (not parked idle).
 	{"OS threads", []string{probe.MetricThreads, probe.MetricThreadsBusy}},
 	{"Sockets to memcached", []string{scenario.MetricMemcachedTimeWait, scenario.MetricMemcachedTimeWaitAdded, scenario.MetricMemcachedEstablished}},
-	{"Memory (bytes)", []string{probe.MetricHeap, probe.MetricRSS, probe.MetricHeapGoal}},
-	{"GC pause p99 (s)", []string{probe.MetricGCPauseP99}},
+	{"Memory", []string{probe.MetricHeap, probe.MetricRSS, probe.MetricHeapGoal}},
+	{"GC pause p99", []string{probe.MetricGCPauseP99}},
 	{"GC share of CPU", []string{probe.MetricGCCPUFraction}},
-	{"Everyday latency p99 (s)", []string{scenario.MetricEverydayLatencyP99}},
+	{"Everyday latency p99", []string{scenario.MetricEverydayLatencyP99}},
 	{"Lookups in flight", []string{scenario.MetricLookupsInFlight}},
 	{"Load answered (cumulative)", []string{scenario.MetricLoadOK}},
 	// Apart from the answered, whose thousands would flatten them, and by
@@ -89,6 +89,16 @@ var charts = []struct {
 	{"Load failed (cumulative)", []string{scenario.MetricEverydayErrors, scenario.MetricBatchErrors}},
 	{"Cache errors and log lines (cumulative)", []string{scenario.MetricCacheErrors, scenario.MetricLogLines}},
 	{"Open fds", []string{probe.MetricFDs}},
+}
+
+// charted reports whether metric is drawn by one of charts.
+func charted(metric string) bool {
+	for _, c := range charts {
+		if contains(c.Metrics, metric) {
+			return true
+		}
+	}
+	return false
 }
 
 var colors = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}
@@ -106,90 +116,139 @@ func newPageData(res *scenario.Result) pageData {
 	for _, v := range res.Violations {
 		d.Violations = append(d.Violations, v.String())
 	}
-	for _, c := range charts {
-		d.Charts = append(d.Charts, svgChart(res.Timeline, c.Title, c.Metrics))
+	// Budgeted metrics no panel draws come first, one chart each: they
+	// are what the scenario is judged on.
+	var panels []struct {
+		Title   string
+		Metrics []string
+	}
+	seen := map[string]bool{}
+	for _, b := range res.Budgets {
+		if !charted(b.Metric) && !seen[b.Metric] && res.Timeline != nil && res.Timeline.Index(b.Metric) >= 0 {
+			seen[b.Metric] = true
+			panels = append(panels, struct {
+				Title   string
+				Metrics []string
+			}{b.Metric, []string{b.Metric}})
+		}
+	}
+	panels = append(panels, charts...)
+	for _, c := range panels {
+		d.Charts = append(d.Charts, runChart(res, c.Title, c.Metrics).svg())
 	}
 	return d
 }
 
-const (
-	chartW, chartH = 560, 200
-	padL, padR     = 60, 10
-	padT, padB     = 24, 22
-)
-
-// svgChart draws metrics over time with the inject and observe phases
-// shaded. Values are escaped by construction: only numbers and known names.
-func svgChart(tl *probe.Timeline, title string, metrics []string) template.HTML {
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d">`, chartW, chartH, chartW, chartH)
-	fmt.Fprintf(&b, `<text x="%d" y="15" font-size="13" font-weight="bold">%s</text>`, padL, template.HTMLEscapeString(title))
+// runChart is one panel of report.html: metrics of one run over seconds
+// from its start, the fault window (inject and observe) shaded, the
+// budgets on those metrics drawn over their phases in the metric's colour,
+// and each violation marked at its peak.
+func runChart(res *scenario.Result, title string, metrics []string) chart {
+	c := chart{Title: title, XLabel: "s from the run's start", Shade: faultWindow, Empty: "no samples of " + strings.Join(metrics, ", ")}
+	tl := res.Timeline
 	if tl == nil || len(tl.Samples) == 0 {
-		b.WriteString(`<text x="60" y="100">no samples</text></svg>`)
-		return template.HTML(b.String()) //nolint:gosec // built from numbers and escaped names
+		return c
 	}
-	end := tl.Samples[len(tl.Samples)-1].At.Sub(tl.Start).Seconds()
-	if end <= 0 {
-		end = 1
-	}
-	lo, hi := 0.0, math.Inf(-1)
-	for _, m := range metrics {
-		for _, v := range tl.Series(m) {
-			if !math.IsNaN(v) && v > hi {
-				hi = v
-			}
-		}
-	}
-	if math.IsInf(hi, -1) || hi <= lo {
-		hi = lo + 1
-	}
-	x := func(s float64) float64 { return padL + (chartW-padL-padR)*s/end }
-	y := func(v float64) float64 { return chartH - padB - (chartH-padT-padB)*(v-lo)/(hi-lo) }
-	for _, p := range tl.Phases {
-		if p.Name != scenario.PhaseInject && p.Name != scenario.PhaseObserve {
+	c.Phases = phaseSpans(tl, 0)
+	top := 0.0
+	for i, m := range metrics {
+		ys := tl.Series(m)
+		if ys == nil {
 			continue
 		}
-		pe := end
-		if !p.End.IsZero() {
-			pe = p.End.Sub(tl.Start).Seconds()
-		}
-		ps := p.Start.Sub(tl.Start).Seconds()
-		fmt.Fprintf(&b, `<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="#f4c7c3" opacity="0.5"><title>%s</title></rect>`,
-			x(ps), padT, math.Max(0, x(pe)-x(ps)), chartH-padT-padB, p.Name)
-	}
-	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#888"/>`, padL, chartH-padB, chartW-padR, chartH-padB)
-	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#888"/>`, padL, padT, padL, chartH-padB)
-	fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="10" text-anchor="end">%s</text>`, padL-4, padT+8, human(hi))
-	fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="10" text-anchor="end">%s</text>`, padL-4, chartH-padB, human(lo))
-	fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="10" text-anchor="end">%.0fs</text>`, chartW-padR, chartH-6, end)
-	for i, m := range metrics {
 		col := colors[i%len(colors)]
-		var pts []string
-		for j, v := range tl.Series(m) {
-			if math.IsNaN(v) {
-				continue
+		c.Series = append(c.Series, series{Name: m, Color: col, X: sampleTimes(tl, 0), Y: ys})
+		top = math.Max(top, maxOf(ys))
+		for _, b := range res.Budgets {
+			if b.Metric == m {
+				c.Budgets = append(c.Budgets, threshold{Label: "≤ " + formatFor(m, b.Max, b.Max), Color: col, Value: b.Max, Spans: budgetSpans(b, c.Phases)})
+				top = math.Max(top, b.Max)
 			}
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(tl.Samples[j].At.Sub(tl.Start).Seconds()), y(v)))
 		}
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.5" points="%s"/>`, col, strings.Join(pts, " "))
-		fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="11" fill="%s">%s</text>`, padL+200+i*150, 15, col, template.HTMLEscapeString(m))
 	}
-	b.WriteString(`</svg>`)
-	return template.HTML(b.String()) //nolint:gosec // built from numbers and escaped names
+	c.Unit = unitFor(metrics[0], top)
+	for _, v := range res.Violations {
+		if v.Problem != "" {
+			continue
+		}
+		for i, m := range metrics {
+			if v.Budget.Metric == m {
+				c.Marks = append(c.Marks, mark{X: v.At.Seconds(), Y: v.Peak, Color: colors[i%len(colors)], Label: c.Unit.value(v.Peak)})
+			}
+		}
+	}
+	return c
 }
 
-func human(v float64) string {
-	switch a := math.Abs(v); {
-	case a >= 1<<30:
-		return fmt.Sprintf("%.1fG", v/(1<<30))
-	case a >= 1<<20:
-		return fmt.Sprintf("%.1fM", v/(1<<20))
-	case a >= 10_000:
-		return fmt.Sprintf("%.0fk", v/1000)
-	case a < 1 && a > 0:
-		return fmt.Sprintf("%.3g", v)
+// faultWindow is the phases a chart shades: the faults are in and acting.
+var faultWindow = []string{scenario.PhaseInject, scenario.PhaseObserve}
+
+// phaseSpans returns tl's phases in seconds from its start minus offset,
+// consecutive marks of the same phase merged (Run marks inject and
+// recover twice: before the faults act and as the phase's timer starts),
+// the open last phase ending at the last sample.
+func phaseSpans(tl *probe.Timeline, offset float64) []span {
+	var out []span
+	last := 0.0
+	if n := len(tl.Samples); n > 0 {
+		last = tl.Samples[n-1].At.Sub(tl.Start).Seconds()
 	}
-	return fmt.Sprintf("%.0f", v)
+	for _, p := range tl.Phases {
+		start := p.Start.Sub(tl.Start).Seconds() - offset
+		end := last - offset
+		if !p.End.IsZero() {
+			end = p.End.Sub(tl.Start).Seconds() - offset
+		}
+		if n := len(out); n > 0 && out[n-1].Name == p.Name {
+			out[n-1].End = end
+			continue
+		}
+		out = append(out, span{Name: p.Name, Start: start, End: end})
+	}
+	return out
+}
+
+// budgetSpans returns the stretches of phases b holds over: those of its
+// phases, adjacent ones joined, or every phase when it names none.
+func budgetSpans(b probe.Budget, phases []span) []span {
+	var out []span
+	for _, p := range phases {
+		if len(b.Phases) > 0 && !contains(b.Phases, p.Name) {
+			continue
+		}
+		if n := len(out); n > 0 && math.Abs(out[n-1].End-p.Start) < 1e-6 {
+			out[n-1].End = p.End
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// sampleTimes returns each sample's time in seconds from tl's start minus
+// offset.
+func sampleTimes(tl *probe.Timeline, offset float64) []float64 {
+	out := make([]float64, len(tl.Samples))
+	for i, s := range tl.Samples {
+		out[i] = s.At.Sub(tl.Start).Seconds() - offset
+	}
+	return out
+}
+
+// maxOf is the largest of vs, NaN skipped; 0 for none.
+func maxOf(vs []float64) float64 {
+	top := 0.0
+	for _, v := range vs {
+		if !math.IsNaN(v) && !math.IsInf(v, 0) {
+			top = math.Max(top, v)
+		}
+	}
+	return top
+}
+
+// formatFor writes v of metric in the unit an axis up to top would use.
+func formatFor(metric string, v, top float64) string {
+	return unitFor(metric, top).value(v)
 }
 
 func safe(name string) string {
@@ -207,7 +266,7 @@ var pageTmpl = template.Must(template.New("report").Parse(`<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;margin:20px;color:#222}
 .verdict{font-size:20px;font-weight:bold}.held{color:#2ca02c}.failed{color:#d62728}
-.charts{display:flex;flex-wrap:wrap;gap:8px}.charts svg{border:1px solid #ddd}
+.charts{display:flex;flex-wrap:wrap;gap:8px}.charts svg{border:1px solid #ddd;background:#fff}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 code{background:#f4f4f4;padding:2px 4px}
 </style></head><body>
@@ -219,7 +278,7 @@ code{background:#f4f4f4;padding:2px 4px}
 <h2>Budgets</h2><ul>{{range .Res.Budgets}}<li>{{.}}</li>{{end}}</ul>
 <h2>Loads</h2><table><tr><th>client</th><th>traffic</th><th>sent</th><th>ok</th><th>errors</th><th>skipped</th><th>p50</th><th>p99</th><th>max</th><th>outcomes</th><th>finished</th></tr>
 {{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Traffic}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{.P50}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td><td>{{if .Failed}}<span class="failed">failed: {{.Error}}</span>{{else}}yes{{end}}</td></tr>{{end}}</table>
-<h2>Timeline</h2><p>Shaded: the fault window (inject and observe).</p>
+<h2>Timeline</h2><p>Shaded: the fault window (inject and observe); dotted lines: phase boundaries; dashed lines: budgets over the phases they cover; circles: each violation at its peak.</p>
 <div class="charts">{{range .Charts}}{{.}}{{end}}</div>
 <p><small>generated {{.Generated}}; data: summary.json, timeline.json, requests.json</small></p>
 </body></html>

@@ -3,9 +3,14 @@ package report_test
 import (
 	"context"
 	"encoding/json"
+	"encoding/xml"
 	"errors"
+	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -132,7 +137,200 @@ func TestGoroutinesChartShowsThePeak(t *testing.T) {
 	res := &scenario.Result{Scenario: "burst", Timeline: s.Timeline(), Validated: true}
 	page, err := report.Write(filepath.Join(t.TempDir(), "burst"), res)
 	require.NoError(t, err)
-	html, err := os.ReadFile(page)
+	c := chartTitled(t, readSVGs(t, page), "Goroutines")
+	assert.Equal(t, []string{probe.MetricGoroutines, probe.MetricGoroutinesPeak}, seriesNames(c))
+}
+
+// A run's page draws each budget as a line over the phases it covers, in
+// its metric's chart, and marks the violation at its peak with its value;
+// the y axis has 4-6 ticks and the legend sits between the title and the
+// plot.
+func TestRunChartDrawsBudgetsAndViolations(t *testing.T) {
+	res := result(t, "flood/incident")
+	page, err := report.Write(filepath.Join(t.TempDir(), "flood_incident"), res)
 	require.NoError(t, err)
-	assert.Regexp(t, `Goroutines</text>.*<polyline[^>]*>.*>goroutines</text><polyline[^>]*>.*>goroutines_peak</text>`, string(html))
+	c := chartTitled(t, readSVGs(t, page), "Goroutines")
+
+	budgets := c.all("line", "budget")
+	require.Len(t, budgets, 1, "one budget on goroutines")
+	inject := c.phaseX(t, scenario.PhaseInject)
+	recover := c.phaseX(t, scenario.PhaseRecover)
+	assert.InDelta(t, inject, budgets[0].num(t, "x1"), 0.11, "the budget starts with inject")
+	assert.InDelta(t, recover, budgets[0].num(t, "x2"), 0.11, "and ends where inject does: it covers inject only")
+
+	marks := c.all("g", "violation")
+	require.Len(t, marks, 1)
+	assert.Equal(t, "5,000", marks[0].text())
+	circle := marks[0].all("circle", "")[0]
+	assert.Less(t, circle.num(t, "cy"), budgets[0].num(t, "y1"), "the peak is drawn above its bound")
+
+	ticks := c.all("text", "ytick")
+	assert.GreaterOrEqual(t, len(ticks), 4)
+	assert.LessOrEqual(t, len(ticks), 6)
+	c.assertLegendClear(t)
+}
+
+func TestTicksAndUnits(t *testing.T) {
+	for _, tc := range []struct {
+		metric string
+		values []float64
+		want   []string
+	}{
+		{probe.MetricGoroutines, []float64{10, 5000}, []string{"0", "1,000", "2,000", "3,000", "4,000", "5,000"}},
+		{probe.MetricHeap, []float64{0, 80 << 20}, []string{"0 MiB", "20 MiB", "40 MiB", "60 MiB", "80 MiB"}},
+		{scenario.MetricEverydayLatencyP99, []float64{0.004, 0.053}, []string{"0 ms", "20 ms", "40 ms", "60 ms"}},
+		{probe.MetricGCCPUFraction, []float64{0, 0.17}, []string{"0%", "5%", "10%", "15%", "20%"}},
+		{probe.MetricThreads, []float64{3, 3}, []string{"0", "1", "2", "3"}},
+	} {
+		var ys []string
+		for _, tk := range report.AxisTicks(tc.metric, tc.values) {
+			ys = append(ys, tk)
+		}
+		assert.Equal(t, tc.want, ys, tc.metric)
+	}
+}
+
+// svgNode is an element of a chart, parsed back from the page.
+type svgNode struct {
+	Name     string
+	Attr     map[string]string
+	Text     string
+	Children []*svgNode
+}
+
+// readSVGs parses every <svg> of the page at path as XML: a chart that
+// is not well-formed fails here.
+func readSVGs(t *testing.T, path string) []*svgNode {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	var out []*svgNode
+	rest := string(b)
+	for {
+		i := strings.Index(rest, "<svg")
+		if i < 0 {
+			return out
+		}
+		j := strings.Index(rest[i:], "</svg>")
+		require.Positive(t, j, "an unclosed svg")
+		out = append(out, parseSVG(t, rest[i:i+j+len("</svg>")]))
+		rest = rest[i+j:]
+	}
+}
+
+func parseSVG(t *testing.T, s string) *svgNode {
+	t.Helper()
+	d := xml.NewDecoder(strings.NewReader(s))
+	root := &svgNode{}
+	stack := []*svgNode{root}
+	for {
+		tok, err := d.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		require.NoError(t, err, "chart SVG is well-formed:\n%s", s)
+		switch tk := tok.(type) {
+		case xml.StartElement:
+			n := &svgNode{Name: tk.Name.Local, Attr: map[string]string{}}
+			for _, a := range tk.Attr {
+				n.Attr[a.Name.Local] = a.Value
+			}
+			top := stack[len(stack)-1]
+			top.Children = append(top.Children, n)
+			stack = append(stack, n)
+		case xml.EndElement:
+			stack = stack[:len(stack)-1]
+		case xml.CharData:
+			stack[len(stack)-1].Text += string(tk)
+		}
+	}
+	require.Len(t, root.Children, 1)
+	return root.Children[0]
+}
+
+// all returns the elements under n named name with class class ("" for
+// any), n itself excepted.
+func (n *svgNode) all(name, class string) []*svgNode {
+	var out []*svgNode
+	for _, c := range n.Children {
+		if c.Name == name && (class == "" || c.Attr["class"] == class) {
+			out = append(out, c)
+		}
+		out = append(out, c.all(name, class)...)
+	}
+	return out
+}
+
+// text is the text of n and every element under it.
+func (n *svgNode) text() string {
+	s := n.Text
+	for _, c := range n.Children {
+		s += c.text()
+	}
+	return strings.TrimSpace(s)
+}
+
+func (n *svgNode) num(t *testing.T, attr string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(n.Attr[attr], 64)
+	require.NoError(t, err, "%s=%q of %s", attr, n.Attr[attr], n.Name)
+	return v
+}
+
+// phaseX is the x of the boundary where phase starts.
+func (n *svgNode) phaseX(t *testing.T, phase string) float64 {
+	t.Helper()
+	for _, l := range n.all("line", "phase") {
+		if l.Attr["data-phase"] == phase {
+			return l.num(t, "x1")
+		}
+	}
+	require.Failf(t, "no phase boundary", "%s", phase)
+	return 0
+}
+
+// assertLegendClear checks every legend entry sits below the title and
+// above the plot's top grid line: the legend covers neither.
+func (n *svgNode) assertLegendClear(t *testing.T) {
+	t.Helper()
+	title := n.all("text", "title")[0].num(t, "y")
+	plotTop := math.Inf(1)
+	for _, l := range n.all("text", "ytick") {
+		plotTop = math.Min(plotTop, l.num(t, "y"))
+	}
+	for _, l := range n.all("text", "phase-label") {
+		plotTop = math.Min(plotTop, l.num(t, "y")-10)
+	}
+	legend := n.all("g", "legend")
+	require.Len(t, legend, 1)
+	for _, e := range legend[0].all("text", "") {
+		y := e.num(t, "y")
+		assert.Greater(t, y-11, title, "legend %q below the title", e.text())
+		assert.Less(t, y, plotTop, "legend %q above the plot", e.text())
+	}
+}
+
+// chartTitled returns the chart whose title is title.
+func chartTitled(t *testing.T, svgs []*svgNode, title string) *svgNode {
+	t.Helper()
+	var titles []string
+	for _, s := range svgs {
+		for _, tl := range s.all("text", "title") {
+			if tl.text() == title {
+				return s
+			}
+			titles = append(titles, tl.text())
+		}
+	}
+	require.Failf(t, "no chart", "%q among %q", title, titles)
+	return nil
+}
+
+// seriesNames are the names of a chart's series, in drawing order.
+func seriesNames(c *svgNode) []string {
+	var out []string
+	for _, s := range c.all("g", "series") {
+		out = append(out, s.Attr["data-name"])
+	}
+	return out
 }
