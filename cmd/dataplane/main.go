@@ -35,7 +35,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -95,7 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if _, ok := configs[o.config]; !ok {
 		errs = append(errs, fmt.Errorf("-config %q: want fixed or incident", o.config))
 	}
-	o.memcached, o.cql = splitList(memcached), splitList(cql)
+	o.memcached, o.cql = fixtures.SplitList(memcached), fixtures.SplitList(cql)
 	if len(o.memcached) == 0 {
 		errs = append(errs, fmt.Errorf("no memcached server: set -memcached or $%s", fixtures.EnvMemcachedAddrs))
 	}
@@ -191,14 +190,4 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for f := range strings.SplitSeq(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
 }

@@ -92,8 +92,8 @@ func runChild(ctx context.Context) (int, error) {
 		return 1, err
 	}
 	env := fixtures.Env{
-		MemcachedAddrs: splitList(os.Getenv(fixtures.EnvMemcachedAddrs)),
-		CQLHosts:       splitList(os.Getenv(fixtures.EnvCQLHosts)),
+		MemcachedAddrs: fixtures.SplitList(os.Getenv(fixtures.EnvMemcachedAddrs)),
+		CQLHosts:       fixtures.SplitList(os.Getenv(fixtures.EnvCQLHosts)),
 		Keyspace:       os.Getenv(fixtures.EnvKeyspace),
 	}
 	if len(env.MemcachedAddrs) == 0 || len(env.CQLHosts) == 0 || env.Keyspace == "" {
@@ -135,14 +135,4 @@ func childHandler(dp *dataplane.DataPlane) http.Handler {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-}
-
-func splitList(s string) []string {
-	var out []string
-	for f := range strings.SplitSeq(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
 }
