@@ -539,3 +539,54 @@ func TestReplayTest(t *testing.T) {
 	_, _, ok = replayTest("go test ./...")
 	assert.False(t, ok)
 }
+
+// spiral report --baseline marks what changed since a previous run's
+// folder: a fixed arm whose budgets flipped to violated, and its test's
+// verdict that flipped to failed.
+func TestReportBaseline(t *testing.T) {
+	root := t.TempDir()
+	last := shard(t, filepath.Join(root, "last-night"), batchShard, batchJUnit)
+	tonightShard := []fakeScenario{batchShard[0], batchShard[1]}
+	tonightShard[0].violated = true // the fixed arm regressed
+	tonight := shard(t, filepath.Join(root, "tonight"), tonightShard, map[string][]fakeCase{modulePath + "/suites/batchflood": {
+		{name: "TestBatchFlood", failed: true},
+		{name: "TestBatchFlood/fixed", failed: true, output: "    batchflood_test.go:103: \n        \tError Trace:\tx.go:1\n        \tError:      \tShould be empty\n        \tMessages:   \tthe fixed data plane must hold every budget under the flood\n"},
+		{name: "TestBatchFlood/incident"},
+	}})
+
+	code, out, errOut := spiral(t, "report", "--baseline", last, tonight)
+	require.Equal(t, 0, code, errOut)
+	assert.Contains(t, out, "2 change(s) since "+last+":\n")
+	assert.Contains(t, out, "  batch-flood/fixed: test: passed → failed\n")
+	assert.Contains(t, out, "  batch-flood/fixed: budget goroutines <= 2000 during inject: held (peak 10) → violated (peak 5,000)\n")
+
+	entries := readIndex(t, tonight)
+	require.Len(t, entries, 2)
+	var kinds []string
+	for _, c := range entries[0].Changes {
+		kinds = append(kinds, c.Kind)
+	}
+	assert.Equal(t, "batch-flood/fixed", entries[0].Scenario)
+	assert.Equal(t, []string{"test", "budget"}, kinds, "the budget that flipped says why the arm's budgets did; no second line for the whole")
+	assert.Empty(t, entries[1].Changes, "the incident arm did as before")
+	assert.Equal(t, "the fixed data plane must hold every budget under the flood", entries[0].Test.Message[len("Should be empty: "):])
+
+	html, err := os.ReadFile(filepath.Join(tonight, "index.html"))
+	require.NoError(t, err)
+	assert.Contains(t, string(html), `<span class="changed">test: passed → failed</span>`)
+	assert.Contains(t, string(html), "1 scenario(s) changed")
+	assert.NoFileExists(t, filepath.Join(last, "index.html"), "the baseline is only read")
+}
+
+func TestReportBaselineErrors(t *testing.T) {
+	root := t.TempDir()
+	dir := shard(t, filepath.Join(root, "run"), batchShard, nil)
+	code, _, errOut := spiral(t, "report", "-baseline", filepath.Join(root, "absent"), dir)
+	assert.Equal(t, exitFailure, code)
+	assert.Contains(t, errOut, "baseline")
+	assert.NoFileExists(t, filepath.Join(dir, "index.html"), "a bad baseline writes nothing")
+
+	code, _, errOut = spiral(t, "report", "-baseline", dir, "-ratio", "1", dir)
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "-ratio 1: want a number above 1")
+}

@@ -16,10 +16,11 @@ const DefaultPeakRatio = 2.0
 
 // Change is one thing that differs in a scenario from a baseline run.
 type Change struct {
-	// Kind is "test" (its test's verdict flipped), "budgets" (held or not
-	// as a whole), "budget" (one budget flipped), "peak" (a budgeted peak
-	// moved by more than the ratio), "new" (no such scenario before) or
-	// "budget added".
+	// Kind is "test" (its test's verdict flipped), "budget" (one budget
+	// held before and not now, or the other way), "budgets" (held or not
+	// as a whole, when no one budget's flip says why), "peak" (a budgeted
+	// peak moved by more than the ratio), "new" (no such scenario before)
+	// or "budget added".
 	Kind string `json:"kind"`
 	// What names the budget, for budget, peak and budget added.
 	What string `json:"what,omitempty"`
@@ -43,7 +44,7 @@ func (c Change) String() string {
 
 // Compare sets each entry of cur's Changes against the entry of the same
 // scenario in base: test verdicts that flipped (both known), budgets held
-// or violated that flipped, and budgeted peaks that moved by more than
+// or violated that flipped (each, with its peaks), and budgeted peaks that moved by more than
 // ratio either way (from 0 to anything above counts). It returns the
 // scenarios base has and cur lacks. ratio must be above 1.
 func Compare(base, cur []Entry, ratio float64) (gone []string, err error) {
@@ -69,9 +70,7 @@ func Compare(base, cur []Entry, ratio float64) (gone []string, err error) {
 		if b.Test.Verdict != "" && e.Test.Verdict != "" && b.Test.Verdict != e.Test.Verdict {
 			e.Changes = append(e.Changes, Change{Kind: "test", Was: b.Test.Verdict, Now: e.Test.Verdict})
 		}
-		if b.Held != e.Held {
-			e.Changes = append(e.Changes, Change{Kind: "budgets", Was: heldWord(b.Held), Now: heldWord(e.Held)})
-		}
+		flipped := false
 		for _, nb := range e.Budgets {
 			var ob *BudgetResult
 			for j := range b.Budgets {
@@ -86,6 +85,7 @@ func Compare(base, cur []Entry, ratio float64) (gone []string, err error) {
 			}
 			u := unitFor(nb.Metric, math.Max(ob.Peak, nb.Peak))
 			if ob.Held != nb.Held {
+				flipped = true
 				e.Changes = append(e.Changes, Change{Kind: "budget", What: nb.Budget,
 					Was: heldWord(ob.Held) + " (peak " + u.value(ob.Peak) + ")", Now: heldWord(nb.Held) + " (peak " + u.value(nb.Peak) + ")"})
 				continue
@@ -93,6 +93,11 @@ func Compare(base, cur []Entry, ratio float64) (gone []string, err error) {
 			if ob.Judged && nb.Judged && moved(ob.Peak, nb.Peak, ratio) {
 				e.Changes = append(e.Changes, Change{Kind: "peak", What: nb.Budget, Was: u.value(ob.Peak), Now: u.value(nb.Peak)})
 			}
+		}
+		// A verdict no single budget's flip explains: the data plane
+		// answering after recover, or a budget added or gone.
+		if b.Held != e.Held && !flipped {
+			e.Changes = append(e.Changes, Change{Kind: "budgets", Was: heldWord(b.Held), Now: heldWord(e.Held)})
 		}
 	}
 	for _, b := range base {
@@ -134,4 +139,3 @@ func ChangeLines(entries []Entry) []string {
 	}
 	return out
 }
-

@@ -56,8 +56,8 @@ type TestVerdict struct {
 
 // BudgetResult is one budget of a scenario and how it came out.
 type BudgetResult struct {
-	Budget string `json:"budget"`
-	Metric string `json:"metric"`
+	Budget string  `json:"budget"`
+	Metric string  `json:"metric"`
 	Max    float64 `json:"max"`
 	Held   bool    `json:"held"`
 	// Peak is the highest value over the budget's phases; Judged is false

@@ -334,3 +334,159 @@ func seriesNames(c *svgNode) []string {
 	}
 	return out
 }
+
+// armResult is result's run for one arm of suite "flood": the incident's
+// goroutines reach 5000 during inject, the fixed arm's 10.
+func armResult(t *testing.T, arm string, g float64) *scenario.Result {
+	t.Helper()
+	cur := 10.0
+	s, err := probe.NewSampler(1e6, probe.Func(probe.MetricGoroutines, func() float64 { return cur }))
+	require.NoError(t, err)
+	ctx := t.Context()
+	s.Mark(scenario.PhaseBaseline)
+	require.NoError(t, s.Sample(ctx))
+	s.Mark(scenario.PhaseInject)
+	cur = g
+	require.NoError(t, s.Sample(ctx))
+	s.Mark(scenario.PhaseRecover)
+	cur = 10
+	require.NoError(t, s.Sample(ctx))
+	tl := s.Timeline()
+	budgets := []probe.Budget{probe.Limit(probe.MetricGoroutines, 2000, scenario.PhaseInject)}
+	return &scenario.Result{Scenario: "flood/" + arm, Seed: 3, Timeline: tl, Budgets: budgets, Violations: tl.Check(budgets...), Validated: true,
+		Replay: "SPIRAL_SEED=3 go test -count=1 -v -run '^TestFlood$/^" + arm + "$' ./suites/flood"}
+}
+
+// writeRun writes the fixed and incident arms of suite "flood" into dir,
+// as make chaos does, and returns dir.
+func writeRun(t *testing.T, dir string) string {
+	t.Helper()
+	for arm, g := range map[string]float64{"fixed": 12, "incident": 5000} {
+		_, err := report.Write(filepath.Join(dir, "flood_"+arm), armResult(t, arm, g))
+		require.NoError(t, err)
+	}
+	return dir
+}
+
+// The A/B page draws both arms on each chart in their colours, the budget
+// once, the incident's violation in the incident's colour, and opens on a
+// verdict table.
+func TestSuitePage(t *testing.T) {
+	dir := writeRun(t, t.TempDir())
+	entries, err := report.WriteIndex(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 2)
+	for _, e := range entries {
+		assert.Equal(t, "suite-flood.html", e.SuitePage, e.Scenario)
+	}
+	page := filepath.Join(dir, "suite-flood.html")
+	c := chartTitled(t, readSVGs(t, page), probe.MetricGoroutines)
+	assert.Equal(t, []string{"fixed", "incident"}, seriesNames(c), "both arms, fixed first")
+	colors := map[string]string{}
+	for _, s := range c.all("g", "series") {
+		colors[s.Attr["data-name"]] = s.all("polyline", "")[0].Attr["stroke"]
+	}
+	assert.NotEqual(t, colors["fixed"], colors["incident"])
+
+	budgets := c.all("line", "budget")
+	require.Len(t, budgets, 1, "the budget both arms carry is drawn once")
+	assert.InDelta(t, c.phaseX(t, scenario.PhaseInject), budgets[0].num(t, "x1"), 0.11)
+	assert.InDelta(t, c.phaseX(t, scenario.PhaseRecover), budgets[0].num(t, "x2"), 0.11)
+
+	marks := c.all("g", "violation")
+	require.Len(t, marks, 1, "only the incident violated")
+	assert.Equal(t, "incident 5,000", marks[0].text())
+	assert.Equal(t, colors["incident"], marks[0].all("circle", "")[0].Attr["stroke"])
+	c.assertLegendClear(t)
+
+	// Time zero is the start of inject in every arm.
+	var zero *svgNode
+	for _, tk := range c.all("text", "xtick") {
+		if tk.text() == "0s" {
+			zero = tk
+		}
+	}
+	require.NotNil(t, zero, "a 0s tick")
+	assert.InDelta(t, c.phaseX(t, scenario.PhaseInject), zero.num(t, "x"), 0.11)
+
+	html, err := os.ReadFile(page)
+	require.NoError(t, err)
+	_, table, ok := strings.Cut(string(html), "<h2>Verdicts</h2>")
+	require.True(t, ok)
+	table, _, _ = strings.Cut(table, "</table>")
+	assert.Regexp(t, `(?s)>fixed</a>.*class="held">held: peak 12<br><small>1% of the bound`, table)
+	assert.Regexp(t, `(?s)>incident</a>.*class="violated"><b>violated</b>: peak 5,000<br><small>2.5× the bound`, table)
+}
+
+// The index shows each arm's test verdict and the failed assertion's
+// message from the run's junit.xml, so an arm whose test failed does not
+// read like one that passed.
+func TestIndexShowsTestVerdicts(t *testing.T) {
+	dir := writeRun(t, t.TempDir())
+	junit := `<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="3" failures="2" errors="0">
+	<testsuite tests="3" failures="2" time="30.5" name="github.com/spiral-chaos/spiral/suites/flood">
+		<testcase classname="github.com/spiral-chaos/spiral/suites/flood" name="TestFlood" time="30"><failure message="Failed" type="">--- FAIL: TestFlood</failure></testcase>
+		<testcase classname="github.com/spiral-chaos/spiral/suites/flood" name="TestFlood/fixed" time="10"></testcase>
+		<testcase classname="github.com/spiral-chaos/spiral/suites/flood" name="TestFlood/incident" time="10"><failure message="Failed" type="">=== RUN   TestFlood/incident
+    suite.go:38: flood/incident: faults [flood]; 1 violation(s); validated=true
+    flood_test.go:130: 
+        	Error Trace:	/src/suites/flood/flood_test.go:130
+        	Error:      	Should be true
+        	Test:       	TestFlood/incident
+        	Messages:   	the incident must be caught leaving sockets in TIME_WAIT;
+        	            	peaks map[inject:0]
+    suite.go:48: replay: SPIRAL_SEED=3 go test ./suites/flood
+--- FAIL: TestFlood/incident (10.00s)
+</failure></testcase>
+	</testsuite>
+</testsuites>`
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "junit.xml"), []byte(junit), 0o644))
+	entries, err := report.WriteIndex(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 2)
+	fixed, incident := entries[0], entries[1]
+	assert.Equal(t, report.Passed, fixed.Test.Verdict)
+	assert.Equal(t, report.Failed, incident.Test.Verdict)
+	assert.Equal(t, "Should be true: the incident must be caught leaving sockets in TIME_WAIT; peaks map[inject:0]", incident.Test.Message)
+	assert.Equal(t, report.TestVerdict{Name: "TestFlood", Verdict: report.Failed}, incident.Suite)
+
+	html, err := os.ReadFile(filepath.Join(dir, "index.html"))
+	require.NoError(t, err)
+	_, matrix, ok := strings.Cut(string(html), "<th>other arms</th></tr>")
+	require.True(t, ok)
+	matrix, _, _ = strings.Cut(matrix, "</table>")
+	assert.Regexp(t, `(?s)<a href="suite-flood.html">flood</a>.*<td class="failed"><span class="v">failed</span><br><small>TestFlood</small>`, matrix)
+	assert.Regexp(t, `(?s)<td class="passed"><a href="flood_fixed/report.html"><span class="v">passed</span></a>\s*&middot; budgets held`, matrix)
+	assert.Regexp(t, `(?s)<td class="failed"><a href="flood_incident/report.html"><span class="v">failed</span></a>\s*&middot; 1 of 1 budget\(s\) violated\s*<span class="msg">Should be true: the incident must be caught`, matrix)
+}
+
+func TestCompare(t *testing.T) {
+	base := []report.Entry{
+		{Scenario: "a/fixed", Held: true, Test: report.TestVerdict{Verdict: report.Passed},
+			Budgets: []report.BudgetResult{{Budget: "threads <= 20 over the whole run", Metric: "threads", Max: 20, Held: true, Peak: 9, Judged: true}}},
+		{Scenario: "a/incident", Held: false, Test: report.TestVerdict{Verdict: report.Passed}},
+		{Scenario: "a/gone", Held: true},
+	}
+	cur := []report.Entry{
+		{Scenario: "a/fixed", Held: true, Test: report.TestVerdict{Verdict: report.Passed},
+			Budgets: []report.BudgetResult{{Budget: "threads <= 20 over the whole run", Metric: "threads", Max: 20, Held: true, Peak: 19, Judged: true}}},
+		{Scenario: "a/incident", Held: false, Test: report.TestVerdict{Verdict: report.Failed}},
+		{Scenario: "a/new", Held: true},
+	}
+	gone, err := report.Compare(base, cur, 2)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a/gone"}, gone)
+	assert.Equal(t, []string{
+		"a/fixed: peak threads <= 20 over the whole run: 9 → 19",
+		"a/incident: test: passed → failed",
+		"a/new: new",
+	}, report.ChangeLines(cur))
+
+	_, err = report.Compare(base, cur, 1)
+	require.Error(t, err, "a ratio of 1 marks every peak")
+	gone, err = report.Compare(base, cur, 2.2)
+	require.NoError(t, err)
+	assert.Len(t, gone, 1)
+	assert.NotContains(t, strings.Join(report.ChangeLines(cur), "\n"), "peak", "19/9 is under 2.2×")
+}
