@@ -237,6 +237,29 @@ func TestCensusTimeWaitSince(t *testing.T) {
 		}
 	}
 	assert.Equal(t, time.Nanosecond, probe.TimeWaitSince(mark, mark.Add(2*probe.TimeWaitLen)), "long after, every TIME_WAIT socket is the run's own")
+
+	// One Visit tells the same apart, with ESTABLISHED sockets beside.
+	srv.dialEstablished(t, 2)
+	both := probe.Filter{RemotePort: srv.port(), States: []probe.State{probe.TimeWait, probe.Established}}
+	for _, m := range methods {
+		waitCounts(t, probe.Census{Method: m}, both, map[probe.State]int{probe.TimeWait: before + after, probe.Established: 2})
+		threshold := probe.TimeWaitSince(mark, time.Now())
+		var tw, own, est int
+		got, err := probe.Census{Method: m}.Visit(t.Context(), both, func(st probe.State, timer time.Duration) {
+			switch st {
+			case probe.TimeWait:
+				tw++
+				if timer > threshold {
+					own++
+				}
+			case probe.Established:
+				est++
+			}
+		})
+		require.NoError(t, err)
+		assert.Equal(t, m, got)
+		assert.Equal(t, []int{before + after, after, 2}, []int{tw, own, est}, "%s: TIME_WAIT, of it since the mark, ESTABLISHED", m)
+	}
 }
 
 // The procfs parser reads the kernel's host-order hex words: checked against

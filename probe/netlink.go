@@ -76,7 +76,7 @@ func netlinkRefusal(err error) bool {
 // dump for both families, or one dump per family. It reports
 // ErrNetlinkRefused only when no socket was visited, so a fallback never
 // counts twice.
-func netlinkWalk(ctx context.Context, f Filter, count func(State), list func(Socket)) error {
+func netlinkWalk(ctx context.Context, f Filter, count func(State, time.Duration), list func(Socket)) error {
 	fd, err := openDiagSocket()
 	if err != nil {
 		if netlinkRefusal(err) {
@@ -136,7 +136,7 @@ func netlinkWalk(ctx context.Context, f Filter, count func(State), list func(Soc
 // dump sends one dump request, legacy TCPDIAG_GETSOCK for both families or
 // SOCK_DIAG_BY_FAMILY for fam, and reads the answers until NLMSG_DONE. It
 // returns how many sockets it visited.
-func dump(ctx context.Context, fd int, seq uint32, legacy bool, fam Family, f Filter, buf []byte, count func(State), list func(Socket)) (int, error) {
+func dump(ctx context.Context, fd int, seq uint32, legacy bool, fam Family, f Filter, buf []byte, count func(State, time.Duration), list func(Socket)) (int, error) {
 	req := diagRequest(seq, legacy, fam, f)
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return 0, fmt.Errorf("send dump request: %w", err)
@@ -194,7 +194,7 @@ func dump(ctx context.Context, fd int, seq uint32, legacy bool, fam Family, f Fi
 				}
 				st := State(payload[msgOffState])
 				if count != nil {
-					count(st)
+					count(st, diagTimer(payload))
 				}
 				if list != nil {
 					list(decodeDiagMsg(payload, st))

@@ -27,7 +27,7 @@ const procReadBuffer = 256 << 10
 var procBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, procReadBuffer) }}
 
 // procfsWalk reads /proc/net/tcp and tcp6 and filters every line in Go.
-func procfsWalk(ctx context.Context, f Filter, count func(State), list func(Socket)) error {
+func procfsWalk(ctx context.Context, f Filter, count func(State, time.Duration), list func(Socket)) error {
 	for _, fam := range f.families() {
 		path := procNetTCP[fam]
 		file, err := os.Open(path)
@@ -62,7 +62,7 @@ const procCtxCheckEvery = 4096
 //
 // Addresses are the kernel's __be32 words printed as host-order hex; ports
 // and the state are plain hex.
-func parseProcNetTCP(ctx context.Context, r *bufio.Reader, fam Family, f Filter, count func(State), list func(Socket)) error {
+func parseProcNetTCP(ctx context.Context, r *bufio.Reader, fam Family, f Filter, count func(State, time.Duration), list func(Socket)) error {
 	mask := maskOf(f.States)
 	header := true
 	for n := 0; ; n++ {
@@ -119,7 +119,7 @@ func parseProcNetTCP(ctx context.Context, r *bufio.Reader, fam Family, f Filter,
 			continue
 		}
 		if count != nil {
-			count(state)
+			count(state, timer)
 		}
 		if list != nil {
 			uid, _ := parseDec(fields[7])
