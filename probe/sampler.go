@@ -62,6 +62,7 @@ func NewSampler(interval time.Duration, sources ...Source) (*Sampler, error) {
 			s.tl.Metrics = append(s.tl.Metrics, n)
 		}
 		s.sources = append(s.sources, src)
+		s.tl.Sources = append(s.tl.Sources, SourceCost{Metrics: slices.Clone(names)})
 	}
 	s.tl.Interval = interval
 	s.tl.Start = time.Now()
@@ -108,8 +109,10 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	vals := make([]float64, len(s.tl.Metrics))
 	var errs []error
 	failed := map[int]error{}
+	took := make([]time.Duration, len(s.sources))
 	start := time.Now()
 	for i, src := range s.sources {
+		t0 := time.Now()
 		lo := s.offsets[i]
 		hi := len(vals)
 		if i+1 < len(s.offsets) {
@@ -122,6 +125,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 			failed[i] = err
 			errs = append(errs, fmt.Errorf("read %s: %w", describe(src), err))
 		}
+		took[i] = time.Since(t0)
 	}
 	cost := time.Since(start)
 	if len(failed) > 0 && caller.Err() != nil {
@@ -131,6 +135,12 @@ func (s *Sampler) Sample(ctx context.Context) error {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for i, d := range took {
+		c := &s.tl.Sources[i]
+		c.Reads++
+		c.Total += d
+		c.Max = max(c.Max, d)
+	}
 	for i, err := range failed {
 		f := s.failures[i]
 		if f == nil {

@@ -198,3 +198,35 @@ func TestTimelineJSONRoundTrip(t *testing.T) {
 	require.ErrorContains(t, json.Unmarshal([]byte(`{"metrics":["a"],"samples":[{"t":0,"values":[]}]}`), &back),
 		"sample 0 has 0 values for 1 metrics")
 }
+
+// Each source's reads are timed apart: a slow source is named as where a
+// sample's cost went, and the per-source costs survive JSON.
+func TestSamplerCostsPerSource(t *testing.T) {
+	const slow = 3 * time.Millisecond
+	s, err := probe.NewSampler(testInterval,
+		probe.Func("quick", func() float64 { return 1 }),
+		probe.Func("slow", func() float64 { time.Sleep(slow); return 2 }))
+	require.NoError(t, err)
+	for range 4 {
+		require.NoError(t, s.Sample(t.Context()))
+	}
+	tl := s.Timeline()
+	require.Len(t, tl.Sources, 2)
+	q, w := tl.Sources[0], tl.Sources[1]
+	assert.Equal(t, []string{"quick"}, q.Metrics)
+	assert.Equal(t, []string{"slow"}, w.Metrics)
+	assert.Equal(t, 4, q.Reads)
+	assert.Equal(t, 4, w.Reads)
+	assert.GreaterOrEqual(t, w.Mean(), slow)
+	assert.GreaterOrEqual(t, w.Max, w.Mean())
+	assert.Less(t, q.Mean(), slow, "the quick source is not charged the slow one's time")
+	for _, smp := range tl.Samples {
+		assert.GreaterOrEqual(t, smp.Cost, slow, "a sample costs its sources' sum")
+	}
+
+	b, err := json.Marshal(tl)
+	require.NoError(t, err)
+	var back probe.Timeline
+	require.NoError(t, json.Unmarshal(b, &back))
+	assert.Equal(t, tl.Sources, back.Sources)
+}

@@ -22,6 +22,27 @@ type Timeline struct {
 	Samples []Sample
 	// Phases in the order they were marked; the last may still be open.
 	Phases []Phase
+	// Sources is what each source's reads cost, in the sampler's order:
+	// where a sample's Cost went.
+	Sources []SourceCost
+}
+
+// SourceCost is what one source's reads cost over a run.
+type SourceCost struct {
+	// Metrics are the source's metrics; the first names it.
+	Metrics []string `json:"metrics"`
+	// Reads counts its reads, Total and Max their time.
+	Reads int           `json:"reads"`
+	Total time.Duration `json:"total_ns"`
+	Max   time.Duration `json:"max_ns"`
+}
+
+// Mean is the average read.
+func (c SourceCost) Mean() time.Duration {
+	if c.Reads == 0 {
+		return 0
+	}
+	return c.Total / time.Duration(c.Reads)
 }
 
 // Sample is one reading of every metric.
@@ -115,6 +136,7 @@ func (t *Timeline) clone() *Timeline {
 		Metrics:  slices.Clone(t.Metrics),
 		Samples:  make([]Sample, len(t.Samples)),
 		Phases:   slices.Clone(t.Phases),
+		Sources:  slices.Clone(t.Sources),
 	}
 	for i, s := range t.Samples {
 		s.Values = slices.Clone(s.Values)
@@ -131,6 +153,7 @@ type timelineJSON struct {
 	Metrics         []string     `json:"metrics"`
 	Phases          []phaseJSON  `json:"phases"`
 	Cost            CostSummary  `json:"cost"`
+	Sources         []SourceCost `json:"sources,omitempty"`
 	Samples         []sampleJSON `json:"samples"`
 }
 
@@ -162,6 +185,7 @@ func (t *Timeline) MarshalJSON() ([]byte, error) {
 		Metrics:         t.Metrics,
 		Phases:          make([]phaseJSON, len(t.Phases)),
 		Cost:            t.Cost(),
+		Sources:         t.Sources,
 		Samples:         make([]sampleJSON, len(t.Samples)),
 	}
 	if j.Metrics == nil {
@@ -199,7 +223,7 @@ func (t *Timeline) UnmarshalJSON(b []byte) error {
 		return fmt.Errorf("unmarshal timeline: %w", err)
 	}
 	at := func(sec float64) time.Time { return j.Start.Add(seconds(sec)) }
-	*t = Timeline{Start: j.Start, Interval: seconds(j.IntervalSeconds), Metrics: j.Metrics}
+	*t = Timeline{Start: j.Start, Interval: seconds(j.IntervalSeconds), Metrics: j.Metrics, Sources: j.Sources}
 	for _, p := range j.Phases {
 		ph := Phase{Name: p.Name, Start: at(p.Start)}
 		if p.End != nil {
