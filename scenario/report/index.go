@@ -353,7 +353,7 @@ td.passed{background:#e8f5e9}td.failed{background:#fde8e7}td.unknown{background:
 {{end}}</table>
 <p><small>generated {{.Generated}}; data: index.json, and each scenario's summary.json</small></p>
 </body></html>
-{{define "verdict"}}<a href="{{.Page}}"><span class="v">{{if .Test.Verdict}}{{.Test.Verdict}}{{else}}?{{end}}</span></a>
+{{define "verdict"}}<a href="{{.Page}}">{{if .Test.Verdict}}<span class="v">{{.Test.Verdict}}</span>{{else}}no test verdict{{end}}</a>
  &middot; {{if .Held}}budgets held{{else}}{{violated .}} of {{len .Budgets}} budget(s) violated{{if not .Validated}}, not answering after recover{{end}}{{end}}
 {{if .Test.Message}}<span class="msg">{{.Test.Message}}</span>{{end}}
 {{range .Changes}}<span class="changed">{{.}}</span>{{end}}{{end}}
