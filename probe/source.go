@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -242,4 +243,55 @@ func describe(s Source) string {
 		return names[0]
 	}
 	return fmt.Sprintf("%s..%s", names[0], names[len(names)-1])
+}
+
+// throttled is a Source read at most a share of the time.
+type throttled struct {
+	src   Source
+	share float64
+	now   func() time.Time
+
+	mu   sync.Mutex // Sampler.Sample may run beside Sampler.Run
+	next time.Time  // when src may be read again
+	last []float64  // its last reading; nil before the first or after a failure
+}
+
+// Throttle returns src read at most share of the time: after a read that
+// took d, src is read again once d/share has passed, and the samples in
+// between carry its last reading. It is for figures that cost milliseconds
+// to read and change slowly against the interval, such as a census of
+// TIME_WAIT sockets, which live 60 s: a count read every few hundred
+// milliseconds misses no peak of them, and the sampler stays cheap when
+// the kernel's socket tables are large or the machine is loaded. A failed
+// read fails the sample and is retried at the next one. share must be in
+// (0, 1].
+func Throttle(src Source, share float64) (Source, error) {
+	if src == nil {
+		return nil, errors.New("throttle: nil source")
+	}
+	if !(share > 0 && share <= 1) {
+		return nil, fmt.Errorf("throttle %s: share %v: want more than 0, at most 1", describe(src), share)
+	}
+	return &throttled{src: src, share: share, now: time.Now}, nil
+}
+
+func (t *throttled) Metrics() []string { return t.src.Metrics() }
+
+func (t *throttled) Read(ctx context.Context, dst []float64) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t0 := t.now()
+	if t.last != nil && t0.Before(t.next) {
+		copy(dst, t.last)
+		return nil
+	}
+	err := t.src.Read(ctx, dst)
+	if err != nil {
+		t.last = nil
+		return err
+	}
+	d := t.now().Sub(t0)
+	t.next = t0.Add(time.Duration(float64(d) / t.share))
+	t.last = append(t.last[:0], dst...)
+	return nil
 }
