@@ -233,6 +233,7 @@ func BenchmarkThreads(b *testing.B) {
 // blocked in read(2) (an incident's log storm holds 600-1,200).
 func BenchmarkThreadsBusy(b *testing.B) {
 	bench := func(b *testing.B) {
+		b.Helper()
 		for b.Loop() {
 			if _, err := probe.ThreadsBusy(0); err != nil {
 				b.Fatal(err)

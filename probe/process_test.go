@@ -26,13 +26,13 @@ const blockedThreads = 24
 // read(2) on a blocking pipe; with lock, each first locks its thread and
 // exits still locked, which ends the thread. The returned release makes
 // every read return and waits for the goroutines.
-func blockInRead(t testing.TB, n int, lock bool) (release func()) {
-	t.Helper()
+func blockInRead(tb testing.TB, n int, lock bool) (release func()) {
+	tb.Helper()
 	var wg sync.WaitGroup
 	writers := make([]int, 0, n)
 	for range n {
 		var p [2]int
-		require.NoError(t, syscall.Pipe2(p[:], syscall.O_CLOEXEC))
+		require.NoError(tb, syscall.Pipe2(p[:], syscall.O_CLOEXEC))
 		r, w := p[0], p[1]
 		writers = append(writers, w)
 		wg.Go(func() {
@@ -59,7 +59,7 @@ func blockInRead(t testing.TB, n int, lock bool) (release func()) {
 			wg.Wait()
 		})
 	}
-	t.Cleanup(release)
+	tb.Cleanup(release)
 	return release
 }
 

@@ -3,7 +3,9 @@
 #   junit.xml     one testcase per suite and A/B arm, for CI
 #   go-test.json  the raw `go test -json` stream
 #   <suite>/...   each scenario's summary.json, timeline.json and report.html
-#   index.html    links to every scenario's page (spiral report DIR)
+#   index.html    a matrix of suites by arms with each test's verdict, and
+#                 suite-<suite>.html, every arm of a suite on the same charts
+#                 (spiral report DIR)
 # Usage: scripts/chaos.sh REPORT_DIR MODE [PACKAGE...]
 #   MODE: quick, full or soak; PACKAGEs default to every suite (./suites/...)
 set -euo pipefail

@@ -72,7 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("dataplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: dataplane [flags]\n\nRuns Spiral's bundled data plane; see `go doc ./cmd/dataplane`.\n\n")
+		_, _ = fmt.Fprintf(stderr, "usage: dataplane [flags]\n\nRuns Spiral's bundled data plane; see `go doc ./cmd/dataplane`.\n\n")
 		fs.PrintDefaults()
 	}
 	memcached := envOr(fixtures.EnvMemcachedAddrs, "")
@@ -119,11 +119,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "dataplane: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "dataplane: %v\n", err) // nowhere else to say it
 		return 2
 	}
 	if err := serve(ctx, o, stdout); err != nil {
-		fmt.Fprintf(stderr, "dataplane: %v\n", err)
+		_, _ = fmt.Fprintf(stderr, "dataplane: %v\n", err) // nowhere else to say it
 		return 1
 	}
 	return 0
@@ -153,7 +153,7 @@ func serve(ctx context.Context, o options, stdout io.Writer) error {
 	srv := &http.Server{Handler: dp.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	fmt.Fprintf(stdout, "dataplane: listening on http://%s\n", ln.Addr())
+	_, _ = fmt.Fprintf(stdout, "dataplane: listening on http://%s\n", ln.Addr())
 
 	select {
 	case err := <-served:

@@ -85,7 +85,7 @@ func TestServesAsAChildProcess(t *testing.T) {
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
-			<-exited
+			t.Logf("killed at the end of the test: %v", <-exited)
 		}
 	})
 
@@ -131,7 +131,7 @@ func TestServesAsAChildProcess(t *testing.T) {
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case err := <-exited:
-		assert.NoError(t, err, "SIGTERM is a clean exit: %s", stderr.String())
+		require.NoError(t, err, "SIGTERM is a clean exit: %s", stderr.String())
 	case <-time.After(15 * time.Second):
 		t.Fatal("still running 15 s after SIGTERM")
 	}

@@ -182,10 +182,7 @@ func TestTicksAndUnits(t *testing.T) {
 		{probe.MetricGCCPUFraction, []float64{0, 0.17}, []string{"0%", "5%", "10%", "15%", "20%"}},
 		{probe.MetricThreads, []float64{3, 3}, []string{"0", "1", "2", "3"}},
 	} {
-		var ys []string
-		for _, tk := range report.AxisTicks(tc.metric, tc.values) {
-			ys = append(ys, tk)
-		}
+		ys := append([]string(nil), report.AxisTicks(tc.metric, tc.values)...)
 		assert.Equal(t, tc.want, ys, tc.metric)
 	}
 }
