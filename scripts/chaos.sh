@@ -2,6 +2,7 @@
 # chaos.sh runs the suites and writes a report folder:
 #   junit.xml     one testcase per suite and A/B arm, for CI
 #   go-test.json  the raw `go test -json` stream
+#   machine.txt   cores, kernel, Go, engine version and image tags
 #   <suite>/...   each scenario's summary.json, timeline.json and report.html
 #   index.html    a matrix of suites by arms with each test's verdict, and
 #                 suite-<suite>.html, every arm of a suite on the same charts
@@ -30,6 +31,17 @@ trap cleanup EXIT
 
 timeout=60m
 [[ $mode == soak ]] && timeout=24h
+
+# The machine the run ran on, for the index (report.MachineFile).
+{
+	echo "cores: $(nproc)"
+	echo "kernel: $(uname -sr)"
+	echo "go: $(go env GOVERSION)"
+	echo "engine: $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo unknown)"
+	docker image ls --format '{{.Repository}}:{{.Tag}} {{.ID}}' 2>/dev/null |
+		grep -E '^(spiral/|memcached|scylladb/|cassandra)' | sed 's/^/image: /' || true
+	echo "mode: $mode"
+} >"$dir/machine.txt"
 
 echo "chaos: mode=$mode report=$dir" >&2
 set +e

@@ -215,8 +215,10 @@ func WriteEntries(dir string, idx Index) error {
 	if err := os.WriteFile(filepath.Join(dir, "index.json"), b, 0o644); err != nil {
 		return fmt.Errorf("report index: %w", err)
 	}
+	data := newIndexData(idx)
+	data.Machines = readMachines(dir)
 	var page strings.Builder
-	if err := indexTmpl.Execute(&page, newIndexData(idx)); err != nil {
+	if err := indexTmpl.Execute(&page, data); err != nil {
 		return fmt.Errorf("report index: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "index.html"), []byte(page.String()), 0o644); err != nil {
@@ -241,6 +243,48 @@ type indexData struct {
 	TestsFailed      int
 	Changed          int
 	Generated        string
+	// Machines are the machine.txt files of the run (scripts/chaos.sh
+	// writes one per report folder: cores, kernel, engine, images).
+	Machines []Machine
+}
+
+// MachineFile is what scripts/chaos.sh writes into a report folder: the
+// machine the run ran on, one "key: value" line per fact.
+const MachineFile = "machine.txt"
+
+// Machine is one report folder's MachineFile.
+type Machine struct {
+	// Folder is where it was found, relative to the index ("." for the
+	// index's own folder).
+	Folder string
+	Lines  []string
+}
+
+// readMachines reads the MachineFile of dir and of each folder right
+// under it (the shards of a merged index); unreadable ones are skipped.
+func readMachines(dir string) []Machine {
+	var out []Machine
+	read := func(folder string) {
+		b, err := os.ReadFile(filepath.Join(dir, folder, MachineFile))
+		if err != nil {
+			return
+		}
+		m := Machine{Folder: folder}
+		for line := range strings.SplitSeq(strings.TrimSpace(string(b)), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				m.Lines = append(m.Lines, line)
+			}
+		}
+		out = append(out, m)
+	}
+	read(".")
+	subs, _ := os.ReadDir(dir) // an unreadable folder has no machine to show
+	for _, e := range subs {
+		if e.IsDir() {
+			read(e.Name())
+		}
+	}
+	return out
 }
 
 type matrixRow struct {
@@ -351,7 +395,8 @@ td.passed{background:#e8f5e9}td.failed{background:#fde8e7}td.unknown{background:
 <table><tr><th>scenario</th><th>test</th><th>budgets</th><th>answered after recover</th><th>seed</th></tr>
 {{range .Entries}}<tr><td><a href="{{.Page}}">{{.Scenario}}</a></td><td>{{if .Test.Verdict}}{{.Test.Verdict}}{{else}}unknown{{end}}</td><td>{{if .Held}}held{{else}}{{.Violations}} violated{{end}}</td><td>{{.Validated}}</td><td>{{.Seed}}</td></tr>
 {{end}}</table>
-<p><small>generated {{.Generated}}; data: index.json, and each scenario's summary.json</small></p>
+{{range .Machines}}<p><small>machine{{if ne .Folder "."}} ({{.Folder}}){{end}}: {{range $i, $l := .Lines}}{{if $i}}; {{end}}{{$l}}{{end}}</small></p>
+{{end}}<p><small>generated {{.Generated}}; data: index.json, and each scenario's summary.json</small></p>
 </body></html>
 {{define "verdict"}}<a href="{{.Page}}">{{if .Test.Verdict}}<span class="v">{{.Test.Verdict}}</span>{{else}}no test verdict{{end}}</a>
  &middot; {{if .Held}}budgets held{{else}}{{violated .}} of {{len .Budgets}} budget(s) violated{{if not .Validated}}, not answering after recover{{end}}{{end}}

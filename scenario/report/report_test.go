@@ -487,3 +487,19 @@ func TestCompare(t *testing.T) {
 	assert.Len(t, gone, 1)
 	assert.NotContains(t, strings.Join(report.ChangeLines(cur), "\n"), "peak", "19/9 is under 2.2×")
 }
+
+// The machine.txt scripts/chaos.sh writes is shown in the index, the run's
+// own and each shard's.
+func TestIndexShowsTheMachine(t *testing.T) {
+	dir := writeRun(t, t.TempDir())
+	require.NoError(t, os.WriteFile(filepath.Join(dir, report.MachineFile), []byte("cores: 2\nkernel: Linux 6.18.44\n\nengine: 20.10.24\n"), 0o644))
+	shard := filepath.Join(dir, "shard-oom")
+	require.NoError(t, os.MkdirAll(shard, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(shard, report.MachineFile), []byte("cores: 4\n"), 0o644))
+	_, err := report.WriteIndex(dir)
+	require.NoError(t, err)
+	html, err := os.ReadFile(filepath.Join(dir, "index.html"))
+	require.NoError(t, err)
+	assert.Contains(t, string(html), "machine: cores: 2; kernel: Linux 6.18.44; engine: 20.10.24</small>")
+	assert.Contains(t, string(html), "machine (shard-oom): cores: 4</small>")
+}
