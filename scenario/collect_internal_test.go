@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/probe"
 )
@@ -152,4 +153,41 @@ func TestAddEverydayLatency(t *testing.T) {
 	assert.Equal(t, []float64{0, 0, 0}, tl.Series("x"), "the other columns are untouched")
 
 	require.Error(t, addEverydayLatency(tl, nil), "a second column of the same name is refused")
+}
+
+// Who caused it: each client's requests and keys between two snapshots,
+// the flooding client first.
+func TestClientsBetween(t *testing.T) {
+	sample := func(name string, v float64, labels ...string) dataplane.Sample {
+		l := map[string]string{}
+		for i := 0; i < len(labels); i += 2 {
+			l[labels[i]] = labels[i+1]
+		}
+		return dataplane.Sample{Name: "spiral_dataplane_" + name, Labels: l, Value: v}
+	}
+	before := dataplane.Snapshot{
+		sample("requests_total", 100, "client", "appview", "code", "ok"),
+		sample("lookups_total", 1000, "client", "appview", "source", "cache"),
+		sample("requests_total", 1, "client", "internal-batch", "code", "ok"),
+		sample("lookups_total", 15000, "client", "internal-batch", "source", "cache"),
+		sample("lookups_in_flight", 3),
+	}
+	after := dataplane.Snapshot{
+		sample("requests_total", 150, "client", "appview", "code", "ok"),
+		sample("requests_total", 5, "client", "appview", "code", "cache_error"),
+		sample("lookups_total", 1500, "client", "appview", "source", "cache"),
+		sample("lookups_total", 40, "client", "appview", "source", "error"),
+		sample("requests_total", 1, "client", "internal-batch", "code", "ok"),
+		sample("requests_total", 3, "client", "internal-batch", "code", "cache_error"),
+		sample("lookups_total", 30000, "client", "internal-batch", "source", "cache"),
+		sample("lookups_total", 45000, "client", "internal-batch", "source", "error"),
+		sample("lookups_total", 20, "client", "internal-batch", "source", "store"),
+		sample("requests_total", 7, "client", "idle", "code", "ok"),
+		sample("lookups_in_flight", 9),
+	}
+	before = append(before, sample("requests_total", 7, "client", "idle", "code", "ok"))
+	got := ClientsBetween(before, after)
+	require.Len(t, got, 2, "a client with nothing in the window is left out: %+v", got)
+	assert.Equal(t, ClientFigures{Client: "internal-batch", Requests: 3, FailedRequests: 3, Keys: 60020, KeysFailed: 45000, KeysFromStore: 20}, got[0])
+	assert.Equal(t, ClientFigures{Client: "appview", Requests: 55, FailedRequests: 5, Keys: 540, KeysFailed: 40}, got[1])
 }

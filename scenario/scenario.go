@@ -8,6 +8,7 @@
 package scenario
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -172,6 +173,10 @@ type Result struct {
 	Error string `json:"error,omitempty"`
 	// Peaks is each metric's high-water mark per phase.
 	Peaks map[string]map[string]float64 `json:"peaks"`
+	// Clients is what each client asked of the data plane while the faults
+	// were in (from the start of inject to the start of recover), from its
+	// own per-client metrics, most keys first: who caused it.
+	Clients []ClientFigures `json:"clients,omitempty"`
 	// Replay is the command that runs this scenario again.
 	Replay string `json:"replay"`
 }
@@ -422,6 +427,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			return err
 		}
 		sampler.Mark(PhaseInject)
+		atInject, atInjectErr := dp.Metrics()
 		for _, f := range injected {
 			progress("%s: inject %s", sc.Name, f.Name())
 			if err := f.Inject(ctx); err != nil {
@@ -435,6 +441,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			return err
 		}
 		sampler.Mark(PhaseRecover)
+		if atRecover, err := dp.Metrics(); err == nil && atInjectErr == nil {
+			res.Clients = ClientsBetween(atInject, atRecover)
+		}
 		if err := recoverAll(ctx, ""); err != nil {
 			return err
 		}
@@ -502,6 +511,76 @@ func collectLoads(ctx context.Context, reports []faults.LoadReport, errs []error
 		sums[i] = NewLoadSummary(rep, allErrs[i])
 	}
 	return all, sums
+}
+
+// ClientFigures is one client's use of the data plane over a window, from
+// the data plane's per-client metrics (the label "client").
+type ClientFigures struct {
+	Client string `json:"client"`
+	// Requests and FailedRequests count its requests (requests_total) and
+	// those not answered with code "ok".
+	Requests       float64 `json:"requests"`
+	FailedRequests float64 `json:"failed_requests"`
+	// Keys counts the keys it asked for (lookups_total, every source);
+	// KeysFailed those not answered (source "error"), KeysFromStore those
+	// that missed or could not reach memcached and were read from the
+	// store.
+	Keys          float64 `json:"keys"`
+	KeysFailed    float64 `json:"keys_failed"`
+	KeysFromStore float64 `json:"keys_from_store"`
+}
+
+// ClientsBetween returns each client's figures between two snapshots of a
+// data plane's metrics, most keys first (then most failed requests, then
+// by name); clients with nothing in the window are left out.
+func ClientsBetween(before, after dataplane.Snapshot) []ClientFigures {
+	per := map[string]*ClientFigures{}
+	add := func(snap dataplane.Snapshot, sign float64) {
+		for _, s := range snap {
+			c := s.Labels["client"]
+			if c == "" {
+				continue
+			}
+			f := per[c]
+			if f == nil {
+				f = &ClientFigures{Client: c}
+				per[c] = f
+			}
+			switch strings.TrimPrefix(s.Name, "spiral_dataplane_") {
+			case "requests_total":
+				f.Requests += sign * s.Value
+				if s.Labels["code"] != "ok" {
+					f.FailedRequests += sign * s.Value
+				}
+			case "lookups_total":
+				f.Keys += sign * s.Value
+				switch s.Labels["source"] {
+				case "error":
+					f.KeysFailed += sign * s.Value
+				case "store":
+					f.KeysFromStore += sign * s.Value
+				}
+			}
+		}
+	}
+	add(before, -1)
+	add(after, 1)
+	var out []ClientFigures
+	for _, f := range per {
+		if f.Requests > 0 || f.Keys > 0 {
+			out = append(out, *f)
+		}
+	}
+	slices.SortFunc(out, func(a, b ClientFigures) int {
+		switch {
+		case a.Keys != b.Keys:
+			return cmp.Compare(b.Keys, a.Keys)
+		case a.FailedRequests != b.FailedRequests:
+			return cmp.Compare(b.FailedRequests, a.FailedRequests)
+		}
+		return strings.Compare(a.Client, b.Client)
+	})
+	return out
 }
 
 // addEverydayLatency adds MetricEverydayLatencyP99 to tl from the everyday

@@ -278,6 +278,9 @@ code{background:#f4f4f4;padding:2px 4px}
 <h2>Budgets</h2><ul>{{range .Res.Budgets}}<li>{{.}}</li>{{end}}</ul>
 <h2>Loads</h2><table><tr><th>client</th><th>traffic</th><th>sent</th><th>ok</th><th>errors</th><th>skipped</th><th>p50</th><th>p99</th><th>max</th><th>outcomes</th><th>finished</th></tr>
 {{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Traffic}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{.P50}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td><td>{{if .Failed}}<span class="failed">failed: {{.Error}}</span>{{else}}yes{{end}}</td></tr>{{end}}</table>
+{{if .Res.Clients}}<h2>Who</h2><p>Each client's use of the data plane while the faults were in (inject to recover), from the data plane's per-client metrics, most keys first.</p>
+<table><tr><th>client</th><th>keys</th><th>keys failed</th><th>keys from the store</th><th>requests</th><th>requests failed</th></tr>
+{{range .Res.Clients}}<tr><td>{{.Client}}</td><td>{{printf "%.0f" .Keys}}</td><td>{{printf "%.0f" .KeysFailed}}</td><td>{{printf "%.0f" .KeysFromStore}}</td><td>{{printf "%.0f" .Requests}}</td><td>{{printf "%.0f" .FailedRequests}}</td></tr>{{end}}</table>{{end}}
 <h2>Timeline</h2><p>Shaded: the fault window (inject and observe); dotted lines: phase boundaries; dashed lines: budgets over the phases they cover; circles: each violation at its peak.</p>
 <div class="charts">{{range .Charts}}{{.}}{{end}}</div>
 <p><small>generated {{.Generated}}; data: summary.json, timeline.json, requests.json</small></p>

@@ -503,3 +503,27 @@ func TestIndexShowsTheMachine(t *testing.T) {
 	assert.Contains(t, string(html), "machine: cores: 2; kernel: Linux 6.18.44; engine: 20.10.24</small>")
 	assert.Contains(t, string(html), "machine (shard-oom): cores: 4</small>")
 }
+
+// The page names who asked for what during the faults, the flooding client
+// first, and summary.json carries it.
+func TestWriteShowsWho(t *testing.T) {
+	dir := t.TempDir()
+	res := result(t, "flood/incident")
+	res.Clients = []scenario.ClientFigures{
+		{Client: "internal-batch", Requests: 3, FailedRequests: 3, Keys: 60000, KeysFailed: 45000},
+		{Client: "appview", Requests: 55, FailedRequests: 5, Keys: 540, KeysFailed: 40},
+	}
+	page, err := report.Write(dir, res)
+	require.NoError(t, err)
+	html, err := os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Regexp(t, `(?s)<h2>Who</h2>.*<td>internal-batch</td><td>60000</td><td>45000</td>.*<td>appview</td><td>540</td>`, string(html))
+
+	var sum struct {
+		Clients []scenario.ClientFigures `json:"clients"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "summary.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &sum))
+	assert.Equal(t, res.Clients, sum.Clients)
+}

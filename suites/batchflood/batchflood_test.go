@@ -141,5 +141,10 @@ func TestBatchFlood(t *testing.T) {
 		assert.True(t, res.Violated(probe.MetricGoroutinesPeak),
 			"the incident data plane must be caught with one goroutine per URI; peaks %v", res.Peaks[probe.MetricGoroutinesPeak])
 		assert.True(t, res.Validated, "the incident data plane answers again after the flood: %s", res.ValidateError)
+		// Who did it: the report names the flooding client first, from the
+		// data plane's own per-client figures (the postmortem's lesson).
+		if assert.NotEmpty(t, res.Clients, "per-client figures of the fault window") {
+			assert.Equal(t, faults.InternalBatch.Client, res.Clients[0].Client, "the flooding client asked for the most keys: %+v", res.Clients)
+		}
 	})
 }
