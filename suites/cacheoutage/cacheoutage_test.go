@@ -92,16 +92,20 @@ var outages = []outage{
 	// A hung cache: every operation times out. Fixed arm, quick: 85-86
 	// lines, p99 0.53-0.99 s (each lookup waits out memcached's 500 ms
 	// timeout, then reads the store), GC share 0.059-0.113, 425-662
-	// goroutines (the incident: 2,350).
+	// goroutines (the incident: 2,350); full: 276-278 lines, p99
+	// 0.61-2.37 s, GC share 0.077-0.14, 479-1,800 goroutines (the
+	// incident: 2,960-2,990; its failed requests and log lines catch it).
 	{"hung", faults.ContainerPause,
 		envelope{logLines: 172, p99: 2.0, gcShare: 0.23, goroutines: 1_330},
-		envelope{logLines: 564, p99: 2.0, gcShare: 0.23, goroutines: 1_330 /*TEMPFULL*/}},
+		envelope{logLines: 556, p99: 4.8, gcShare: 0.28, goroutines: 3_600}},
 	// A dead cache, started again (empty) by Recover. Fixed arm, quick:
 	// 92-93 lines, p99 35-279 ms, GC share 0.086-0.227, 213-264 goroutines
-	// (the incident: 674-1,040).
+	// (the incident: 674-1,040); full: 282-289 lines, p99 0.05-1.32 s, GC
+	// share 0.076-0.12, 216-1,160 goroutines (one run of three, when the
+	// store slowed and requests queued on its bound of 64).
 	{"dead", faults.ContainerKill,
 		envelope{logLines: 186, p99: 0.56, gcShare: 0.46, goroutines: 530},
-		envelope{logLines: 564, p99: 0.56, gcShare: 0.46, goroutines: 530 /*TEMPFULL*/}},
+		envelope{logLines: 578, p99: 2.64, gcShare: 0.24, goroutines: 2_320}},
 }
 
 // budgets returns the budgets of a run through o in the current mode; the

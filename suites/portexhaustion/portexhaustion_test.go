@@ -116,15 +116,17 @@ var budgets = []probe.Budget{
 	probe.Limit(scenario.MetricMemcachedTimeWaitAdded, 20, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 	// One goroutine per key is what a flood batch must not cost, judged on
 	// the high-water mark between samples: the fixed arm peaked at 52-126
-	// (quick and full), the incident and band-aid at 4,200-6,700.
+	// (quick and full; 68-92 in today's 8 runs), the incident and band-aid
+	// at 4,200-6,700.
 	probe.Limit(probe.MetricGoroutinesPeak, 260, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
 	// OS threads at work, everyday latency and GC, from the fixed arm's
-	// envelope over 5 quick runs: 4 threads at work; a p99 of 4-14 ms (the
-	// incident: 0.96-1.45 s, the band-aid 0.49-0.69 s, both stalled
-	// behind their floods); a GC share of 0.026-0.080.
+	// envelope over 5 quick and 3 full runs: 4 threads at work; a p99 of
+	// 4-43 ms (the incident: 0.96-2.1 s, the band-aid 0.49-0.69 s, both
+	// stalled behind their floods); a GC share of 0.026-0.132. Twice the
+	// highest.
 	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
-	probe.Limit(scenario.MetricEverydayLatencyP99, 0.03, scenario.PhaseInject, scenario.PhaseObserve),
-	probe.Limit(probe.MetricGCCPUFraction, 0.16, scenario.PhaseInject, scenario.PhaseObserve),
+	probe.Limit(scenario.MetricEverydayLatencyP99, 0.085, scenario.PhaseInject, scenario.PhaseObserve),
+	probe.Limit(probe.MetricGCCPUFraction, 0.26, scenario.PhaseInject, scenario.PhaseObserve),
 	// Everyday traffic keeps being answered while the ports are scarce.
 	probe.Limit(scenario.MetricEverydayErrors, 0),
 	// And so is the flood.

@@ -37,8 +37,8 @@ const posts = 20_000
 
 // budgets hold in every cycle, whatever its fault.
 // From the fixed data plane's envelope over every kind of cycle (5 quick
-// runs, 2026-12-02): about twice the highest peak, or the peak plus a
-// stated floor.
+// and 3 full runs, 2026-12-02): about twice the highest peak, or the peak
+// plus a stated floor.
 var budgets = []probe.Budget{
 	// OS threads at work peaked at 5; the live count's growth across
 	// cycles is checked apart.
@@ -47,12 +47,12 @@ var budgets = []probe.Budget{
 	// the high-water mark polled between samples: 347 at most (a paused
 	// memcached: requests wait out its timeout), 75-135 otherwise.
 	probe.Limit(probe.MetricGoroutinesPeak, 700),
-	// The fixed data plane closes no memcached connection into TIME_WAIT:
-	// 0-3 of a cycle's own (a killed memcached's), with the batchflood
-	// suite's floor of 20.
-	probe.Limit(scenario.MetricMemcachedTimeWaitAdded, 20),
-	// GC's share of CPU peaked at 0.016-0.187 an interval.
-	probe.Limit(probe.MetricGCCPUFraction, 0.38, scenario.PhaseInject, scenario.PhaseObserve),
+	// The fixed data plane closes no memcached connection into TIME_WAIT
+	// under a flood (0 in every flood cycle); a killed and restarted
+	// memcached leaves 3-16 of a cycle's own. Twice the highest.
+	probe.Limit(scenario.MetricMemcachedTimeWaitAdded, 32),
+	// GC's share of CPU peaked at 0.016-0.304 an interval (the floods).
+	probe.Limit(probe.MetricGCCPUFraction, 0.6, scenario.PhaseInject, scenario.PhaseObserve),
 	// Everyday traffic is answered through every fault: from the store
 	// while memcached is away.
 	probe.Limit(scenario.MetricEverydayErrors, 0),
