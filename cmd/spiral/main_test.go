@@ -80,26 +80,41 @@ func population(t *testing.T, established, timeWait int) uint16 {
 		require.NoError(t, err)
 		clients = append(clients, c)
 	}
-	for i := range timeWait {
-		// Each from its own source address: on loopback (tcp_tw_reuse=2)
-		// the kernel may hand a new connection the port of a TIME_WAIT
-		// socket with the same 4-tuple once a second has ticked, which
-		// would replace that socket.
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i))}}
-		c, err := d.Dial("tcp4", addr)
-		require.NoError(t, err)
-		require.NoError(t, c.Close())
+	// Each TIME_WAIT socket from a source address of its own: on loopback
+	// (tcp_tw_reuse=2) the kernel may hand a new connection the port of a
+	// TIME_WAIT socket with the same 4-tuple once a second has ticked,
+	// which would replace that socket.
+	sources := 0
+	leaveTimeWait := func(n int) {
+		for range n {
+			sources++
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, byte(1+sources/250), byte(1+sources%250))}}
+			c, err := d.Dial("tcp4", addr)
+			require.NoError(t, err)
+			require.NoError(t, c.Close())
+		}
 	}
+	leaveTimeWait(timeWait)
 	port := uint16(ln.Addr().(*net.TCPAddr).Port)
 	f := probe.Filter{RemotePort: port}
-	deadline := time.Now().Add(10 * time.Second)
+	start := time.Now()
+	toppedUp := false
 	for {
 		c, err := probe.Census{}.Count(t.Context(), f)
 		require.NoError(t, err)
 		if c.Get(probe.Established) == established && c.Get(probe.TimeWait) == timeWait && c.Total() == established+timeWait {
 			return port
 		}
-		require.False(t, time.Now().After(deadline), "population never settled: %s", c)
+		// A TIME_WAIT socket can vanish (seen once in a CI run: one of
+		// three gone for 10 s, the machine loaded by earlier suites'
+		// sockets); the population is the fixture here, not what is
+		// tested, so it is topped up once.
+		if missing := timeWait - c.Get(probe.TimeWait); !toppedUp && missing > 0 && time.Since(start) > time.Second {
+			t.Logf("population: %s, %d TIME_WAIT socket(s) short after 1 s; topping up", c, missing)
+			leaveTimeWait(missing)
+			toppedUp = true
+		}
+		require.False(t, time.Since(start) > 10*time.Second, "population never settled: %s", c)
 		time.Sleep(5 * time.Millisecond)
 	}
 }
