@@ -230,3 +230,27 @@ func TestSamplerCostsPerSource(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &back))
 	assert.Equal(t, tl.Sources, back.Sources)
 }
+
+// Each phase's sampling cost and the longest wait between samples, in
+// intervals: a sampler blind for 5 intervals in inject says so.
+func TestTimelineCostByPhase(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	iv := 100 * time.Millisecond
+	tl := &probe.Timeline{Start: t0, Interval: iv, Metrics: []string{"x"},
+		Phases: []probe.Phase{{Name: "baseline", Start: t0}, {Name: "inject", Start: t0.Add(300 * time.Millisecond)}}}
+	add := func(at time.Duration, phase string, cost time.Duration) {
+		tl.Samples = append(tl.Samples, probe.Sample{At: t0.Add(at), Phase: phase, Cost: cost, Values: []float64{0}})
+	}
+	add(0, "baseline", time.Millisecond)
+	add(100*time.Millisecond, "baseline", 2*time.Millisecond)
+	add(200*time.Millisecond, "baseline", 3*time.Millisecond)
+	add(300*time.Millisecond, "inject", 10*time.Millisecond)
+	add(800*time.Millisecond, "inject", 40*time.Millisecond) // 5 intervals late
+	got := tl.CostByPhase()
+	require.Len(t, got, 2)
+	assert.Equal(t, probe.PhaseCost{Phase: "baseline", Samples: 3, Median: 2 * time.Millisecond, P99: 3 * time.Millisecond, Max: 3 * time.Millisecond, Share: 0.02, MaxGap: 1}, got[0])
+	assert.Equal(t, "inject", got[1].Phase)
+	assert.InDelta(t, 5.0, got[1].MaxGap, 1e-9)
+	assert.Equal(t, 10*time.Millisecond, got[1].Median)
+	assert.Equal(t, 40*time.Millisecond, got[1].Max)
+}

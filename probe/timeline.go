@@ -114,6 +114,57 @@ func (t *Timeline) Cost() CostSummary {
 	return c
 }
 
+// PhaseCost is what sampling cost during one phase, and how late it ran:
+// the observer's own share of the process it judges.
+type PhaseCost struct {
+	Phase   string        `json:"phase"`
+	Samples int           `json:"samples"`
+	Median  time.Duration `json:"median_ns"`
+	P99     time.Duration `json:"p99_ns"`
+	Max     time.Duration `json:"max_ns"`
+	// Share is Median over the interval.
+	Share float64 `json:"share_of_interval"`
+	// MaxGap is the longest time from a sample to the next one that fell
+	// in this phase, in intervals: 1 when the sampler kept time, 10 when it
+	// was blind for a second at a 100 ms interval.
+	MaxGap float64 `json:"max_gap_intervals"`
+}
+
+// CostByPhase returns the sampling cost of each phase, in the order the
+// phases were marked (samples before the first mark are left out).
+func (t *Timeline) CostByPhase() []PhaseCost {
+	var out []PhaseCost
+	for _, ph := range t.Phases {
+		if slices.ContainsFunc(out, func(c PhaseCost) bool { return c.Phase == ph.Name }) {
+			continue // a phase marked twice is one row
+		}
+		c := PhaseCost{Phase: ph.Name}
+		var costs []time.Duration
+		for i, s := range t.Samples {
+			if s.Phase != ph.Name {
+				continue
+			}
+			costs = append(costs, s.Cost)
+			if i > 0 && t.Interval > 0 {
+				c.MaxGap = max(c.MaxGap, float64(s.At.Sub(t.Samples[i-1].At))/float64(t.Interval))
+			}
+		}
+		if len(costs) == 0 {
+			continue
+		}
+		slices.Sort(costs)
+		c.Samples = len(costs)
+		c.Median = costs[(len(costs)-1)/2]
+		c.P99 = costs[int(math.Ceil(0.99*float64(len(costs))))-1]
+		c.Max = costs[len(costs)-1]
+		if t.Interval > 0 {
+			c.Share = float64(c.Median) / float64(t.Interval)
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
 // AddMetric adds a column to a finished timeline, valued at each sample by
 // at (NaN for missing): a figure computed after the run from records the
 // sampler could not read live, such as the latency of requests that began
@@ -154,6 +205,7 @@ type timelineJSON struct {
 	Phases          []phaseJSON  `json:"phases"`
 	Cost            CostSummary  `json:"cost"`
 	Sources         []SourceCost `json:"sources,omitempty"`
+	CostByPhase     []PhaseCost  `json:"cost_by_phase,omitempty"`
 	Samples         []sampleJSON `json:"samples"`
 }
 
@@ -186,6 +238,7 @@ func (t *Timeline) MarshalJSON() ([]byte, error) {
 		Phases:          make([]phaseJSON, len(t.Phases)),
 		Cost:            t.Cost(),
 		Sources:         t.Sources,
+		CostByPhase:     t.CostByPhase(),
 		Samples:         make([]sampleJSON, len(t.Samples)),
 	}
 	if j.Metrics == nil {

@@ -109,10 +109,16 @@ type pageData struct {
 	Charts     []template.HTML
 	Violations []string
 	Generated  string
+	// Observer is the sampler's cost per phase, Sources per source.
+	Observer []probe.PhaseCost
+	Sources  []probe.SourceCost
 }
 
 func newPageData(res *scenario.Result) pageData {
 	d := pageData{Res: res, Held: res.Held(), Generated: time.Now().UTC().Format(time.RFC3339)}
+	if res.Timeline != nil {
+		d.Observer, d.Sources = res.Timeline.CostByPhase(), res.Timeline.Sources
+	}
 	for _, v := range res.Violations {
 		d.Violations = append(d.Violations, v.String())
 	}
@@ -261,7 +267,7 @@ func safe(name string) string {
 	}, name)
 }
 
-var pageTmpl = template.Must(template.New("report").Parse(`<!doctype html>
+var pageTmpl = template.Must(template.New("report").Funcs(template.FuncMap{"pct": func(f float64) float64 { return 100 * f }}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Spiral: {{.Res.Scenario}}</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:20px;color:#222}
@@ -281,6 +287,10 @@ code{background:#f4f4f4;padding:2px 4px}
 {{if .Res.Clients}}<h2>Who</h2><p>Each client's use of the data plane while the faults were in (inject to recover), from the data plane's per-client metrics, most keys first.</p>
 <table><tr><th>client</th><th>keys</th><th>keys failed</th><th>keys from the store</th><th>requests</th><th>requests failed</th></tr>
 {{range .Res.Clients}}<tr><td>{{.Client}}</td><td>{{printf "%.0f" .Keys}}</td><td>{{printf "%.0f" .KeysFailed}}</td><td>{{printf "%.0f" .KeysFromStore}}</td><td>{{printf "%.0f" .Requests}}</td><td>{{printf "%.0f" .FailedRequests}}</td></tr>{{end}}</table>{{end}}
+{{if .Observer}}<h2>Observer</h2><p>What sampling cost inside the process it judges, per phase, and the longest wait between two samples in intervals (1: on time).</p>
+<table><tr><th>phase</th><th>samples</th><th>median</th><th>p99</th><th>max</th><th>median share of the interval</th><th>longest gap (intervals)</th></tr>
+{{range .Observer}}<tr><td>{{.Phase}}</td><td>{{.Samples}}</td><td>{{.Median}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{printf "%.1f%%" (pct .Share)}}</td><td>{{printf "%.1f" .MaxGap}}</td></tr>{{end}}</table>
+{{if .Sources}}<p><small>by source (mean per read, max): {{range $i, $s := .Sources}}{{if $i}}; {{end}}{{index $s.Metrics 0}} {{$s.Mean}}, {{$s.Max}}{{end}}</small></p>{{end}}{{end}}
 <h2>Timeline</h2><p>Shaded: the fault window (inject and observe); dotted lines: phase boundaries; dashed lines: budgets over the phases they cover; circles: each violation at its peak.</p>
 <div class="charts">{{range .Charts}}{{.}}{{end}}</div>
 <p><small>generated {{.Generated}}; data: summary.json, timeline.json, requests.json</small></p>

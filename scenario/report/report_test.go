@@ -527,3 +527,15 @@ func TestWriteShowsWho(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &sum))
 	assert.Equal(t, res.Clients, sum.Clients)
 }
+
+// The page states what the observer cost, per phase and per source.
+func TestWriteShowsTheObserver(t *testing.T) {
+	dir := t.TempDir()
+	res := result(t, "flood/fixed")
+	page, err := report.Write(dir, res)
+	require.NoError(t, err)
+	html, err := os.ReadFile(page)
+	require.NoError(t, err)
+	require.NotEmpty(t, res.Timeline.CostByPhase(), "the fixture has phased samples")
+	assert.Regexp(t, `(?s)<h2>Observer</h2>.*<th>longest gap \(intervals\)</th>.*<td>`+res.Timeline.CostByPhase()[0].Phase+`</td>`, string(html))
+}
