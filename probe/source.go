@@ -249,6 +249,7 @@ func describe(s Source) string {
 type throttled struct {
 	src   Source
 	share float64
+	every time.Duration
 	now   func() time.Time
 
 	mu   sync.Mutex // Sampler.Sample may run beside Sampler.Run
@@ -256,23 +257,29 @@ type throttled struct {
 	last []float64  // its last reading; nil before the first or after a failure
 }
 
-// Throttle returns src read at most share of the time: after a read that
-// took d, src is read again once d/share has passed, and the samples in
-// between carry its last reading. It is for figures that cost milliseconds
-// to read and change slowly against the interval, such as a census of
-// TIME_WAIT sockets, which live 60 s: a count read every few hundred
-// milliseconds misses no peak of them, and the sampler stays cheap when
-// the kernel's socket tables are large or the machine is loaded. A failed
-// read fails the sample and is retried at the next one. share must be in
-// (0, 1].
-func Throttle(src Source, share float64) (Source, error) {
+// Throttle returns src read at most share of the time, and with at most
+// `every` between the end of a read and the next: after a read that took
+// d, src is read again once the lesser of d/share-d and every has passed
+// since it ended, and the samples in between carry its last reading. It is for figures that cost milliseconds to read and change
+// slowly against the interval, such as a census of TIME_WAIT sockets,
+// which live 60 s: a count read every few hundred milliseconds misses no
+// peak of them, and the sampler stays cheap when the kernel's socket
+// tables are large or the machine is loaded. The bound on the wait keeps
+// one slow read (a walk while a flood opens thousands of sockets) from
+// blinding the figure for a hundred times its length. A failed read fails
+// the sample and is retried at the next one. share must be in (0, 1] and
+// every positive.
+func Throttle(src Source, share float64, every time.Duration) (Source, error) {
 	if src == nil {
 		return nil, errors.New("throttle: nil source")
 	}
 	if !(share > 0 && share <= 1) {
 		return nil, fmt.Errorf("throttle %s: share %v: want more than 0, at most 1", describe(src), share)
 	}
-	return &throttled{src: src, share: share, now: time.Now}, nil
+	if every <= 0 {
+		return nil, fmt.Errorf("throttle %s: every %v: want more than 0", describe(src), every)
+	}
+	return &throttled{src: src, share: share, every: every, now: time.Now}, nil
 }
 
 func (t *throttled) Metrics() []string { return t.src.Metrics() }
@@ -290,8 +297,9 @@ func (t *throttled) Read(ctx context.Context, dst []float64) error {
 		t.last = nil
 		return err
 	}
-	d := t.now().Sub(t0)
-	t.next = t0.Add(time.Duration(float64(d) / t.share))
+	end := t.now()
+	d := end.Sub(t0)
+	t.next = end.Add(min(time.Duration(float64(d)/t.share)-d, t.every))
 	t.last = append(t.last[:0], dst...)
 	return nil
 }

@@ -213,9 +213,9 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			a.dp = h.DataPlane
-			src, err := probe.Throttle(&budgetSocketSource{budget: a.budget, port: memcachedPort(h.Env)}, budgetSocketsShare)
+			src, err := probe.Throttle(&budgetSocketSource{budget: a.budget, port: memcachedPort(h.Env)}, budgetSocketsShare, 500*time.Millisecond)
 			if err != nil {
-				panic(err) // a constant share in (0, 1] is never refused
+				panic(err) // constant arguments in range are never refused
 			}
 			return []probe.Source{src}
 		},
@@ -280,9 +280,10 @@ func memcachedPort(env *fixtures.Env) uint16 {
 
 // budgetSocketsShare is the share of the time budgetSocketSource may take
 // (probe.Throttle). Unthrottled, its listing made the fixed arm's median
-// sample 18 ms, 18% of the interval (quick mode, 2026-12-02); at 5% a
-// listing of the incident's thousands of sockets (tens of ms) is read a
-// few times a second, while the budget stays full for seconds.
+// sample 18 ms, 18% of the interval (quick mode, 2026-12-02); at 5%, and
+// at least every 500 ms, a listing of the incident's thousands of sockets
+// (tens of ms) is read a few times a second, while the budget stays full
+// for seconds.
 const budgetSocketsShare = 0.05
 
 // budgetSocketSource counts the sockets toward memcached whose local port
