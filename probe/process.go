@@ -53,16 +53,14 @@ func readProcess(ctx context.Context, pid int, busy bool) (ProcessStats, error) 
 	}
 	st.Threads = threads
 	st.ThreadsBusy = -1
-	if !busy {
-		err = nil
-	} else {
-		st.ThreadsBusy, err = ThreadsBusy(pid)
-	}
-	switch {
-	case errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM):
-		st.ThreadsBusy = -1
-	case err != nil:
-		return st, err
+	if busy {
+		n, err := ThreadsBusy(pid)
+		switch {
+		case err == nil:
+			st.ThreadsBusy = n
+		case !notOurs(err):
+			return st, err
+		}
 	}
 	p := &process.Process{Pid: int32(pid)}
 	if st.FDs, err = FDs(pid); err != nil {
@@ -106,6 +104,10 @@ func Threads(pid int) (int, error) {
 	}
 	return n, nil
 }
+
+// notOurs reports whether err says this process may not read another's
+// threads' system calls (no ptrace right).
+func notOurs(err error) bool { return errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) }
 
 // ThreadsBusy returns how many OS threads of process pid (0 means the
 // calling process) are not parked idle: running, or blocked in a system

@@ -89,48 +89,61 @@ func (p prefixed) Metrics() []string {
 func Prefix(prefix string, s Source) Source { return prefixed{prefix: prefix, Source: s} }
 
 type processSource struct {
-	pid int
-
-	mu       sync.Mutex // Sampler.Sample may run beside Sampler.Run
-	nextWalk time.Time  // when threads_busy may be walked again
+	pid  int
+	busy Source // threads_busy, throttled
 }
 
-// busyWalkShare bounds the time a process source spends walking threads
-// for threads_busy: after a walk that took d, the next waits
-// d/busyWalkShare - d, and threads_busy is missing (NaN) in between. A
-// walk reads a procfs file per thread, tens of µs for a healthy process's
-// dozen threads (every sample) but milliseconds for an incident's
-// thousand, and more on a saturated machine; the walk then happens a few
-// times a second instead of blinding the sampler.
-const busyWalkShare = 0.05
+// Pacing of threads_busy (probe.Throttle): a walk reads a procfs file per
+// thread, tens of µs for a healthy process's dozen threads (every sample)
+// but milliseconds for an incident's thousand, and more on a saturated
+// machine. It takes at most busyWalkShare of the time, and is read again
+// at most busyWalkEvery after a walk ends, carried in between.
+const (
+	busyWalkShare = 0.05
+	busyWalkEvery = 500 * time.Millisecond
+)
 
 // NewProcessSource returns a Source of threads, fds, rss_bytes and
 // threads_busy for process pid (0 means the calling process). Each read
-// costs ReadProcess; threads_busy is read at most busyWalkShare of the
-// time, and missing when not read or not readable (another user's
-// process).
-func NewProcessSource(pid int) Source { return &processSource{pid: pid} }
+// costs ReadProcess without its walk of the threads; threads_busy is
+// walked as busyWalkShare and busyWalkEvery allow, and is missing where
+// this process may not read the other's threads (another user's process).
+func NewProcessSource(pid int) Source {
+	busy, err := Throttle(threadsBusySource(pid), busyWalkShare, busyWalkEvery)
+	if err != nil {
+		panic(err) // constant arguments in range are never refused
+	}
+	return &processSource{pid: pid, busy: busy}
+}
 
 func (*processSource) Metrics() []string {
 	return []string{MetricThreads, MetricFDs, MetricRSS, MetricThreadsBusy}
 }
 
 func (s *processSource) Read(ctx context.Context, dst []float64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t0 := time.Now()
-	walk := !t0.Before(s.nextWalk)
-	st, err := readProcess(ctx, s.pid, walk)
+	st, err := readProcess(ctx, s.pid, false)
 	if err != nil {
 		return err
 	}
-	if walk {
-		d := time.Since(t0)
-		s.nextWalk = t0.Add(time.Duration(float64(d) / busyWalkShare))
-	}
-	dst[0], dst[1], dst[2], dst[3] = float64(st.Threads), float64(st.FDs), float64(st.RSSBytes), float64(st.ThreadsBusy)
-	if st.ThreadsBusy < 0 {
-		dst[3] = math.NaN() // not walked this time, or not ours to read
+	dst[0], dst[1], dst[2] = float64(st.Threads), float64(st.FDs), float64(st.RSSBytes)
+	return s.busy.Read(ctx, dst[3:4])
+}
+
+// threadsBusySource reads ThreadsBusy of a pid (0: the calling process);
+// NaN when the threads are not ours to read.
+type threadsBusySource int
+
+func (threadsBusySource) Metrics() []string { return []string{MetricThreadsBusy} }
+
+func (p threadsBusySource) Read(_ context.Context, dst []float64) error {
+	n, err := ThreadsBusy(int(p))
+	switch {
+	case err == nil:
+		dst[0] = float64(n)
+	case notOurs(err):
+		dst[0] = math.NaN()
+	default:
+		return err
 	}
 	return nil
 }
