@@ -2,11 +2,14 @@ package dataplane
 
 import (
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // metricPrefix starts every metric name the data plane exports.
@@ -160,6 +163,20 @@ next:
 	return sum
 }
 
+// Total adds the values of every sample named exactly name (no prefix
+// added, so it reads any exporter's figures, go_goroutines for one) and
+// says whether there was any.
+func (s Snapshot) Total(name string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, sm := range s {
+		if sm.Name == name {
+			sum, found = sum+sm.Value, true
+		}
+	}
+	return sum, found
+}
+
 // String lists the samples one per line, as name{k="v",...} value.
 func (s Snapshot) String() string {
 	var b strings.Builder
@@ -190,6 +207,28 @@ func snapshot(g prometheus.Gatherer) (Snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gather metrics: %w", err)
 	}
+	return fromFamilies(families), nil
+}
+
+// ParseSnapshot reads metrics in the Prometheus text format (what a
+// service's /metrics serves) into a Snapshot, as Metrics would have
+// gathered them: counters and gauges as they are, a histogram or summary
+// as its _count and _sum.
+func ParseSnapshot(r io.Reader) (Snapshot, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	byName, err := p.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, fmt.Errorf("parse metrics: %w", err)
+	}
+	families := make([]*dto.MetricFamily, 0, len(byName))
+	for _, mf := range byName {
+		families = append(families, mf)
+	}
+	slices.SortFunc(families, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return fromFamilies(families), nil
+}
+
+func fromFamilies(families []*dto.MetricFamily) Snapshot {
 	var out Snapshot
 	for _, mf := range families {
 		for _, m := range mf.GetMetric() {
@@ -207,10 +246,15 @@ func snapshot(g prometheus.Gatherer) (Snapshot, error) {
 				out = append(out,
 					Sample{mf.GetName() + "_count", labels, float64(h.GetSampleCount())},
 					Sample{mf.GetName() + "_sum", labels, h.GetSampleSum()})
+			case dto.MetricType_SUMMARY:
+				sm := m.GetSummary()
+				out = append(out,
+					Sample{mf.GetName() + "_count", labels, float64(sm.GetSampleCount())},
+					Sample{mf.GetName() + "_sum", labels, sm.GetSampleSum()})
 			default:
 				out = append(out, Sample{mf.GetName(), labels, m.GetUntyped().GetValue()})
 			}
 		}
 	}
-	return out, nil
+	return out
 }

@@ -42,6 +42,15 @@ type SupervisorConfig struct {
 	// HealthPath is fetched from the announced address; a 200 means
 	// healthy. Defaults to "/healthz".
 	HealthPath string
+	// Addr, if set, is where every child serves ("127.0.0.1:PORT"), for a
+	// child that does not follow OOMChild's protocol (any service binary,
+	// told its address by its arguments or environment): the Supervisor
+	// then polls HealthPath there from the start instead of waiting for a
+	// "LISTEN addr" line, and the start byte on stdin is the child's to
+	// ignore. Such a child starts work before it is in Cgroup on cgroup v1
+	// (there, a process joins its cgroup after it starts), for the first
+	// milliseconds of its life.
+	Addr string
 }
 
 const (
@@ -162,6 +171,7 @@ type Supervisor struct {
 	exits    []ChildExit
 	healthy  bool
 	curStart int
+	curPid   int
 	addr     string
 	lastRec  time.Duration
 	down     int // index in exits of the exit that began the outage, or -1
@@ -268,6 +278,13 @@ func (s *Supervisor) Addr() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.addr
+}
+
+// Pid is the running child's pid, or 0 between two children.
+func (s *Supervisor) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.curPid
 }
 
 // Stats returns the counts so far.
@@ -386,7 +403,7 @@ func (s *Supervisor) run(ctx context.Context) {
 		wasHealthy := !e.HealthyAt.IsZero()
 
 		s.mu.Lock()
-		s.healthy, s.addr = false, ""
+		s.healthy, s.addr, s.curPid = false, "", 0
 		if s.cfg.Cgroup != nil && ch != nil {
 			n, err := s.cfg.Cgroup.OOMKills()
 			if err != nil {
@@ -507,16 +524,19 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 		exited:  make(chan struct{}),
 		out:     &supTail{},
 	}
-	s.curStart = ch.start
+	s.curStart, s.curPid = ch.start, cmd.Process.Pid
 	s.notify()
 	s.mu.Unlock()
 
+	if s.cfg.Addr != "" {
+		ch.addr <- s.cfg.Addr
+	}
 	drained := make(chan struct{})
 	go func() {
 		defer close(drained)
 		defer func() { _ = outR.Close() }()
 		sc := bufio.NewScanner(outR)
-		announced := false
+		announced := s.cfg.Addr != ""
 		for sc.Scan() {
 			line := sc.Text()
 			if a, ok := strings.CutPrefix(line, oomListenPrefix); ok && !announced {

@@ -89,7 +89,7 @@ func (p prefixed) Metrics() []string {
 func Prefix(prefix string, s Source) Source { return prefixed{prefix: prefix, Source: s} }
 
 type processSource struct {
-	pid  int
+	pid  func() int
 	busy Source // threads_busy, throttled
 }
 
@@ -108,7 +108,13 @@ const (
 // costs ReadProcess without its walk of the threads; threads_busy is
 // walked as busyWalkShare and busyWalkEvery allow, and is missing where
 // this process may not read the other's threads (another user's process).
-func NewProcessSource(pid int) Source {
+func NewProcessSource(pid int) Source { return NewProcessSourceOf(func() int { return pid }) }
+
+// NewProcessSourceOf is NewProcessSource for a process whose pid changes (a
+// child restarted after it died): pid is called at every read, and a
+// negative pid (no process at the moment) reads as missing figures, not as
+// an error.
+func NewProcessSourceOf(pid func() int) Source {
 	busy, err := Throttle(threadsBusySource(pid), busyWalkShare, busyWalkEvery)
 	if err != nil {
 		panic(err) // constant arguments in range are never refused
@@ -121,7 +127,14 @@ func (*processSource) Metrics() []string {
 }
 
 func (s *processSource) Read(ctx context.Context, dst []float64) error {
-	st, err := readProcess(ctx, s.pid, false)
+	pid := s.pid()
+	if pid < 0 {
+		for i := range dst {
+			dst[i] = math.NaN()
+		}
+		return nil
+	}
+	st, err := readProcess(ctx, pid, false)
 	if err != nil {
 		return err
 	}
@@ -130,13 +143,18 @@ func (s *processSource) Read(ctx context.Context, dst []float64) error {
 }
 
 // threadsBusySource reads ThreadsBusy of a pid (0: the calling process);
-// NaN when the threads are not ours to read.
-type threadsBusySource int
+// NaN when the threads are not ours to read or there is no process.
+type threadsBusySource func() int
 
 func (threadsBusySource) Metrics() []string { return []string{MetricThreadsBusy} }
 
 func (p threadsBusySource) Read(_ context.Context, dst []float64) error {
-	n, err := ThreadsBusy(int(p))
+	pid := p()
+	if pid < 0 {
+		dst[0] = math.NaN()
+		return nil
+	}
+	n, err := ThreadsBusy(pid)
 	switch {
 	case err == nil:
 		dst[0] = float64(n)

@@ -3,22 +3,116 @@ package scenario_test
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/scenario/report"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
+
+// fakeTarget stands in for a service under test where what is tested is
+// the runner itself (phase order, recovery, clean-up), which no real
+// service could make fail on demand: an HTTP server on loopback that
+// answers every batch with an empty answer, /healthz with 200 and
+// /metrics with one data plane gauge. pid is what PID returns: target.Self
+// (the runner then samples this process) or target.NoProcess (an endpoint
+// with nothing to probe).
+type fakeTarget struct {
+	pid      int
+	startErr error
+	log      *events
+
+	srv     *httptest.Server
+	started atomic.Int32
+	stopped atomic.Int32
+}
+
+func (f *fakeTarget) Name() string { return "fake" }
+
+func (f *fakeTarget) Start(context.Context, target.Backends) error {
+	f.started.Add(1)
+	f.log.add("target start")
+	if f.startErr != nil {
+		return f.startErr
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(dataplane.XRPCPrefix, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"posts":[],"profiles":[],"counts":[]}`))
+	})
+	mux.HandleFunc(dataplane.HealthPath, func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc(dataplane.MetricsPath, func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("# TYPE spiral_dataplane_lookups_in_flight gauge\nspiral_dataplane_lookups_in_flight 3\n"))
+	})
+	f.srv = httptest.NewServer(mux)
+	return nil
+}
+
+func (f *fakeTarget) URL() string { return f.srv.URL }
+func (f *fakeTarget) PID() int    { return f.pid }
+
+func (f *fakeTarget) Metrics(ctx context.Context) (dataplane.Snapshot, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.srv.URL+dataplane.MetricsPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f.srv.Client().Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	return dataplane.ParseSnapshot(resp.Body)
+}
+
+func (f *fakeTarget) Health(context.Context) error { return nil }
+func (f *fakeTarget) Restarts() int                { return 0 }
+
+func (f *fakeTarget) Stop(context.Context) error {
+	f.stopped.Add(1)
+	f.log.add("target stop")
+	if f.srv != nil {
+		f.srv.Close()
+	}
+	return nil
+}
+
+// events records what happened, in order, from several goroutines.
+type events struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (e *events) add(s string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.list = append(e.list, s)
+}
+
+func (e *events) all() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.list)
+}
 
 // stubFault is a fault that acts on nothing and counts its calls; it stands
 // in for a real one where what is tested is the runner's handling of a
@@ -27,26 +121,39 @@ type stubFault struct {
 	name                  string
 	injectErr, recoverErr error
 	injects, recovers     atomic.Int32
+	log                   *events
 }
 
 func (f *stubFault) Name() string { return f.name }
 
 func (f *stubFault) Inject(context.Context) error {
 	f.injects.Add(1)
+	f.log.add("inject " + f.name)
 	return f.injectErr
 }
 
 func (f *stubFault) Recover(context.Context) error {
 	f.recovers.Add(1)
+	f.log.add("recover " + f.name)
 	return f.recoverErr
 }
 
-func stubScenario(name string, fs ...*stubFault) scenario.Scenario {
+// bareEnv is an environment without containers: addresses only, memcached's
+// a loopback port nothing listens on (the runner counts sockets toward it).
+func bareEnv() *fixtures.Env {
+	return &fixtures.Env{
+		MemcachedAddr: "127.0.0.1:1", MemcachedAddrs: []string{"127.0.0.1:1"},
+		CQLHosts: []string{"127.0.0.1:2"}, Keyspace: "spiral_fake", Flavor: fixtures.FlavorExternal,
+	}
+}
+
+func stubScenario(name string, tgt target.Target, fs ...*stubFault) scenario.Scenario {
 	sc := scenario.Scenario{
 		Name:       name,
 		Config:     dataplane.DefaultConfig(),
+		Target:     tgt,
 		Background: []faults.LoadProfile{faults.Background},
-		Phases:     scenario.Phases{Baseline: 300 * time.Millisecond, Inject: 300 * time.Millisecond, Recover: 300 * time.Millisecond},
+		Phases:     scenario.Phases{Baseline: 300 * time.Millisecond, Inject: 300 * time.Millisecond, Observe: 200 * time.Millisecond, Recover: 300 * time.Millisecond},
 	}
 	for _, f := range fs {
 		sc.Faults = append(sc.Faults, func(scenario.Harness) (faults.Fault, error) { return f, nil })
@@ -54,59 +161,115 @@ func stubScenario(name string, fs ...*stubFault) scenario.Scenario {
 	return sc
 }
 
+// noLeaks fails t if a goroutine started during the test outlives it.
+func noLeaks(t *testing.T) {
+	t.Helper()
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// A clean run marks the phases in order, injects before the inject phase
+// and recovers at the start of recover, stops the target last, and leaves
+// no goroutine behind.
+func TestRunPhasesInOrderAndLeavesNothingBehind(t *testing.T) {
+	noLeaks(t)
+	log := &events{}
+	tgt := &fakeTarget{pid: target.Self, log: log}
+	f := &stubFault{name: "f", log: log}
+	res, err := scenario.Run(t.Context(), bareEnv(), stubScenario("clean", tgt, f))
+	require.NoError(t, err)
+	assert.Empty(t, res.Error)
+	assert.True(t, res.Validated, res.ValidateError)
+	assert.Equal(t, "fake", res.Target)
+	// Recover again after the run: clean-up, which an idempotent fault
+	// shrugs off.
+	assert.Equal(t, []string{"target start", "inject f", "recover f", "recover f", "target stop"}, log.all())
+	assert.EqualValues(t, 1, tgt.stopped.Load())
+
+	var phases []string
+	for _, s := range res.Timeline.Samples {
+		if len(phases) == 0 || phases[len(phases)-1] != s.Phase {
+			phases = append(phases, s.Phase)
+		}
+	}
+	assert.Equal(t, []string{scenario.PhaseBaseline, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover, scenario.PhaseValidate}, phases,
+		"every phase sampled, once each, in order")
+	assert.Equal(t, 3.0, res.Peaks[scenario.MetricLookupsInFlight][scenario.PhaseInject], "the target's metrics are sampled")
+	require.NotEmpty(t, res.LoadSummary)
+	assert.Positive(t, res.LoadSummary[0].Stats.OK, "the background load reached the target")
+}
+
 // A fault that fails to recover fails the run, names itself, and does not
-// stop the other faults from being recovered; the result still carries the
-// timeline for a report.
+// stop the other faults from being recovered or the target from being
+// stopped; the result still carries the timeline, and its report is
+// written.
 func TestRunRecoversEveryFaultAndReportsTheOneThatFailed(t *testing.T) {
-	env := fixtures.Shared(t)
-	first := &stubFault{name: "first"}
-	stuck := &stubFault{name: "stuck", recoverErr: errors.New("backend still paused")}
-	res, err := scenario.Run(t.Context(), env, stubScenario("recover-fails", first, stuck))
+	noLeaks(t)
+	tgt := &fakeTarget{pid: target.Self, log: &events{}}
+	first := &stubFault{name: "first", log: tgt.log}
+	stuck := &stubFault{name: "stuck", recoverErr: errors.New("backend still paused"), log: tgt.log}
+	res, err := scenario.Run(t.Context(), bareEnv(), stubScenario("recover-fails", tgt, first, stuck))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "recover stuck")
 	assert.Contains(t, err.Error(), "backend still paused")
 	assert.Positive(t, first.recovers.Load(), "the fault injected before the stuck one is recovered too")
+	assert.EqualValues(t, 1, tgt.stopped.Load(), "the target is stopped")
 	require.NotNil(t, res)
 	assert.NotNil(t, res.Timeline, "a failed run keeps its timeline for the report")
 	assert.Contains(t, res.Error, "recover stuck")
+
+	page, err := report.Write(filepath.Join(t.TempDir(), "recover-fails"), res)
+	require.NoError(t, err, "a failed run's report is written")
+	b, err := os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), "backend still paused", "the report says why the run failed")
 }
 
 // A run that stops part-way (a fault that can't be injected) recovers the
 // faults already in place and returns what it saw.
 func TestRunStoppedPartWayRecoversAndKeepsTheResult(t *testing.T) {
-	env := fixtures.Shared(t)
-	ok := &stubFault{name: "ok"}
-	bad := &stubFault{name: "bad", injectErr: errors.New("no such backend")}
-	res, err := scenario.Run(t.Context(), env, stubScenario("inject-fails", ok, bad))
+	noLeaks(t)
+	tgt := &fakeTarget{pid: target.Self, log: &events{}}
+	ok := &stubFault{name: "ok", log: tgt.log}
+	bad := &stubFault{name: "bad", injectErr: errors.New("no such backend"), log: tgt.log}
+	res, err := scenario.Run(t.Context(), bareEnv(), stubScenario("inject-fails", tgt, ok, bad))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "inject bad")
 	assert.EqualValues(t, 1, ok.injects.Load())
 	assert.Positive(t, ok.recovers.Load(), "the injected fault is recovered")
+	assert.EqualValues(t, 1, tgt.stopped.Load())
 	require.NotNil(t, res)
 	assert.NotNil(t, res.Timeline)
 	assert.NotEmpty(t, res.LoadSummary, "the everyday load is in the result")
 	assert.Contains(t, res.Error, "inject bad")
 }
 
+// A target that can't start fails the run before any fault is built.
+func TestRunTargetThatFailsToStart(t *testing.T) {
+	noLeaks(t)
+	tgt := &fakeTarget{pid: target.Self, log: &events{}, startErr: errors.New("no such binary")}
+	f := &stubFault{name: "f", log: tgt.log}
+	_, err := scenario.Run(t.Context(), bareEnv(), stubScenario("no-start", tgt, f))
+	require.ErrorContains(t, err, "no such binary")
+	assert.Zero(t, f.injects.Load()+f.recovers.Load(), "no fault touched")
+}
+
 // A clean run recovers each fault and returns no error. Its pollers, the
 // built-in goroutines_peak and a probe.Peak among the scenario's probes,
 // poll while it runs and are stopped when it returns.
-func TestRunRecoversFaults(t *testing.T) {
-	env := fixtures.Shared(t)
-	f := &stubFault{name: "f"}
+func TestRunStartsAndStopsPollers(t *testing.T) {
+	noLeaks(t)
+	tgt := &fakeTarget{pid: target.Self, log: &events{}}
+	f := &stubFault{name: "f", log: tgt.log}
 	var polls atomic.Int64
 	extra, err := probe.NewPeak("polls", time.Millisecond, func(context.Context) (float64, error) {
 		return float64(polls.Add(1)), nil
 	})
 	require.NoError(t, err)
-	sc := stubScenario("clean", f)
+	sc := stubScenario("clean", tgt, f)
 	sc.Probes = func(scenario.Harness) []probe.Source { return []probe.Source{extra} }
-	res, err := scenario.Run(t.Context(), env, sc)
+	res, err := scenario.Run(t.Context(), bareEnv(), sc)
 	require.NoError(t, err)
-	assert.EqualValues(t, 1, f.injects.Load())
-	assert.Positive(t, f.recovers.Load())
-	assert.Empty(t, res.Error)
-	assert.True(t, res.Validated, res.ValidateError)
 
 	assert.NotContains(t, goroutineStacks(), "probe.(*Peak).poll", "no poller outlives Run")
 	assert.Greater(t, polls.Load(), int64(2*len(res.Timeline.Samples)), "Run started the scenario's Peak: it polled between samples")
@@ -118,6 +281,31 @@ func TestRunRecoversFaults(t *testing.T) {
 		assert.GreaterOrEqual(t, res.Peaks[probe.MetricGoroutinesPeak][ph], res.Peaks[probe.MetricGoroutines][ph]-slack,
 			"goroutines_peak in %s is at least the plain count's peak", ph)
 	}
+}
+
+// A target out of this process without a pid (an endpoint) has no process
+// figures and no goroutine high-water mark: budgets on them are not
+// judged, apart from the violations and never among the held; a budget on
+// a figure its metrics give is judged as usual.
+func TestRunBudgetsATargetDoesNotExposeAreNotJudged(t *testing.T) {
+	noLeaks(t)
+	tgt := &fakeTarget{pid: target.NoProcess, log: &events{}}
+	sc := stubScenario("endpoint", tgt)
+	sc.Budgets = []probe.Budget{
+		probe.Limit(probe.MetricThreads, 100),
+		probe.Limit(probe.MetricGoroutinesPeak, 100),
+		probe.Limit(scenario.MetricLookupsInFlight, 1), // the fake exports 3
+	}
+	res, err := scenario.Run(t.Context(), bareEnv(), sc)
+	require.NoError(t, err)
+	require.Len(t, res.Violations, 1, "%v", res.Violations)
+	assert.Equal(t, scenario.MetricLookupsInFlight, res.Violations[0].Budget.Metric)
+	require.Len(t, res.NotJudged, 2, "%v", res.NotJudged)
+	for _, v := range res.NotJudged {
+		assert.Contains(t, v.Problem, "target fake does not expose it")
+	}
+	assert.False(t, res.Held())
+	assert.NotContains(t, strings.Join(res.Timeline.Metrics, " "), probe.MetricThreads+" ", "no process figures for a target without a process")
 }
 
 // goroutineStacks returns every goroutine's stack.

@@ -1,7 +1,9 @@
-// Package scenario runs Spiral's scenarios: a data plane configuration in a
-// backend environment, load and faults applied in phases (baseline, inject,
-// observe, recover, validate), the process and the kernel sampled into a
-// timeline, and budgets judged against it.
+// Package scenario runs Spiral's scenarios: a service under test (a
+// target.Target: the bundled data plane in-process, a child process, a
+// running endpoint) in a backend environment, load and faults applied in
+// phases (baseline, inject, observe, recover, validate), the target's
+// process and the kernel sampled into a timeline, and budgets judged
+// against it.
 //
 // A scenario is data (Scenario); Run executes it and returns a Result that
 // the report package renders. Every random choice comes from Scenario.Seed.
@@ -20,13 +22,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gocql/gocql"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 // Phase names, in the order Run marks them.
@@ -69,6 +71,10 @@ const (
 	MetricStoreInFlight = "dp_store_queries_in_flight"
 	// MetricMemcachedConns is the data plane's open memcached connections.
 	MetricMemcachedConns = "dp_memcached_conns_open"
+	// MetricTargetRestarts counts the target's restarts since it started
+	// (target.Target.Restarts): a child process that died and was started
+	// again. Recorded for targets out of the test's process.
+	MetricTargetRestarts = "target_restarts"
 	// MetricLoadErrors is failed requests of every load, everyday and
 	// batch, cumulative: MetricEverydayErrors plus MetricBatchErrors.
 	MetricLoadErrors = "load_errors"
@@ -104,26 +110,36 @@ type Phases struct {
 
 // Harness is what a fault factory may act on.
 type Harness struct {
-	Env       *fixtures.Env
+	Env *fixtures.Env
+	// Target is the service under test, started; URL its base URL.
+	Target target.Target
+	URL    string
+	// DataPlane is the bundled data plane when the target serves it in
+	// this process (target.DataPlaneOf), else nil: a figure only it gives
+	// is then not recorded, and a budget on it not judged.
 	DataPlane *dataplane.DataPlane
-	Server    *dataplane.Server
 }
 
-// FaultFunc builds a fault for a run, once the data plane is up.
+// FaultFunc builds a fault for a run, once the target is up.
 type FaultFunc func(h Harness) (faults.Fault, error)
 
 // Scenario is one run: who, what load, what faults, what must hold.
 type Scenario struct {
 	// Name is short and file-name safe ("batch-flood/incident").
 	Name string
-	// Config is the data plane under test.
+	// Config is the bundled data plane's configuration this run serves
+	// in-process when Target is nil.
 	Config dataplane.Config
+	// Target is the service under test, if not the bundled data plane
+	// with Config (target.NewInProcess(Config)). Run starts it and stops
+	// it; a Target is started once, so a Scenario with one runs once.
+	Target target.Target
 	// Seed drives every random choice (load schedule, batches, keys).
 	Seed uint64
-	// Data is the rows seeded in the store before the run.
-	Data fixtures.SeedSpec
-	// WarmPosts posts (0..WarmPosts-1) are read once before the baseline so
-	// that they are in the cache.
+	// Data is the rows seeded in the store before the run, and WarmPosts
+	// posts (0..WarmPosts-1) are read once so that they are in the cache:
+	// the work of Prepare, which the caller runs before Run.
+	Data      fixtures.SeedSpec
 	WarmPosts int
 	// Background loads run from baseline to the end of recover. Each
 	// profile's Traffic says whose requests they are, and so which of
@@ -154,10 +170,17 @@ type Result struct {
 	Scenario   string              `json:"scenario"`
 	Seed       uint64              `json:"seed"`
 	Config     dataplane.Config    `json:"-"`
+	// Target names the service under test (target.Target.Name).
+	Target     string              `json:"target"`
 	Started    time.Time           `json:"started"`
 	Timeline   *probe.Timeline     `json:"-"`
 	Budgets    []probe.Budget      `json:"budgets"`
 	Violations probe.Violations    `json:"violations"`
+	// NotJudged are the budgets on figures the target does not expose (a
+	// child process's goroutine high-water mark, an endpoint's threads
+	// without a pid to probe): neither held nor violated, and never
+	// counted as held.
+	NotJudged probe.Violations `json:"not_judged,omitempty"`
 	Loads      []faults.LoadReport `json:"-"`
 	// LoadSummary is Loads without per-request records.
 	LoadSummary []LoadSummary `json:"loads"`
@@ -211,8 +234,8 @@ func NewLoadSummary(rep faults.LoadReport, err error) LoadSummary {
 }
 
 // Held reports whether every budget held and the data plane answered after
-// recover.
-func (r *Result) Held() bool { return len(r.Violations) == 0 && r.Validated }
+// recover. A budget not judged is not held: a run with one is not Held.
+func (r *Result) Held() bool { return len(r.Violations) == 0 && len(r.NotJudged) == 0 && r.Validated }
 
 // Violated reports whether budget metric was violated.
 func (r *Result) Violated(metric string) bool {
@@ -240,8 +263,10 @@ func (sc Scenario) Validate() error {
 	if sc.Name == "" {
 		errs = append(errs, errors.New("scenario: Name is empty"))
 	}
-	if err := sc.Config.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("scenario %s: config: %w", sc.Name, err))
+	if sc.Target == nil {
+		if err := sc.Config.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("scenario %s: config: %w", sc.Name, err))
+		}
 	}
 	p := sc.Phases
 	if p.Baseline <= 0 || p.Inject <= 0 || p.Observe < 0 || p.Recover <= 0 {
@@ -255,48 +280,81 @@ func (sc Scenario) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Run executes sc against env and returns what it saw. It fails only when
-// the run itself could not happen (bad scenario, data plane or fault that
-// can't start or recover); budgets that don't hold are in Result.Violations.
-// Every fault is recovered, even when another fails to, and every load
-// stopped before Run returns; a fault that fails to recover is an error (a
-// backend left paused would break whatever runs next). A run that stops
-// part-way still returns its Result, with the timeline and loads seen so
-// far and Result.Error set, so that its report can be written. It blocks for
-// the sum of the phases plus set-up (seconds).
+// Prepare seeds sc.Data in env's store and warms sc.WarmPosts posts into
+// its cache, through a fixed data plane of its own: the set-up a run of sc
+// expects, done before Run (and before the run's own sockets are counted).
+func Prepare(ctx context.Context, env *fixtures.Env, sc Scenario) error {
+	if sc.Data == (fixtures.SeedSpec{}) && sc.WarmPosts == 0 {
+		return nil
+	}
+	session, err := env.NewCluster().CreateSession()
+	if err != nil {
+		return fmt.Errorf("scenario %s: cql session: %w", sc.Name, err)
+	}
+	defer session.Close()
+	if sc.Data != (fixtures.SeedSpec{}) {
+		if err := fixtures.Seed(ctx, session, env.Keyspace, sc.Data); err != nil {
+			return fmt.Errorf("scenario %s: %w", sc.Name, err)
+		}
+	}
+	if sc.WarmPosts == 0 {
+		return nil
+	}
+	// Warming through the configuration under test would itself be a
+	// flood.
+	dp, err := dataplane.New(dataplane.DefaultConfig(), dataplane.Backends{MemcachedAddrs: env.MemcachedAddrs, Session: session, Keyspace: env.Keyspace})
+	if err != nil {
+		return fmt.Errorf("scenario %s: warm cache: %w", sc.Name, err)
+	}
+	defer func() { _ = dp.Close() }()
+	const chunk = 5_000
+	for lo := 0; lo < sc.WarmPosts; lo += chunk {
+		if _, err := dp.GetPostRecords(ctx, "warmup", fixtures.PostURIs(lo, min(chunk, sc.WarmPosts-lo))); err != nil {
+			return fmt.Errorf("scenario %s: warm cache: %w", sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// Run executes sc against its target in env and returns what it saw; the
+// caller has run Prepare. It fails only when the run itself could not
+// happen (bad scenario, a target or fault that can't start or recover);
+// budgets that don't hold are in Result.Violations. Every fault is
+// recovered, even when another fails to, every load stopped and the
+// target stopped before Run returns; a fault that fails to recover is an
+// error (a backend left paused would break whatever runs next). A run that
+// stops part-way still returns its Result, with the timeline and loads
+// seen so far and Result.Error set, so that its report can be written. It
+// blocks for the sum of the phases plus set-up (seconds).
 func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err error) {
 	sc = sc.withDefaults()
 	if err := sc.Validate(); err != nil {
 		return nil, err
 	}
-	res = &Result{Scenario: sc.Name, Seed: sc.Seed, Config: sc.Config, Started: time.Now(), Budgets: sc.Budgets, Replay: replayCommand(sc)}
-	progress("%s: seed %d; set-up", sc.Name, sc.Seed)
+	tgt := sc.Target
+	if tgt == nil {
+		tgt = target.NewInProcess(sc.Config)
+	}
+	res = &Result{Scenario: sc.Name, Seed: sc.Seed, Config: sc.Config, Target: tgt.Name(), Started: time.Now(), Budgets: sc.Budgets, Replay: replayCommand(sc)}
+	progress("%s: seed %d; target %s; set-up", sc.Name, sc.Seed, tgt.Name())
 
-	session, err := env.NewCluster().CreateSession()
-	if err != nil {
-		return nil, fmt.Errorf("scenario %s: cql session: %w", sc.Name, err)
-	}
-	defer session.Close()
-	if sc.Data != (fixtures.SeedSpec{}) {
-		if err := fixtures.Seed(ctx, session, env.Keyspace, sc.Data); err != nil {
-			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
-		}
-	}
-	dp, err := dataplane.New(sc.Config, dataplane.Backends{MemcachedAddrs: env.MemcachedAddrs, Session: session, Keyspace: env.Keyspace})
-	if err != nil {
-		return nil, fmt.Errorf("scenario %s: data plane: %w", sc.Name, err)
-	}
-	defer func() { _ = dp.Close() }()
-	srv, err := dataplane.NewServer(dp)
-	if err != nil {
+	if err := tgt.Start(ctx, target.BackendsOf(env)); err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
 	}
-	defer srv.Close()
-	if err := warm(ctx, env, session, sc.WarmPosts); err != nil {
-		return nil, fmt.Errorf("scenario %s: warm cache: %w", sc.Name, err)
-	}
+	// Registered first, so run last: the target outlives the faults'
+	// recovery.
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if serr := tgt.Stop(sctx); serr != nil {
+			err = errors.Join(err, fmt.Errorf("scenario %s: stop %s: %w", sc.Name, tgt.Name(), serr))
+			if res != nil {
+				res.Error = err.Error()
+			}
+		}
+	}()
 
-	h := Harness{Env: env, DataPlane: dp, Server: srv}
+	h := Harness{Env: env, Target: tgt, URL: tgt.URL(), DataPlane: target.DataPlaneOf(tgt)}
 	var injected []faults.Fault
 	for _, mk := range sc.Faults {
 		f, err := mk(h)
@@ -338,7 +396,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	for i, p := range sc.Background {
 		p.Seed = sc.Seed + uint64(i)
 		p.Duration = sc.Phases.Baseline + sc.Phases.Inject + sc.Phases.Observe + sc.Phases.Recover
-		l, err := faults.NewLoad(srv.URL, p)
+		l, err := faults.NewLoad(h.URL, p)
 		if err != nil {
 			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
 		}
@@ -361,16 +419,20 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	if sc.Probes != nil {
 		extra = sc.Probes(h)
 	}
-	goroutinesPeak, err := probe.NewGoroutinesPeak(goroutinesPeakInterval)
-	if err != nil {
-		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
-	}
-	sampler, err := newSampler(env, dp, loads, sc.Interval, goroutinesPeak, extra...)
-	if err != nil {
-		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
-	}
 	// Every poller polls while the sampler runs, and none outlives Run.
-	pollers := []*probe.Peak{goroutinesPeak}
+	var pollers []*probe.Peak
+	var goroutinesPeak *probe.Peak
+	if tgt.PID() == target.Self {
+		// Only the process's own goroutines can be polled this often.
+		if goroutinesPeak, err = probe.NewGoroutinesPeak(goroutinesPeakInterval); err != nil {
+			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+		}
+		pollers = append(pollers, goroutinesPeak)
+	}
+	sampler, err := newSampler(env, tgt, loads, sc.Interval, goroutinesPeak, extra...)
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
 	for _, src := range extra {
 		if p, ok := src.(*probe.Peak); ok {
 			pollers = append(pollers, p)
@@ -427,7 +489,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			return err
 		}
 		sampler.Mark(PhaseInject)
-		atInject, atInjectErr := dp.Metrics()
+		atInject, atInjectErr := tgt.Metrics(ctx)
 		for _, f := range injected {
 			progress("%s: inject %s", sc.Name, f.Name())
 			if err := f.Inject(ctx); err != nil {
@@ -441,7 +503,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			return err
 		}
 		sampler.Mark(PhaseRecover)
-		if atRecover, err := dp.Metrics(); err == nil && atInjectErr == nil {
+		if atRecover, err := tgt.Metrics(ctx); err == nil && atInjectErr == nil {
 			res.Clients = ClientsBetween(atInject, atRecover)
 		}
 		if err := recoverAll(ctx, ""); err != nil {
@@ -454,7 +516,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		<-bgDone
 		vctx, cancel := context.WithTimeout(ctx, sc.ValidateTimeout)
 		defer cancel()
-		if err := validate(vctx, srv.URL); err != nil {
+		if err := validate(vctx, h.URL); err != nil {
 			res.ValidateError = err.Error()
 		} else {
 			res.Validated = true
@@ -482,7 +544,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	if err := addEverydayLatency(res.Timeline, res.Loads); err != nil {
 		progress("%s: %v", sc.Name, err)
 	}
-	res.Violations = res.Timeline.Check(sc.Budgets...)
+	res.Violations, res.NotJudged = judge(res.Timeline, tgt, sc.Budgets)
 	res.Peaks = Peaks(res.Timeline)
 	if runErr != nil {
 		err = fmt.Errorf("scenario %s: %w", sc.Name, runErr)
@@ -625,27 +687,6 @@ func addEverydayLatency(tl *probe.Timeline, reports []faults.LoadReport) error {
 	})
 }
 
-// warm reads posts 0..n-1 through a fixed data plane of its own, so that
-// they are in the cache: warming through the configuration under test would
-// itself be a flood.
-func warm(ctx context.Context, env *fixtures.Env, session *gocql.Session, n int) error {
-	if n == 0 {
-		return nil
-	}
-	dp, err := dataplane.New(dataplane.DefaultConfig(), dataplane.Backends{MemcachedAddrs: env.MemcachedAddrs, Session: session, Keyspace: env.Keyspace})
-	if err != nil {
-		return err
-	}
-	defer func() { _ = dp.Close() }()
-	const chunk = 5_000
-	for lo := 0; lo < n; lo += chunk {
-		if _, err := dp.GetPostRecords(ctx, "warmup", fixtures.PostURIs(lo, min(chunk, n-lo))); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // validate asks the data plane for a small batch over HTTP.
 func validate(ctx context.Context, url string) error {
 	c := &dataplane.Client{URL: url, Name: "validate"}
@@ -675,8 +716,12 @@ func validate(ctx context.Context, url string) error {
 const goroutinesPeakInterval = 5 * time.Millisecond
 
 // newSampler returns the sampler of a run: the built-in sources, then
-// extra. goroutinesPeak must be started and stopped by the caller.
-func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []LoadCounters, interval time.Duration, goroutinesPeak *probe.Peak, extra ...probe.Source) (*probe.Sampler, error) {
+// extra. For a target in this process they are its process and runtime
+// figures, goroutinesPeak (which the caller starts and stops), the
+// memcached sockets, the data plane's metrics and the loads'; for another
+// process, its process figures (if it has one to probe) and its runtime
+// figures from its metrics, one scrape a sample (goroutinesPeak is nil).
+func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, interval time.Duration, goroutinesPeak *probe.Peak, extra ...probe.Source) (*probe.Sampler, error) {
 	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
 	if err != nil {
 		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
@@ -695,14 +740,25 @@ func newSampler(env *fixtures.Env, dp *dataplane.DataPlane, loads []LoadCounters
 	if err != nil {
 		return nil, err
 	}
-	return probe.NewSampler(interval, append([]probe.Source{
-		probe.NewProcessSource(0),
-		probe.NewRuntimeSource(),
-		goroutinesPeak,
-		sockets,
-		dataPlaneSource{dp},
-		LoadSource(loads...),
-	}, extra...)...)
+	var sources []probe.Source
+	switch pid := tgt.PID(); {
+	case pid == target.Self:
+		sources = append(sources, probe.NewProcessSource(0), probe.NewRuntimeSource(), goroutinesPeak, sockets, &targetSource{t: tgt})
+	case pid == target.NoProcess && !restartable(tgt):
+		// An endpoint without a pid: nothing to probe but its metrics.
+		sources = append(sources, sockets, &targetSource{t: tgt, runtime: true})
+	default:
+		sources = append(sources, probe.NewProcessSourceOf(tgt.PID), sockets, &targetSource{t: tgt, runtime: true})
+	}
+	return probe.NewSampler(interval, append(append(sources, LoadSource(loads...)), extra...)...)
+}
+
+// restartable says whether t's process may come and go (a supervised
+// child), so that its pid is worth asking at every sample even when there
+// is none at the moment.
+func restartable(t target.Target) bool {
+	_, ok := t.(*target.Exec)
+	return ok
 }
 
 // LoadCounters is what LoadSource reads of a load: its profile (for its
@@ -828,22 +884,134 @@ func settleClosing(ctx context.Context, census probe.Census, port uint16) (time.
 // reaches TIME_WAIT within a millisecond once memcached answers its FIN.
 const closingSettle = time.Second
 
-// dataPlaneSource reads the data plane's own metrics, one Gather a sample.
-type dataPlaneSource struct{ dp *dataplane.DataPlane }
-
-func (dataPlaneSource) Metrics() []string {
-	return []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns, MetricPortErrors}
+// targetSource reads the target's metrics, one gather or scrape a sample:
+// the data plane's figures (spiral_dataplane_*; missing from a service
+// that does not export them) and, with runtime, the Go runtime's figures
+// another process exports (go_goroutines and the runtime/metrics that
+// cmd/dataplane exports, see RuntimeFromMetrics) and its restarts.
+type targetSource struct {
+	t       target.Target
+	runtime bool
+	gc      gcShare
 }
 
-func (s dataPlaneSource) Read(_ context.Context, dst []float64) error {
-	m, err := s.dp.Metrics()
+// dataPlaneMetrics are the data plane's figures targetSource fills first.
+var dataPlaneMetrics = []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns, MetricPortErrors}
+
+// runtimeFromMetrics are the runtime figures targetSource fills after them,
+// for another process, and the exported metric each comes from.
+var runtimeFromMetrics = []struct{ metric, exported string }{
+	{probe.MetricGoroutines, "go_goroutines"},
+	{probe.MetricHeap, "go_memory_classes_heap_objects_bytes"},
+	{probe.MetricHeapGoal, "go_gc_heap_goal_bytes"},
+	{probe.MetricGCCycles, "go_gc_cycles_total_gc_cycles_total"},
+}
+
+// Exported runtime/metrics counters the GC share of another process is
+// computed from: /cpu/classes/gc/total:cpu-seconds and
+// /cpu/classes/total:cpu-seconds.
+const (
+	exportedGCCPU    = "go_cpu_classes_gc_total_cpu_seconds_total"
+	exportedTotalCPU = "go_cpu_classes_total_cpu_seconds_total"
+)
+
+func (s *targetSource) Metrics() []string {
+	names := slices.Clone(dataPlaneMetrics)
+	if s.runtime {
+		for _, r := range runtimeFromMetrics {
+			names = append(names, r.metric)
+		}
+		names = append(names, probe.MetricGCCPUFraction, MetricTargetRestarts)
+	}
+	return names
+}
+
+func (s *targetSource) Read(ctx context.Context, dst []float64) error {
+	if s.runtime {
+		dst[len(dst)-1] = float64(s.t.Restarts()) // known even while the scrape fails
+	}
+	m, err := s.t.Metrics(ctx)
 	if err != nil {
+		if s.runtime {
+			for i := range dst[:len(dst)-1] {
+				dst[i] = math.NaN()
+			}
+			return nil // a child between two lives: its figures missing, its restarts kept
+		}
 		return err
 	}
-	dst[0], dst[1], dst[2] = m.Sum("lookups_in_flight"), m.Sum("cache_errors_total"), m.Sum("log_lines_written_total")
-	dst[3], dst[4], dst[5] = m.Sum("log_lines_dropped_total"), m.Sum("store_queries_in_flight"), m.Sum("memcached_conns_open")
-	dst[6] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
+	// A service that does not export the data plane's metrics (its gauge
+	// of lookups in flight, always there) has those figures missing, not
+	// 0; one that does leaves a counter out until it first counts.
+	if _, ok := m.Total(dataPlaneMarker); ok {
+		dst[0], dst[1], dst[2] = m.Sum("lookups_in_flight"), m.Sum("cache_errors_total"), m.Sum("log_lines_written_total")
+		dst[3], dst[4], dst[5] = m.Sum("log_lines_dropped_total"), m.Sum("store_queries_in_flight"), m.Sum("memcached_conns_open")
+		dst[6] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
+	} else {
+		for i := range dataPlaneMetrics {
+			dst[i] = math.NaN()
+		}
+	}
+	if !s.runtime {
+		return nil
+	}
+	off := len(dataPlaneMetrics)
+	for i, r := range runtimeFromMetrics {
+		dst[off+i] = math.NaN()
+		if v, ok := m.Total(r.exported); ok {
+			dst[off+i] = v
+		}
+	}
+	gc, okGC := m.Total(exportedGCCPU)
+	total, okTotal := m.Total(exportedTotalCPU)
+	dst[off+len(runtimeFromMetrics)] = math.NaN()
+	if okGC && okTotal {
+		dst[off+len(runtimeFromMetrics)] = s.gc.next(gc, total)
+	}
 	return nil
+}
+
+// dataPlaneMarker is a metric every data plane exporting Spiral's metric
+// names has from its start (a gauge).
+const dataPlaneMarker = "spiral_dataplane_lookups_in_flight"
+
+// gcShare turns two cumulative CPU counters (GC's and everything's) into
+// the share of CPU spent in GC since the previous reading, as
+// probe.RuntimeReader does in-process: 0 where the total did not move
+// (the runtime accounts GC CPU at a cycle's end), NaN on the first reading
+// and after a counter went back (a restarted process).
+type gcShare struct {
+	prevGC, prevTotal float64
+	primed            bool
+}
+
+func (g *gcShare) next(gc, total float64) float64 {
+	prevGC, prevTotal, primed := g.prevGC, g.prevTotal, g.primed
+	g.prevGC, g.prevTotal, g.primed = gc, total, true
+	switch dt := total - prevTotal; {
+	case !primed || dt < 0 || gc < prevGC:
+		return math.NaN()
+	case dt == 0:
+		return 0
+	default:
+		return (gc - prevGC) / dt
+	}
+}
+
+// judge checks budgets against tl. For a target in this process every
+// problem is a violation (a figure missing is Spiral's bug); for another,
+// a budget that could not be judged (a figure it does not export, or no
+// process to probe) is returned apart, as not judged.
+func judge(tl *probe.Timeline, tgt target.Target, budgets []probe.Budget) (violations, notJudged probe.Violations) {
+	for _, v := range tl.Check(budgets...) {
+		if v.Problem != "" && tgt.PID() != target.Self {
+			v.Problem = fmt.Sprintf("target %s does not expose it: %s", tgt.Name(), v.Problem)
+			notJudged = append(notJudged, v)
+			continue
+		}
+		violations = append(violations, v)
+	}
+	return violations, notJudged
 }
 
 // Peaks returns each metric's high-water mark per phase of tl, missing

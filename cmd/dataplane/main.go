@@ -20,9 +20,15 @@
 // start (no backend, bad keyspace) exits 1.
 //
 // The backends default to Spiral's external-mode variables
-// (SPIRAL_MEMCACHED_ADDRS, SPIRAL_CQL_HOSTS, SPIRAL_KEYSPACE), which is how
-// a suite hands a child its environment's backends. GOMEMLIMIT and GOGC
-// apply as to any Go program.
+// (SPIRAL_MEMCACHED_ADDRS, SPIRAL_CQL_HOSTS, SPIRAL_KEYSPACE) and the
+// address to $SPIRAL_LISTEN, which is how Spiral's child-process target
+// (target.Exec) hands a child its environment's backends and its address.
+// GOMEMLIMIT and GOGC apply as to any Go program.
+//
+// Its /metrics carries the Go runtime's figures beside the data plane's
+// (go_goroutines, go_cpu_classes_*, go_gc_*, go_memory_classes_heap_*), so
+// that a suite can judge a child's goroutines, heap and GC share as it
+// judges an in-process data plane's.
 package main
 
 import (
@@ -35,11 +41,17 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"regexp"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func main() {
@@ -77,7 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	memcached := envOr(fixtures.EnvMemcachedAddrs, "")
 	cql := envOr(fixtures.EnvCQLHosts, "")
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:0", "`address` to serve on (port 0: any free port, printed once listening)")
+	fs.StringVar(&o.listen, "listen", envOr(target.EnvListen, "127.0.0.1:0"), "`address` to serve on (port 0: any free port, printed once listening; default $"+target.EnvListen+" or 127.0.0.1:0)")
 	fs.StringVar(&o.config, "config", "fixed", "data plane configuration: fixed (dataplane.DefaultConfig) or incident (dataplane.IncidentConfig)")
 	fs.StringVar(&memcached, "memcached", memcached, "memcached servers, comma-separated `host:port` (default $"+fixtures.EnvMemcachedAddrs+")")
 	fs.StringVar(&cql, "cql", cql, "CQL store contact points, comma-separated `host:port` (default $"+fixtures.EnvCQLHosts+")")
@@ -150,7 +162,7 @@ func serve(ctx context.Context, o options, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{Handler: dp.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: withRuntimeMetrics(dp), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	_, _ = fmt.Fprintf(stdout, "dataplane: listening on http://%s\n", ln.Addr())
@@ -166,6 +178,20 @@ func serve(ctx context.Context, o options, stdout io.Writer) error {
 		return fmt.Errorf("shut down: %w", err)
 	}
 	return nil
+}
+
+// withRuntimeMetrics is dp's handler with the Go runtime's figures added to
+// its /metrics: goroutines, and the runtime/metrics that the suites' GC
+// share and heap figures come from (target.RuntimeFromMetrics).
+func withRuntimeMetrics(dp *dataplane.DataPlane) http.Handler {
+	rt := prometheus.NewRegistry()
+	rt.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+		collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/(cpu/classes/|gc/cycles/total|gc/heap/goal|memory/classes/heap/objects|sched/goroutines)`)},
+	)))
+	mux := http.NewServeMux()
+	mux.Handle(dataplane.MetricsPath, promhttp.HandlerFor(prometheus.Gatherers{dp.Registry(), rt}, promhttp.HandlerOpts{}))
+	mux.Handle("/", dp.Handler())
+	return mux
 }
 
 // openSink returns the writer -log names and how to close it.

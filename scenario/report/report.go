@@ -277,9 +277,11 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-
 code{background:#f4f4f4;padding:2px 4px}
 </style></head><body>
 <h1>{{.Res.Scenario}}</h1>
-<p class="verdict {{if .Held}}held{{else}}failed{{end}}">{{if .Held}}every budget held{{else}}{{len .Violations}} budget violation(s){{if not .Res.Validated}}; data plane did not answer after recover{{end}}{{end}}</p>
-<p>seed {{.Res.Seed}} &middot; started {{.Res.Started.UTC.Format "2006-01-02 15:04:05Z"}} &middot; faults: {{range .Res.Faults}}<code>{{.}}</code> {{else}}none{{end}} &middot; replay: <code>{{.Res.Replay}}</code></p>
+<p class="verdict {{if .Held}}held{{else}}failed{{end}}">{{if .Held}}every budget held{{else}}{{len .Violations}} budget violation(s){{if .Res.NotJudged}}, {{len .Res.NotJudged}} not judged{{end}}{{if not .Res.Validated}}; data plane did not answer after recover{{end}}{{end}}</p>
+<p>target <code>{{if .Res.Target}}{{.Res.Target}}{{else}}in-process{{end}}</code> &middot; seed {{.Res.Seed}} &middot; started {{.Res.Started.UTC.Format "2006-01-02 15:04:05Z"}} &middot; faults: {{range .Res.Faults}}<code>{{.}}</code> {{else}}none{{end}} &middot; replay: <code>{{.Res.Replay}}</code></p>
+{{if .Res.Error}}<p class="failed">the run failed: {{.Res.Error}}</p>{{end}}
 {{if .Violations}}<h2>Violations</h2><ul>{{range .Violations}}<li>{{.}}</li>{{end}}</ul>{{end}}
+{{if .Res.NotJudged}}<h2>Not judged</h2><p>The target does not expose what these budgets read; they are neither held nor violated.</p><ul>{{range .Res.NotJudged}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.ValidateError}}<p class="failed">{{.Res.ValidateError}}</p>{{end}}
 <h2>Budgets</h2><ul>{{range .Res.Budgets}}<li>{{.}}</li>{{end}}</ul>
 <h2>Loads</h2><table><tr><th>client</th><th>traffic</th><th>sent</th><th>ok</th><th>errors</th><th>skipped</th><th>p50</th><th>p99</th><th>max</th><th>outcomes</th><th>finished</th></tr>

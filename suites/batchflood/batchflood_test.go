@@ -97,7 +97,7 @@ func floodScenario(name string, cfg dataplane.Config) scenario.Scenario {
 		WarmPosts:  posts,
 		Background: []faults.LoadProfile{bg},
 		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
-			return faults.NewFlood(h.Server.URL, flood)
+			return faults.NewFlood(h.URL, flood)
 		}},
 		Phases:  phases,
 		Budgets: budgets,
@@ -110,7 +110,7 @@ func TestBatchFlood(t *testing.T) {
 	env := fixtures.Shared(t)
 
 	t.Run("fixed", func(t *testing.T) {
-		res := suite.Run(t, env, floodScenario("fixed", dataplane.DefaultConfig()))
+		res := suite.RunUnderTest(t, env, floodScenario("fixed", dataplane.DefaultConfig()))
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget under the flood")
 		assert.True(t, res.Validated, res.ValidateError)
 		require.NotEmpty(t, res.LoadSummary)

@@ -27,6 +27,7 @@ import (
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
@@ -171,22 +172,26 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 			return faults.NewContainerFault(h.Env.Memcached, o.action), nil
 		}},
 		Probes: func(h scenario.Harness) []probe.Source {
-			peak, err := newStorePeak(h.DataPlane)
-			require.NoError(t, err) // only a bad name or interval fails
-			return []probe.Source{lookupSource{h.DataPlane}, peak}
+			srcs := []probe.Source{lookupSource{h.Target}}
+			if h.DataPlane != nil { // polled in-process only; not judged otherwise
+				peak, err := newStorePeak(h.DataPlane)
+				require.NoError(t, err) // only a bad name or interval fails
+				srcs = append(srcs, peak)
+			}
+			return srcs
 		},
 		Phases:  phases,
 		Budgets: budgets(o),
 	}
 }
 
-// lookupSource reads the data plane's keys answered by source.
-type lookupSource struct{ dp *dataplane.DataPlane }
+// lookupSource reads the target's keys answered by source.
+type lookupSource struct{ t target.Target }
 
 func (lookupSource) Metrics() []string { return []string{metricCacheHits, metricStoreReads} }
 
-func (s lookupSource) Read(_ context.Context, dst []float64) error {
-	m, err := s.dp.Metrics()
+func (s lookupSource) Read(ctx context.Context, dst []float64) error {
+	m, err := s.t.Metrics(ctx)
 	if err != nil {
 		return err
 	}
@@ -269,7 +274,7 @@ func TestCacheOutage(t *testing.T) {
 	for _, o := range outages {
 		t.Run(o.name, func(t *testing.T) {
 			t.Run("fixed", func(t *testing.T) {
-				res := suite.Run(t, env, outageScenario(t, o, "fixed", dataplane.DefaultConfig()))
+				res := suite.RunUnderTest(t, env, outageScenario(t, o, "fixed", dataplane.DefaultConfig()))
 				logFigures(t, res)
 				assert.Empty(t, res.Violations, "the fixed data plane must hold every budget with memcached %s", o.name)
 				require.NotEmpty(t, res.LoadSummary)

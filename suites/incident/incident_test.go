@@ -124,7 +124,7 @@ func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
 				}
 				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
 			},
-			func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.Server.URL, flood) },
+			func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.URL, flood) },
 		},
 		Probes: func(h scenario.Harness) []probe.Source {
 			return []probe.Source{
@@ -145,6 +145,7 @@ func TestIncidentReplay(t *testing.T) {
 	env := fixtures.Shared(t)
 
 	t.Run("fixed", func(t *testing.T) {
+		suite.InProcessOnly(t, "the blocking log sink is handed to the bundled data plane in-process; a child's log pipe is not wired to it")
 		res := suite.Run(t, env, replay(t, "fixed", dataplane.DefaultConfig()))
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget through the whole chain")
 		assert.True(t, res.Validated, res.ValidateError)

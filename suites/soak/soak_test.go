@@ -91,7 +91,7 @@ func kinds(phases scenario.Phases, seed uint64) []kind {
 	flood.Duration, flood.Seed = phases.Inject, seed
 	return []kind{
 		// p99 21-53 ms.
-		{"flood", func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.Server.URL, flood) }, 0.11},
+		{"flood", func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.URL, flood) }, 0.11},
 		// p99 0.52-0.70 s: requests wait out memcached's 500 ms timeout,
 		// then read the store.
 		{"pause-memcached", func(h scenario.Harness) (faults.Fault, error) {
@@ -143,7 +143,7 @@ func TestSoak(t *testing.T) {
 		}
 		name := fmt.Sprintf("soak/cycle-%03d-%s", c, k.name)
 		ok := t.Run(fmt.Sprintf("cycle-%03d-%s", c, k.name), func(t *testing.T) {
-			res := suite.Run(t, env, scenario.Scenario{
+			res := suite.RunUnderTest(t, env, scenario.Scenario{
 				Name: name, Config: dataplane.DefaultConfig(), Seed: seed + uint64(c),
 				Data: fixtures.SeedSpec{Posts: posts}, WarmPosts: posts,
 				Background: []faults.LoadProfile{bg},

@@ -10,17 +10,24 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/scenario/report"
+	"github.com/spiral-chaos/spiral/target"
 )
 
-// Run runs sc and writes its report: under $SPIRAL_REPORT_DIR when set
-// (make chaos), else into a temporary folder kept only if t fails. It fails
-// t at once if the run could not happen; judging the result is the caller's.
+// Run prepares sc (scenario.Prepare), runs it and writes its report: under
+// $SPIRAL_REPORT_DIR when set (make chaos), else into a temporary folder
+// kept only if t fails. It fails t at once if the run could not happen;
+// judging the result is the caller's. Budgets the target could not be
+// judged on are logged as such.
 func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result {
 	t.Helper()
 	if err := scenario.CheckEnv(); err != nil {
+		t.Fatal(err)
+	}
+	if err := scenario.Prepare(t.Context(), env, sc); err != nil {
 		t.Fatal(err)
 	}
 	res, err := scenario.Run(t.Context(), env, sc)
@@ -33,9 +40,12 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 	if err != nil {
 		t.Fatalf("%v\nreplay: %s", err, replay(res))
 	}
-	t.Logf("%s: faults %v; %d violation(s); validated=%v", sc.Name, res.Faults, len(res.Violations), res.Validated)
+	t.Logf("%s: target %s; faults %v; %d violation(s); validated=%v", sc.Name, res.Target, res.Faults, len(res.Violations), res.Validated)
 	for _, v := range res.Violations {
 		t.Logf("  %v", v)
+	}
+	for _, v := range res.NotJudged {
+		t.Logf("  not judged: %v", v)
 	}
 	for _, l := range res.LoadSummary {
 		t.Logf("  load %s: sent %d ok %d errors %d skipped %d p99 %v", l.Client, l.Stats.Sent, l.Stats.OK, l.Stats.Errors, l.Stats.Skipped, l.P99)
@@ -46,6 +56,50 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 		}
 	})
 	return res
+}
+
+// RunUnderTest is Run with sc's target set by UnderTest: the arm that
+// judges the service under test.
+func RunUnderTest(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result {
+	t.Helper()
+	sc.Target = UnderTest(t, sc.Config)
+	return Run(t, env, sc)
+}
+
+// UnderTest returns the target of an arm that judges the service under
+// test (the fixed arms): $SPIRAL_TARGET's when it names one, else nil,
+// which a scenario reads as the bundled data plane with its Config
+// in-process. A malformed $SPIRAL_TARGET fails t. Arms that replay the
+// incident or a regression of the bundled data plane are its positive
+// controls and keep running it in-process, whatever the target.
+func UnderTest(t *testing.T, cfg dataplane.Config) target.Target {
+	t.Helper()
+	spec, err := target.FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Kind == target.KindInProcess {
+		return nil
+	}
+	tgt, err := spec.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tgt
+}
+
+// InProcessOnly skips t, saying why, when $SPIRAL_TARGET names a service
+// other than the bundled data plane in-process: for an arm whose fault
+// works through the bundled data plane's own code (a dial hook).
+func InProcessOnly(t *testing.T, why string) {
+	t.Helper()
+	spec, err := target.FromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Kind != target.KindInProcess {
+		t.Skipf("%s=%s: %s", target.EnvTarget, spec, why)
+	}
 }
 
 // replayCommand is the go test command that runs t again with seed, from

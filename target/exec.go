@@ -1,0 +1,251 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+)
+
+// AddrArg, in an Exec target's arguments, is replaced by the address the
+// child must serve on ("127.0.0.1:PORT"); the child also finds it in
+// $SPIRAL_LISTEN.
+const AddrArg = "{addr}"
+
+// ExecConfig describes a child-process target.
+type ExecConfig struct {
+	// Path is the binary. Required; it must exist and be executable.
+	Path string
+	// Args are its arguments; each AddrArg in them becomes the address.
+	Args []string
+	// Env is added to the child's environment, after the test's own and
+	// the backends' (fixtures.EnvMemcachedAddrs, fixtures.EnvCQLHosts,
+	// fixtures.EnvKeyspace, EnvListen), so it may override them:
+	// "GOMEMLIMIT=48MiB", "GOGC=off".
+	Env []string
+	// Cgroup, if set, holds every child (a memory limit); OOM kills are
+	// then counted from the kernel's record. The caller creates and
+	// removes it.
+	Cgroup *faults.MemoryCgroup
+	// MaxRestarts caps restarts over the target's life (defaults to 5;
+	// negative: never restart). StartTimeout bounds a start, from exec to
+	// healthy (defaults to 20 s: a CQL session's handshake on a loaded
+	// machine).
+	MaxRestarts  int
+	StartTimeout time.Duration
+}
+
+// Exec is a service binary run as a supervised child process, serving on
+// 127.0.0.1 and a port Spiral picks, the same across restarts.
+type Exec struct {
+	cfg    ExecConfig
+	client *http.Client
+
+	mu   sync.Mutex
+	sup  *faults.Supervisor
+	base string
+}
+
+// NewExec checks cfg and returns a target that has not started anything.
+func NewExec(cfg ExecConfig) (*Exec, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("exec target: no binary given")
+	}
+	if err := checkExecutable(cfg.Path); err != nil {
+		return nil, fmt.Errorf("exec target: %w", err)
+	}
+	for _, kv := range cfg.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, fmt.Errorf("exec target: environment entry %q: want NAME=value", kv)
+		}
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 20 * time.Second
+	}
+	return &Exec{cfg: cfg, client: newHTTPClient()}, nil
+}
+
+// Name is "exec:" and the command line.
+func (t *Exec) Name() string {
+	return "exec:" + strings.Join(append([]string{t.cfg.Path}, t.cfg.Args...), " ")
+}
+
+// Start picks a free loopback port, starts the child on it and waits until
+// it is healthy.
+func (t *Exec) Start(ctx context.Context, b Backends) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.sup != nil {
+		return errors.New("start exec target: already started")
+	}
+	if err := b.Validate(); err != nil {
+		return fmt.Errorf("start exec target: %w", err)
+	}
+	addr, err := freeLoopbackAddr()
+	if err != nil {
+		return fmt.Errorf("start exec target: %w", err)
+	}
+	args := make([]string, len(t.cfg.Args))
+	for i, a := range t.cfg.Args {
+		args[i] = strings.ReplaceAll(a, AddrArg, addr)
+	}
+	env := append(os.Environ(),
+		EnvListen+"="+addr,
+		fixtures.EnvMemcachedAddrs+"="+strings.Join(b.MemcachedAddrs, ","),
+		fixtures.EnvCQLHosts+"="+strings.Join(b.CQLHosts, ","),
+		fixtures.EnvKeyspace+"="+b.Keyspace,
+	)
+	env = append(env, t.cfg.Env...)
+	sup, err := faults.NewSupervisor(faults.SupervisorConfig{
+		Command: func(ctx context.Context) *exec.Cmd {
+			cmd := exec.CommandContext(ctx, t.cfg.Path, args...)
+			cmd.Env = env
+			return cmd
+		},
+		Cgroup:       t.cfg.Cgroup,
+		MaxRestarts:  t.cfg.MaxRestarts,
+		StartTimeout: t.cfg.StartTimeout,
+		HealthPath:   dataplane.HealthPath,
+		Addr:         addr,
+	})
+	if err != nil {
+		return fmt.Errorf("start exec target: %w", err)
+	}
+	if err := sup.Start(ctx); err != nil {
+		return fmt.Errorf("start %s: %w%s", t.Name(), err, lastOutput(sup))
+	}
+	t.sup, t.base = sup, "http://"+addr
+	return nil
+}
+
+// lastOutput is the last exit's output, for an error message.
+func lastOutput(sup *faults.Supervisor) string {
+	exits := sup.Exits()
+	if len(exits) == 0 || exits[len(exits)-1].Output == "" {
+		return ""
+	}
+	return "\nits output:\n" + exits[len(exits)-1].Output
+}
+
+// freeLoopbackAddr returns 127.0.0.1 and a port free at the moment: the
+// child binds it a moment later (the window is the one every "port 0 then
+// tell the child" scheme has; a port taken in between fails the start,
+// with the child's own message).
+func freeLoopbackAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := ln.Addr().String()
+	return addr, ln.Close()
+}
+
+// Supervisor is the child's supervisor (its exits, OOM kills, recovery
+// times), or nil before Start.
+func (t *Exec) Supervisor() *faults.Supervisor {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sup
+}
+
+// URL is the child's base URL.
+func (t *Exec) URL() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.base
+}
+
+// PID is the running child's pid, or NoProcess between two children.
+func (t *Exec) PID() int {
+	if sup := t.Supervisor(); sup != nil {
+		if pid := sup.Pid(); pid > 0 {
+			return pid
+		}
+	}
+	return NoProcess
+}
+
+// Metrics scrapes the child's /metrics.
+func (t *Exec) Metrics(ctx context.Context) (dataplane.Snapshot, error) {
+	base := t.URL()
+	if base == "" {
+		return nil, errors.New("exec target: not running")
+	}
+	return scrape(ctx, t.client, base)
+}
+
+// Health checks the child's /healthz.
+func (t *Exec) Health(ctx context.Context) error {
+	base := t.URL()
+	if base == "" {
+		return errors.New("exec target: not running")
+	}
+	return health(ctx, t.client, base)
+}
+
+// Restarts counts the children started after the first.
+func (t *Exec) Restarts() int {
+	sup := t.Supervisor()
+	if sup == nil {
+		return 0
+	}
+	return max(sup.Stats().Starts-1, 0)
+}
+
+// Stop kills the child and waits until it is reaped.
+func (t *Exec) Stop(context.Context) error {
+	t.mu.Lock()
+	sup := t.sup
+	t.mu.Unlock()
+	if sup == nil {
+		return nil
+	}
+	sup.Stop()
+	t.client.CloseIdleConnections()
+	return nil
+}
+
+// BuildDataPlane builds the bundled data plane's binary (cmd/dataplane)
+// into dir and returns its path, for an Exec target of it; it runs the go
+// command, which must be on PATH, from the module's root.
+func BuildDataPlane(ctx context.Context, dir string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "dataplane")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/dataplane")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build cmd/dataplane: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// moduleRoot is the nearest folder at or above the working directory with
+// a go.mod: where `go test ./suites/...` was run from.
+func moduleRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		if dir == filepath.Dir(dir) {
+			return "", fmt.Errorf("no go.mod at or above %s", wd)
+		}
+	}
+}
