@@ -888,7 +888,7 @@ const closingSettle = time.Second
 // the data plane's figures (spiral_dataplane_*; missing from a service
 // that does not export them) and, with runtime, the Go runtime's figures
 // another process exports (go_goroutines and the runtime/metrics that
-// cmd/dataplane exports, see RuntimeFromMetrics) and its restarts.
+// cmd/dataplane exports, runtimeFromMetrics) and its restarts.
 type targetSource struct {
 	t       target.Target
 	runtime bool

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,8 +37,16 @@ type ExecConfig struct {
 	Env []string
 	// Cgroup, if set, holds every child (a memory limit); OOM kills are
 	// then counted from the kernel's record. The caller creates and
-	// removes it.
+	// removes it. The binary is exec'd by /bin/sh once the shell is in the
+	// cgroup, so that none of its memory is charged elsewhere (on cgroup
+	// v1 a process joins its cgroup after it starts).
 	Cgroup *faults.MemoryCgroup
+	// Addr is the address every child serves on; defaults to 127.0.0.1
+	// and a port free when Start runs. Give one outside the ephemeral
+	// range when the service under test may open thousands of client
+	// sockets: a restarted child must bind it again while they hold their
+	// local ports.
+	Addr string
 	// MaxRestarts caps restarts over the target's life (defaults to 5;
 	// negative: never restart). StartTimeout bounds a start, from exec to
 	// healthy (defaults to 20 s: a CQL session's handshake on a loaded
@@ -70,6 +79,11 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 			return nil, fmt.Errorf("exec target: environment entry %q: want NAME=value", kv)
 		}
 	}
+	if cfg.Addr != "" {
+		if _, err := netip.ParseAddrPort(cfg.Addr); err != nil {
+			return nil, fmt.Errorf("exec target: address %q: %w", cfg.Addr, err)
+		}
+	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 20 * time.Second
 	}
@@ -92,9 +106,12 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 	if err := b.Validate(); err != nil {
 		return fmt.Errorf("start exec target: %w", err)
 	}
-	addr, err := freeLoopbackAddr()
-	if err != nil {
-		return fmt.Errorf("start exec target: %w", err)
+	addr := t.cfg.Addr
+	if addr == "" {
+		var err error
+		if addr, err = freeLoopbackAddr(); err != nil {
+			return fmt.Errorf("start exec target: %w", err)
+		}
 	}
 	args := make([]string, len(t.cfg.Args))
 	for i, a := range t.cfg.Args {
@@ -110,6 +127,11 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 	sup, err := faults.NewSupervisor(faults.SupervisorConfig{
 		Command: func(ctx context.Context) *exec.Cmd {
 			cmd := exec.CommandContext(ctx, t.cfg.Path, args...)
+			if t.cfg.Cgroup != nil {
+				// The shell waits for the supervisor's start byte, sent
+				// once it is in the cgroup, then becomes the binary.
+				cmd = exec.CommandContext(ctx, "/bin/sh", append([]string{"-c", `read -r _ && exec "$0" "$@"`, t.cfg.Path}, args...)...)
+			}
 			cmd.Env = env
 			return cmd
 		},

@@ -182,7 +182,7 @@ func serve(ctx context.Context, o options, stdout io.Writer) error {
 
 // withRuntimeMetrics is dp's handler with the Go runtime's figures added to
 // its /metrics: goroutines, and the runtime/metrics that the suites' GC
-// share and heap figures come from (target.RuntimeFromMetrics).
+// share and heap figures come from for a child-process target.
 func withRuntimeMetrics(dp *dataplane.DataPlane) http.Handler {
 	rt := prometheus.NewRegistry()
 	rt.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(

@@ -23,19 +23,20 @@
 //     same limits and load: no OOM kill, no failed request, every budget
 //     holds.
 //
-// The scenario runner serves an in-process data plane, so this suite runs
-// its own phases (baseline, inject, observe, recover, validate) with the
-// same pieces: probe.Sampler, faults.Load and faults.Flood, budgets judged
-// on the timeline, and a report written with scenario/report.
+// Each arm is an ordinary scenario on a child-process target
+// (target.Exec) in a memory cgroup of its own: the bundled data plane's
+// binary (cmd/dataplane), or, for the fixed arm, the binary
+// $SPIRAL_TARGET names (exec:<path> [args]). The runner probes the child's
+// own threads, RSS and fds and reads its goroutines and GC share from its
+// /metrics; this suite adds the kernel's OOM kills, the cgroup's memory and
+// the time from a kill to a healthy child.
 package oom
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -45,7 +46,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
@@ -53,6 +53,7 @@ import (
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
@@ -65,20 +66,11 @@ const (
 	// cgroup since it was created ("oom_kill" in memory.oom_control or
 	// memory.events).
 	metricOOMKills = "oom_kills"
-	// metricRestarts is how many times the supervisor started the child
-	// again.
-	metricRestarts = "child_restarts"
 	// metricDown is the time since the data plane was last healthy, in
 	// seconds, or 0 while it is: a restart's recovery, as it happens.
 	metricDown = "child_down_seconds"
 	// metricCgroupUsage is the memory charged to the child's cgroup.
 	metricCgroupUsage = "cgroup_usage_bytes"
-	// metricChildThreads and metricChildRSS are the child's live OS threads
-	// and resident set (missing while no child runs). They go under probe's
-	// names, which other suites use for the process that serves the data
-	// plane, so that the report's thread and memory charts show them.
-	metricChildThreads = probe.MetricThreads
-	metricChildRSS     = probe.MetricRSS
 )
 
 // posts is how many posts are seeded and cached. The flood's 15-20k URIs
@@ -192,10 +184,25 @@ func TestOOM(t *testing.T) {
 	env := fixtures.Shared(t)
 	seed := scenario.SeedFromEnv(5)
 	p := newProfile(scenario.Mode(), seed)
-	seedAndWarm(t, env)
+	bin, err := target.BuildDataPlane(t.Context(), t.TempDir())
+	require.NoError(t, err)
+	bundled := func(config string) target.ExecConfig {
+		// Lines are counted and discarded: this suite is about memory,
+		// the log storm has its own.
+		return target.ExecConfig{Path: bin, Args: []string{"-listen", target.AddrArg, "-config", config, "-log", "discard"}}
+	}
 
 	t.Run("fixed", func(t *testing.T) {
-		r := runArm(t, env, armFixed, p, seed)
+		exe := bundled("fixed")
+		spec, err := target.FromEnv()
+		require.NoError(t, err)
+		switch spec.Kind {
+		case target.KindExec:
+			exe = target.ExecConfig{Path: spec.Path, Args: spec.Args}
+		case target.KindURL:
+			t.Skipf("%s=%s: a running service can't be put in a memory cgroup; name its binary (exec:<path>) instead", target.EnvTarget, spec)
+		}
+		r := runArm(t, env, "fixed", dataplane.DefaultConfig(), exe, p, seed)
 		res := r.res
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget under tight memory and the flood")
 		assert.True(t, res.Validated, res.ValidateError)
@@ -208,7 +215,7 @@ func TestOOM(t *testing.T) {
 	})
 
 	t.Run("incident", func(t *testing.T) {
-		r := runArm(t, env, armIncident, p, seed)
+		r := runArm(t, env, "incident", dataplane.IncidentConfig(), bundled("incident"), p, seed)
 		res := r.res
 		assert.True(t, res.Violated(metricOOMKills),
 			"the incident data plane must be caught OOM-killed; peaks %v", res.Peaks[metricOOMKills])
@@ -234,19 +241,6 @@ func TestOOM(t *testing.T) {
 	})
 }
 
-// seedAndWarm writes the posts into the store and reads them once through a
-// fixed in-process data plane, so that they are in the cache.
-func seedAndWarm(t *testing.T, env *fixtures.Env) {
-	t.Helper()
-	session := env.Session(t)
-	require.NoError(t, fixtures.Seed(t.Context(), session, env.Keyspace, fixtures.SeedSpec{Posts: posts}))
-	dp, err := dataplane.New(dataplane.DefaultConfig(), dataplane.Backends{MemcachedAddrs: env.MemcachedAddrs, Session: session, Keyspace: env.Keyspace})
-	require.NoError(t, err)
-	defer func() { assert.NoError(t, dp.Close()) }()
-	_, err = dp.GetPostRecords(t.Context(), "warmup", fixtures.PostURIs(0, posts))
-	require.NoError(t, err, "warm the cache")
-}
-
 // armRun is what one arm saw.
 type armRun struct {
 	res         *scenario.Result
@@ -255,191 +249,66 @@ type armRun struct {
 	kernelKills uint64
 }
 
-// runArm runs one arm: the child under supervision in a fresh cgroup,
-// baseline with everyday traffic, the flood injected, recovered, the data
-// plane validated, the report written; then checks nothing is left behind.
-func runArm(t *testing.T, env *fixtures.Env, arm string, p profile, seed uint64) armRun {
+// runArm runs one arm: exe as a supervised child in a fresh cgroup, under
+// GOMEMLIMIT and GOGC, through the scenario runner (everyday traffic from
+// baseline, the flood injected and recovered, the data plane validated,
+// the report written); then checks nothing is left behind. cfg is the
+// bundled configuration exe serves, for the report.
+func runArm(t *testing.T, env *fixtures.Env, arm string, cfg dataplane.Config, exe target.ExecConfig, p profile, seed uint64) armRun {
 	t.Helper()
-	ctx := t.Context()
-	name := "oom/" + arm
-	cfg, err := armConfig(arm)
-	require.NoError(t, err)
-
 	cg := newCgroup(t)
-	addr := listenAddr(t)
-	child := faults.OOMChild{
-		Args:       []string{"-test.run=^$"},
-		GOMEMLIMIT: fmt.Sprintf("%dMiB", childGOMEMLIMIT>>20),
-		GOGC:       childGOGC,
-		Listen:     addr,
-		Env:        childEnv(env, arm),
-	}
-	sup, err := faults.NewSupervisor(faults.SupervisorConfig{
-		Command:      child.Command,
-		Cgroup:       cg,
-		MaxRestarts:  p.maxRestarts,
-		HealthPath:   dpHealthPath,
-		StartTimeout: restartBound,
+	exe.Cgroup, exe.Addr = cg, listenAddr(t)
+	exe.MaxRestarts, exe.StartTimeout = p.maxRestarts, restartBound
+	gomemlimit := fmt.Sprintf("%dMiB", childGOMEMLIMIT>>20)
+	exe.Env = append(exe.Env, "GOMEMLIMIT="+gomemlimit, "GOGC="+childGOGC)
+	tgt, err := target.NewExec(exe)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tgt.Stop(context.Background()) }) // before the cgroup's Close, registered earlier
+	progress("oom/%s: cgroup v%d %s, limit %d MiB; child GOMEMLIMIT=%s GOGC=%s on %s",
+		arm, cg.Version(), cg.Dir(), cg.Limit()>>20, gomemlimit, childGOGC, exe.Addr)
+
+	flood := p.flood
+	res := suite.Run(t, env, scenario.Scenario{
+		Name:       "oom/" + arm,
+		Config:     cfg,
+		Target:     tgt,
+		Seed:       seed,
+		Data:       fixtures.SeedSpec{Posts: posts},
+		WarmPosts:  posts,
+		Background: []faults.LoadProfile{p.background},
+		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
+			return faults.NewFlood(h.URL, flood)
+		}},
+		Probes: func(scenario.Harness) []probe.Source {
+			return []probe.Source{&childSource{sup: tgt.Supervisor(), cg: cg}}
+		},
+		Phases:          p.phases,
+		Budgets:         budgets,
+		ValidateTimeout: validateTimeout,
 	})
-	require.NoError(t, err)
-	t.Cleanup(sup.Stop) // runs before the cgroup's Close, registered earlier
-	progress("%s: cgroup v%d %s, limit %d MiB; child GOMEMLIMIT=%s GOGC=%s on %s",
-		name, cg.Version(), cg.Dir(), cg.Limit()>>20, child.GOMEMLIMIT, child.GOGC, addr)
-	require.NoError(t, sup.Start(ctx), "first child healthy")
-
-	url := "http://" + addr
-	bg, err := faults.NewLoad(url, p.background)
-	require.NoError(t, err)
-	flood, err := faults.NewFlood(url, p.flood)
-	require.NoError(t, err)
-	loads := []scenario.LoadCounters{bg, flood.Load()}
-	sampler, err := newSampler(env, sup, cg, loads)
-	require.NoError(t, err)
-
-	res := &scenario.Result{
-		Scenario: name, Seed: seed, Config: cfg, Started: time.Now(), Budgets: budgets,
-		Faults: []string{flood.Name(), fmt.Sprintf("memory limit %d MiB, GOMEMLIMIT=%s, GOGC=%s", cgroupLimit>>20, child.GOMEMLIMIT, child.GOGC)},
-		Replay: fmt.Sprintf("SPIRAL_SEED=%d SPIRAL_MODE=%s go test -count=1 -v -run 'TestOOM/%s' ./suites/oom", seed, scenario.Mode(), arm),
-	}
-
-	// Sampler and everyday traffic run from baseline to validate; their
-	// errors come back through the group, never fail t from there.
-	sampler.Mark(scenario.PhaseBaseline) // before the first sample
-	progress("%s: %s for %v", name, scenario.PhaseBaseline, p.phases.Baseline)
-	sctx, stopSampler := context.WithCancel(ctx)
-	var sg errgroup.Group
-	sg.Go(func() error { return sampler.Run(sctx) })
-	lctx, stopLoad := context.WithCancel(ctx)
-	var lg errgroup.Group
-	var bgReport faults.LoadReport
-	lg.Go(func() error {
-		rep, err := bg.Run(lctx)
-		bgReport = rep
-		return err
-	})
-	defer func() {
-		// After an early return too: nothing keeps running.
-		stopLoad()
-		stopSampler()
-		_ = flood.Recover(context.Background())
-		_ = lg.Wait()
-		_ = sg.Wait()
-	}()
-
-	wait := func(d time.Duration) error {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(d):
-			return nil
-		}
-	}
-	phase := func(phase string, d time.Duration) error {
-		sampler.Mark(phase)
-		progress("%s: %s for %v", name, phase, d)
-		return wait(d)
-	}
-	require.NoError(t, wait(p.phases.Baseline))
-	sampler.Mark(scenario.PhaseInject)
-	progress("%s: inject %s", name, flood.Name())
-	require.NoError(t, flood.Inject(ctx))
-	require.NoError(t, phase(scenario.PhaseInject, p.phases.Inject))
-	require.NoError(t, phase(scenario.PhaseObserve, p.phases.Observe))
-
-	sampler.Mark(scenario.PhaseRecover)
-	progress("%s: recover %s", name, flood.Name())
-	rctx, cancel := context.WithTimeout(ctx, p.flood.Timeout+10*time.Second)
-	require.NoError(t, flood.Recover(rctx), "stop the flood")
-	cancel()
-	hctx, cancel := context.WithTimeout(ctx, restartBound)
-	_, healthErr := sup.WaitHealthy(hctx, 0)
-	cancel()
-	require.NoError(t, phase(scenario.PhaseRecover, p.phases.Recover))
-
-	sampler.Mark(scenario.PhaseValidate)
-	loadErr := lg.Wait()
-	vctx, cancel := context.WithTimeout(ctx, validateTimeout)
-	if err := validate(vctx, url); err != nil {
-		res.ValidateError = err.Error()
-		if healthErr != nil {
-			res.ValidateError += fmt.Sprintf(" (and no healthy child within %v of recover: %v)", restartBound, healthErr)
-		}
-	} else {
-		res.Validated = true
-	}
-	cancel()
-	sampleErr := sampler.Sample(ctx)
-	stopSampler()
-	samplerErr := sg.Wait()
-
-	floodReport, floodErr := flood.Wait(ctx)
-	res.Loads = []faults.LoadReport{bgReport, floodReport}
-	res.LoadSummary = []scenario.LoadSummary{scenario.NewLoadSummary(bgReport, loadErr), scenario.NewLoadSummary(floodReport, floodErr)}
-	res.Timeline = sampler.Timeline()
-	res.Violations = res.Timeline.Check(budgets...)
-	res.Peaks = scenario.Peaks(res.Timeline)
+	sup := tgt.Supervisor()
 	run := armRun{res: res, stats: sup.Stats(), exits: sup.Exits()}
 	run.kernelKills, err = cg.OOMKills()
 	require.NoError(t, err)
-	progress("%s: done: %d violation(s), validated=%v", name, len(res.Violations), res.Validated)
-	suite.WriteReport(t, res)
 	logRun(t, run)
-
-	require.NoError(t, loadErr, "everyday traffic")
-	require.NoError(t, floodErr, "flood")
-	require.NoError(t, sampleErr, "last sample")
-	if samplerErr != nil && !errors.Is(samplerErr, context.Canceled) {
-		t.Errorf("sampler: %v", samplerErr)
-	}
 	require.NoError(t, sup.Err(), "supervision went on to the end")
 	requireNothingLeft(t, sup, cg)
 	return run
 }
 
-// validate asks the data plane for a small batch over HTTP until it
-// answers or ctx ends.
-func validate(ctx context.Context, url string) error {
-	c := &dataplane.Client{URL: url, Name: "validate"}
-	for {
-		_, err := c.GetPostRecords(ctx, fixtures.PostURIs(0, 10))
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("data plane did not answer after recover: %w", err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// newSampler samples the child, its cgroup and supervisor, memcached's
-// TIME_WAIT sockets and the loads.
-func newSampler(env *fixtures.Env, sup *faults.Supervisor, cg *faults.MemoryCgroup, loads []scenario.LoadCounters) (*probe.Sampler, error) {
-	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
-	if err != nil {
-		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
-	}
-	return probe.NewSampler(100*time.Millisecond,
-		&childSource{sup: sup, cg: cg},
-		probe.NewSocketSource(scenario.MetricMemcachedTimeWait, probe.Census{}, probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: ap.Port()}),
-		scenario.LoadSource(loads...),
-	)
-}
-
-// childSource reads the supervised child's figures: the kernel's OOM
-// kills, restarts, time since healthy, cgroup memory, and the live child's
-// threads and RSS.
+// childSource reads the supervised child's figures the runner does not:
+// the kernel's OOM kills, the time since it was last healthy and its
+// cgroup's memory.
 type childSource struct {
 	sup *faults.Supervisor
 	cg  *faults.MemoryCgroup
 }
 
 func (s *childSource) Metrics() []string {
-	return []string{metricOOMKills, metricRestarts, metricDown, metricCgroupUsage, metricChildThreads, metricChildRSS}
+	return []string{metricOOMKills, metricDown, metricCgroupUsage}
 }
 
-func (s *childSource) Read(ctx context.Context, dst []float64) error {
+func (s *childSource) Read(_ context.Context, dst []float64) error {
 	kills, err := s.cg.OOMKills()
 	if err != nil {
 		return err
@@ -448,9 +317,8 @@ func (s *childSource) Read(ctx context.Context, dst []float64) error {
 	if err != nil {
 		return err
 	}
-	st := s.sup.Stats()
 	down := 0.0
-	if !st.Healthy {
+	if !s.sup.Stats().Healthy {
 		// The outage began when the last child that had been healthy
 		// exited; children that died before their first health check
 		// belong to it.
@@ -462,14 +330,7 @@ func (s *childSource) Read(ctx context.Context, dst []float64) error {
 			}
 		}
 	}
-	dst[0], dst[1], dst[2], dst[3] = float64(kills), float64(max(st.Starts-1, 0)), down, float64(usage)
-	dst[4], dst[5] = math.NaN(), math.NaN()
-	// The child may die between listing and reading: missing, not failed.
-	if pids, err := s.cg.Procs(); err == nil && len(pids) == 1 {
-		if ps, err := probe.ReadProcess(ctx, pids[0]); err == nil {
-			dst[4], dst[5] = float64(ps.Threads), float64(ps.RSSBytes)
-		}
-	}
+	dst[0], dst[1], dst[2] = float64(kills), down, float64(usage)
 	return nil
 }
 
@@ -586,7 +447,7 @@ func logRun(t *testing.T, r armRun) {
 		return strings.Join(parts, " ")
 	}
 	t.Logf("  peak cgroup MiB %s; child RSS MiB %s; child threads %v; down s %v; memcached TIME_WAIT %v",
-		mib(res.Peaks[metricCgroupUsage]), mib(res.Peaks[metricChildRSS]), res.Peaks[metricChildThreads], res.Peaks[metricDown], res.Peaks[scenario.MetricMemcachedTimeWait])
+		mib(res.Peaks[metricCgroupUsage]), mib(res.Peaks[probe.MetricRSS]), res.Peaks[probe.MetricThreads], res.Peaks[metricDown], res.Peaks[scenario.MetricMemcachedTimeWait])
 }
 
 func progress(format string, args ...any) {
