@@ -167,21 +167,21 @@ type Scenario struct {
 
 // Result is what a run saw.
 type Result struct {
-	Scenario   string              `json:"scenario"`
-	Seed       uint64              `json:"seed"`
-	Config     dataplane.Config    `json:"-"`
+	Scenario string           `json:"scenario"`
+	Seed     uint64           `json:"seed"`
+	Config   dataplane.Config `json:"-"`
 	// Target names the service under test (target.Target.Name).
-	Target     string              `json:"target"`
-	Started    time.Time           `json:"started"`
-	Timeline   *probe.Timeline     `json:"-"`
-	Budgets    []probe.Budget      `json:"budgets"`
-	Violations probe.Violations    `json:"violations"`
+	Target     string           `json:"target"`
+	Started    time.Time        `json:"started"`
+	Timeline   *probe.Timeline  `json:"-"`
+	Budgets    []probe.Budget   `json:"budgets"`
+	Violations probe.Violations `json:"violations"`
 	// NotJudged are the budgets on figures the target does not expose (a
 	// child process's goroutine high-water mark, an endpoint's threads
 	// without a pid to probe): neither held nor violated, and never
 	// counted as held.
-	NotJudged probe.Violations `json:"not_judged,omitempty"`
-	Loads      []faults.LoadReport `json:"-"`
+	NotJudged probe.Violations    `json:"not_judged,omitempty"`
+	Loads     []faults.LoadReport `json:"-"`
 	// LoadSummary is Loads without per-request records.
 	LoadSummary []LoadSummary `json:"loads"`
 	// Faults names the faults injected.
