@@ -2,11 +2,14 @@ package dataplane
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 )
 
 // Client calls a data plane's HTTP interface, as load generators do. The
@@ -18,6 +21,86 @@ type Client struct {
 	Name string
 	// HTTP sends the requests; nil means http.DefaultClient.
 	HTTP *http.Client
+	// Shape is how a batch RPC is sent; the zero value is this package's
+	// (Handler's) own.
+	Shape RequestShape
+}
+
+// RequestShape is how a service other than this package's takes a batch
+// RPC: where it is posted, which JSON field carries the keys, how the
+// client is named. Zero fields take this package's own.
+type RequestShape struct {
+	// Path is where every batch is posted ("/v1/lookup"), whatever the
+	// method; "" is XRPCPrefix + method.
+	Path string
+	// KeysField is the JSON field carrying the keys; "" is the method's
+	// own ("uris" or "dids").
+	KeysField string
+	// ClientField is the JSON field naming the client; "" is "client",
+	// "-" sends none.
+	ClientField string
+	// ClientHeader is the header naming the client; "" is ClientHeader,
+	// "-" sends none.
+	ClientHeader string
+}
+
+// IsZero says s is this package's own shape.
+func (s RequestShape) IsZero() bool { return s == RequestShape{} }
+
+// Validate reports a shape no request could be sent with.
+func (s RequestShape) Validate() error {
+	var errs []error
+	if s.Path != "" && !strings.HasPrefix(s.Path, "/") {
+		errs = append(errs, fmt.Errorf("request path %q: want an absolute path (/...)", s.Path))
+	}
+	if s.ClientField == "-" && s.ClientHeader == "-" {
+		errs = append(errs, errors.New("request shape names the client nowhere (neither a field nor a header): the per-client figures would be empty"))
+	}
+	if s.ClientHeader != "" && s.ClientHeader != "-" && !validHeaderName(s.ClientHeader) {
+		errs = append(errs, fmt.Errorf("client header %q: not a valid header name", s.ClientHeader))
+	}
+	return errors.Join(errs...)
+}
+
+func validHeaderName(h string) bool {
+	for _, r := range h {
+		if !(r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return h != ""
+}
+
+// encode returns the path and body of a batch of keys for method.
+func (s RequestShape) encode(method, client string, keys []string) (string, []byte, error) {
+	if s.IsZero() {
+		body, err := EncodeRequest(Request{Method: method, Client: client, Keys: keys})
+		return XRPCPrefix + method, body, err
+	}
+	path := s.Path
+	if path == "" {
+		path = XRPCPrefix + method
+	}
+	field := s.KeysField
+	if field == "" {
+		f, ok := keyField(method)
+		if !ok {
+			return "", nil, fmt.Errorf("encode request: unknown method %q", method)
+		}
+		field = f
+	}
+	if keys == nil {
+		keys = []string{}
+	}
+	body := map[string]any{field: keys}
+	if cf := cmp.Or(s.ClientField, "client"); cf != "-" && client != "" {
+		body[cf] = client
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return "", nil, fmt.Errorf("encode request: %w", err)
+	}
+	return path, b, nil
 }
 
 // CallError is a non-200 answer from the data plane.
@@ -56,16 +139,18 @@ func (c *Client) GetInteractionCounts(ctx context.Context, uris []string) ([]*In
 // Call posts keys to method and decodes the answer into resp. A non-200
 // answer is a *CallError.
 func (c *Client) Call(ctx context.Context, method string, keys []string, resp any) error {
-	body, err := EncodeRequest(Request{Method: method, Client: c.Name, Keys: keys})
+	path, body, err := c.Shape.encode(method, c.Name, keys)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+XRPCPrefix+method, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+path, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("call %s: %w", method, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(ClientHeader, c.Name) // also in the body; the header names it before the body is read
+	if h := cmp.Or(c.Shape.ClientHeader, ClientHeader); h != "-" {
+		req.Header.Set(h, c.Name) // also in the body; the header names it before the body is read
+	}
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient

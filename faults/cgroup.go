@@ -168,17 +168,31 @@ func (c *MemoryCgroup) OOMKills() (uint64, error) {
 // Usage is the memory charged to the group now, in bytes
 // (memory.usage_in_bytes on v1, memory.current on v2).
 func (c *MemoryCgroup) Usage() (int64, error) {
-	file := "memory.current"
 	if c.version == 1 {
-		file = "memory.usage_in_bytes"
+		return c.readBytes("memory usage", "memory.usage_in_bytes")
 	}
+	return c.readBytes("memory usage", "memory.current")
+}
+
+// Peak is the most memory ever charged to the group, in bytes, as the
+// kernel keeps it at every charge (memory.max_usage_in_bytes on v1,
+// memory.peak on v2, Linux 5.19 and later): a peak no sampling interval
+// can miss, such as the one just before an OOM kill.
+func (c *MemoryCgroup) Peak() (int64, error) {
+	if c.version == 1 {
+		return c.readBytes("memory peak", "memory.max_usage_in_bytes")
+	}
+	return c.readBytes("memory peak", "memory.peak")
+}
+
+func (c *MemoryCgroup) readBytes(what, file string) (int64, error) {
 	b, err := os.ReadFile(filepath.Join(c.dir, file))
 	if err != nil {
-		return 0, fmt.Errorf("read memory usage: %w", err)
+		return 0, fmt.Errorf("read %s: %w", what, err)
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("read memory usage: %s: %w", filepath.Join(c.dir, file), err)
+		return 0, fmt.Errorf("read %s: %s: %w", what, filepath.Join(c.dir, file), err)
 	}
 	return n, nil
 }

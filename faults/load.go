@@ -49,6 +49,9 @@ type LoadProfile struct {
 	Timeout time.Duration
 	// Seed makes the schedule, batch sizes and keys repeatable.
 	Seed uint64
+	// Shape is how each request is sent; the zero value is the bundled
+	// data plane's. A scenario sets it from its target.
+	Shape dataplane.RequestShape `json:"shape,omitzero"`
 }
 
 // Traffic is whose requests a load stands for. The postmortem tells them
@@ -138,6 +141,9 @@ func (p LoadProfile) Validate() error {
 	default:
 		bad("load: unknown method %q", p.Method)
 	}
+	if err := p.Shape.Validate(); err != nil {
+		bad("load: %v", err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -212,7 +218,7 @@ func NewLoad(baseURL string, p LoadProfile) (*Load, error) {
 	}
 	return &Load{
 		profile: p,
-		client:  &dataplane.Client{URL: baseURL, Name: p.Client, HTTP: &http.Client{Transport: tr, Timeout: p.Timeout}},
+		client:  &dataplane.Client{URL: baseURL, Name: p.Client, HTTP: &http.Client{Transport: tr, Timeout: p.Timeout}, Shape: p.Shape},
 	}, nil
 }
 

@@ -165,6 +165,9 @@ func TestOOMKillCountedRestartedHealthy(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, uint64(round), kernel, "kernel oom_kill counter")
 		assert.Equal(t, uint64(round), sup.Stats().OOMKills)
+		peak, err := cg.Peak()
+		require.NoError(t, err)
+		assert.GreaterOrEqual(t, peak, cg.Limit()*9/10, "the kernel's high-water mark saw the group reach its limit before the kill (usage now %.1f MiB)", float64(usage)/(1<<20))
 
 		require.NoError(t, oom.Recover(t.Context()), "round %d", round)
 		require.NoError(t, oom.Recover(t.Context()), "second recover is a no-op")

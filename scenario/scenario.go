@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -118,6 +119,14 @@ type Harness struct {
 	// this process (target.DataPlaneOf), else nil: a figure only it gives
 	// is then not recorded, and a budget on it not judged.
 	DataPlane *dataplane.DataPlane
+	// Shape is how the target takes a batch RPC (target.ShapeOf).
+	Shape dataplane.RequestShape
+}
+
+// Flood returns a flood of p aimed at the target, in its request shape.
+func (h Harness) Flood(p faults.LoadProfile) (*faults.Flood, error) {
+	p.Shape = h.Shape
+	return faults.NewFlood(h.URL, p)
 }
 
 // FaultFunc builds a fault for a run, once the target is up.
@@ -354,7 +363,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		}
 	}()
 
-	h := Harness{Env: env, Target: tgt, URL: tgt.URL(), DataPlane: target.DataPlaneOf(tgt)}
+	h := Harness{Env: env, Target: tgt, URL: tgt.URL(), DataPlane: target.DataPlaneOf(tgt), Shape: target.ShapeOf(tgt)}
 	var injected []faults.Fault
 	for _, mk := range sc.Faults {
 		f, err := mk(h)
@@ -394,7 +403,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 
 	var bgLoads []*faults.Load
 	for i, p := range sc.Background {
-		p.Seed = sc.Seed + uint64(i)
+		p.Seed, p.Shape = sc.Seed+uint64(i), h.Shape
 		p.Duration = sc.Phases.Baseline + sc.Phases.Inject + sc.Phases.Observe + sc.Phases.Recover
 		l, err := faults.NewLoad(h.URL, p)
 		if err != nil {
@@ -516,7 +525,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		<-bgDone
 		vctx, cancel := context.WithTimeout(ctx, sc.ValidateTimeout)
 		defer cancel()
-		if err := validate(vctx, h.URL); err != nil {
+		if err := validate(vctx, h.URL, h.Shape); err != nil {
 			res.ValidateError = err.Error()
 		} else {
 			res.Validated = true
@@ -688,8 +697,9 @@ func addEverydayLatency(tl *probe.Timeline, reports []faults.LoadReport) error {
 }
 
 // validate asks the data plane for a small batch over HTTP.
-func validate(ctx context.Context, url string) error {
-	c := &dataplane.Client{URL: url, Name: "validate"}
+func validate(ctx context.Context, url string, shape dataplane.RequestShape) error {
+	hc := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	c := &dataplane.Client{URL: url, Name: "validate", HTTP: hc, Shape: shape}
 	var last error
 	for {
 		_, err := c.GetPostRecords(ctx, fixtures.PostURIs(0, 10))

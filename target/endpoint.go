@@ -22,6 +22,7 @@ type Endpoint struct {
 	base   string
 	pid    int
 	client *http.Client
+	shape  dataplane.RequestShape
 }
 
 // endpointStart bounds Endpoint.Start's wait for a healthy service.

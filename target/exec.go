@@ -53,6 +53,9 @@ type ExecConfig struct {
 	// machine).
 	MaxRestarts  int
 	StartTimeout time.Duration
+	// Shape is how the service takes a batch RPC; the zero value is the
+	// bundled data plane's.
+	Shape dataplane.RequestShape
 }
 
 // Exec is a service binary run as a supervised child process, serving on
@@ -83,6 +86,9 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 		if _, err := netip.ParseAddrPort(cfg.Addr); err != nil {
 			return nil, fmt.Errorf("exec target: address %q: %w", cfg.Addr, err)
 		}
+	}
+	if err := cfg.Shape.Validate(); err != nil {
+		return nil, fmt.Errorf("exec target: %w", err)
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 20 * time.Second

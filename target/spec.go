@@ -30,7 +30,21 @@ type Spec struct {
 	// URL and PID: KindURL's base URL and process (NoProcess if none).
 	URL string
 	PID int
+	// Shape is how the service takes a batch RPC (KindExec, KindURL);
+	// FromEnv reads it from EnvRequestPath and its siblings.
+	Shape dataplane.RequestShape
 }
+
+// Variables describing a service's batch RPC when it is not the bundled
+// data plane's (dataplane.RequestShape): where batches are posted, the JSON
+// field with the keys, the JSON field and the header naming the client
+// ("-" for none).
+const (
+	EnvRequestPath         = "SPIRAL_REQUEST_PATH"
+	EnvRequestKeysField    = "SPIRAL_REQUEST_KEYS_FIELD"
+	EnvRequestClientField  = "SPIRAL_REQUEST_CLIENT_FIELD"
+	EnvRequestClientHeader = "SPIRAL_REQUEST_CLIENT_HEADER"
+)
 
 // Parse reads a target's name:
 //
@@ -81,8 +95,27 @@ func Parse(s string) (Spec, error) {
 	return Spec{}, fmt.Errorf("%s=%q: unknown kind %q: want in-process, exec:<path> [args] or url:<base>[,pid=N]", EnvTarget, s, kind)
 }
 
-// FromEnv parses $SPIRAL_TARGET.
-func FromEnv() (Spec, error) { return Parse(os.Getenv(EnvTarget)) }
+// FromEnv parses $SPIRAL_TARGET and the request shape's variables, which
+// only a target other than in-process may set.
+func FromEnv() (Spec, error) {
+	spec, err := Parse(os.Getenv(EnvTarget))
+	if err != nil {
+		return Spec{}, err
+	}
+	spec.Shape = dataplane.RequestShape{
+		Path:         os.Getenv(EnvRequestPath),
+		KeysField:    os.Getenv(EnvRequestKeysField),
+		ClientField:  os.Getenv(EnvRequestClientField),
+		ClientHeader: os.Getenv(EnvRequestClientHeader),
+	}
+	if !spec.Shape.IsZero() && spec.Kind == KindInProcess {
+		return Spec{}, fmt.Errorf("%s and its siblings describe your service's batch RPC: they need %s=exec:... or url:... (the bundled data plane takes its own)", EnvRequestPath, EnvTarget)
+	}
+	if err := spec.Shape.Validate(); err != nil {
+		return Spec{}, fmt.Errorf("%s...: %w", EnvRequestPath, err)
+	}
+	return spec, nil
+}
 
 // String is the spec as Parse reads it.
 func (s Spec) String() string {
@@ -105,9 +138,14 @@ func (s Spec) New(cfg dataplane.Config) (Target, error) {
 	case KindInProcess, "":
 		return NewInProcess(cfg), nil
 	case KindExec:
-		return NewExec(ExecConfig{Path: s.Path, Args: s.Args})
+		return NewExec(ExecConfig{Path: s.Path, Args: s.Args, Shape: s.Shape})
 	case KindURL:
-		return NewEndpoint(s.URL, s.PID)
+		t, err := NewEndpoint(s.URL, s.PID)
+		if err != nil {
+			return nil, err
+		}
+		t.shape = s.Shape
+		return t, nil
 	}
 	return nil, fmt.Errorf("target spec: unknown kind %q", s.Kind)
 }

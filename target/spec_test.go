@@ -78,3 +78,25 @@ func TestNewExecRefusesBadEnvironment(t *testing.T) {
 	_, err = target.NewExec(target.ExecConfig{})
 	assert.ErrorContains(t, err, "no binary")
 }
+
+func TestFromEnvReadsTheRequestShape(t *testing.T) {
+	t.Setenv(target.EnvTarget, "url:http://127.0.0.1:8080")
+	t.Setenv(target.EnvRequestPath, "/v1/lookup")
+	t.Setenv(target.EnvRequestKeysField, "ids")
+	t.Setenv(target.EnvRequestClientHeader, "X-Caller")
+	spec, err := target.FromEnv()
+	require.NoError(t, err)
+	assert.Equal(t, dataplane.RequestShape{Path: "/v1/lookup", KeysField: "ids", ClientHeader: "X-Caller"}, spec.Shape)
+	tgt, err := spec.New(dataplane.Config{})
+	require.NoError(t, err)
+	assert.Equal(t, spec.Shape, target.ShapeOf(tgt))
+
+	t.Setenv(target.EnvRequestPath, "v1")
+	_, err = target.FromEnv()
+	assert.ErrorContains(t, err, "absolute path")
+
+	t.Setenv(target.EnvTarget, "")
+	t.Setenv(target.EnvRequestPath, "/v1/lookup")
+	_, err = target.FromEnv()
+	assert.ErrorContains(t, err, "need SPIRAL_TARGET=exec:... or url:...", "the bundled data plane takes its own shape")
+}

@@ -64,6 +64,18 @@ type Target interface {
 	Stop(ctx context.Context) error
 }
 
+// ShapeOf is how t takes a batch RPC: what its spec gave (Spec.Shape), or
+// the bundled data plane's (the zero value).
+func ShapeOf(t Target) dataplane.RequestShape {
+	switch t := t.(type) {
+	case *Exec:
+		return t.cfg.Shape
+	case *Endpoint:
+		return t.shape
+	}
+	return dataplane.RequestShape{}
+}
+
 // PID values that are not a process id.
 const (
 	// Self is the calling process: the target serves in-process.

@@ -97,7 +97,7 @@ func floodScenario(name string, cfg dataplane.Config) scenario.Scenario {
 		WarmPosts:  posts,
 		Background: []faults.LoadProfile{bg},
 		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
-			return faults.NewFlood(h.URL, flood)
+			return h.Flood(flood)
 		}},
 		Phases:  phases,
 		Budgets: budgets,

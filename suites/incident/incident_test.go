@@ -124,7 +124,7 @@ func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
 				}
 				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
 			},
-			func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.URL, flood) },
+			func(h scenario.Harness) (faults.Fault, error) { return h.Flood(flood) },
 		},
 		Probes: func(h scenario.Harness) []probe.Source {
 			return []probe.Source{

@@ -278,9 +278,6 @@ func peak(res *scenario.Result, metric string) float64 {
 // idle ones the runtime keeps from an earlier arm's storm.
 func TestLogStorm(t *testing.T) {
 	env := fixtures.Shared(t)
-	if env.Memcached == nil {
-		t.Skip("external mode: killing memcached needs the container Spiral started")
-	}
 	p := newProfile(scenario.Mode())
 	require.Less(t, p.stormWorstCase()+healthyThreads, runtimeMaxThreads/2,
 		"the load must bound the incident's storm well below the runtime's thread limit")

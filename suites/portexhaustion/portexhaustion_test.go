@@ -205,7 +205,7 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
 			},
 			func(h scenario.Harness) (faults.Fault, error) {
-				return faults.NewFlood(h.URL, flood)
+				return h.Flood(flood)
 			},
 		},
 		// Run builds the probes after the faults: the budget is known.

@@ -91,7 +91,7 @@ func kinds(phases scenario.Phases, seed uint64) []kind {
 	flood.Duration, flood.Seed = phases.Inject, seed
 	return []kind{
 		// p99 21-53 ms.
-		{"flood", func(h scenario.Harness) (faults.Fault, error) { return faults.NewFlood(h.URL, flood) }, 0.11},
+		{"flood", func(h scenario.Harness) (faults.Fault, error) { return h.Flood(flood) }, 0.11},
 		// p99 0.52-0.70 s: requests wait out memcached's 500 ms timeout,
 		// then read the store.
 		{"pause-memcached", func(h scenario.Harness) (faults.Fault, error) {
@@ -106,9 +106,6 @@ func kinds(phases scenario.Phases, seed uint64) []kind {
 
 func TestSoak(t *testing.T) {
 	env := fixtures.Shared(t)
-	if env.Memcached == nil {
-		t.Skip("external mode: the soak's container faults need containers Spiral started")
-	}
 	seed := scenario.SeedFromEnv(11)
 	rng := rand.New(rand.NewPCG(seed, 0))
 
