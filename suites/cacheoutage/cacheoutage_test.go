@@ -270,6 +270,11 @@ func TestCacheOutage(t *testing.T) {
 	env := fixtures.Shared(t)
 	for _, o := range outages {
 		t.Run(o.name, func(t *testing.T) {
+			if o.action == faults.ContainerKill && env.MemcachedUpstreams != nil {
+				// Measured in external mode, 2026-12-02: no store query
+				// in either arm, every lookup a cache hit after recover.
+				t.Skip("external mode: a memcached killed through Spiral's proxy keeps its items (Spiral never empties a cache it does not own), so the cold cache this outage judges never comes")
+			}
 			t.Run("fixed", func(t *testing.T) {
 				res := suite.RunUnderTest(t, env, outageScenario(t, o, "fixed", dataplane.DefaultConfig()))
 				logFigures(t, res)

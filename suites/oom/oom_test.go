@@ -107,9 +107,11 @@ const (
 // memoryBudget bounds the memory charged to the child's cgroup: the Go
 // runtime keeps its total under GOMEMLIMIT while what is live fits below it
 // (GOGC is off, so the heap rides up to the limit); 16 MiB above it is
-// memory the collector could not free. Measured under this suite's load:
-// the fixed data plane peaks at 40-45 MiB, the incident at 71-80 MiB,
-// killed or not, after seconds of collecting without end.
+// memory the collector could not free. Measured under this suite's load
+// as the kernel's high-water mark (metricCgroupPeak), 3 quick runs and 1
+// full, 2026-12-02: the fixed data plane peaks at 45.3-48.8 MiB, the
+// incident at the 80 MiB limit in every run (killed, after seconds of
+// collecting without end).
 const memoryBudget = childGOMEMLIMIT + 16<<20
 
 // restartBound is how long a supervised restart may take from the kill to
