@@ -18,7 +18,11 @@ type Entry struct {
 	Scenario   string `json:"scenario"`
 	Held       bool   `json:"held"`
 	Violations int    `json:"violations"`
-	Validated  bool   `json:"validated"`
+	// NotJudged counts the budgets the target does not expose a figure for.
+	NotJudged int  `json:"not_judged,omitempty"`
+	Validated bool `json:"validated"`
+	// Target names the service under test.
+	Target string `json:"target,omitempty"`
 	// Seed and Replay are the scenario's seed and the command that runs it
 	// again, from its summary.json.
 	Seed   uint64 `json:"seed"`
@@ -64,6 +68,8 @@ type BudgetResult struct {
 	// when there was none (then the budget is a violation with a problem).
 	Peak   float64 `json:"peak"`
 	Judged bool    `json:"judged"`
+	// NotJudged says the target does not expose the figure: not held.
+	NotJudged bool `json:"not_judged,omitempty"`
 }
 
 // Index is what index.html shows besides the entries.
@@ -148,7 +154,7 @@ func Scan(dir string) ([]Entry, error) {
 			return err
 		}
 		e := Entry{
-			Scenario: res.Scenario, Held: res.Held(), Violations: len(res.Violations), Validated: res.Validated,
+			Scenario: res.Scenario, Held: res.Held(), Violations: len(res.Violations), NotJudged: len(res.NotJudged), Validated: res.Validated, Target: res.Target,
 			Seed: res.Seed, Replay: res.Replay, Started: res.Started, Page: filepath.ToSlash(rel),
 		}
 		if tl := res.Timeline; tl != nil && len(tl.Samples) > 0 {
@@ -160,6 +166,11 @@ func Scan(dir string) ([]Entry, error) {
 			for _, v := range res.Violations {
 				if budgetKey(v.Budget) == budgetKey(b) {
 					r.Held = false
+				}
+			}
+			for _, v := range res.NotJudged {
+				if budgetKey(v.Budget) == budgetKey(b) {
+					r.Held, r.NotJudged = false, true
 				}
 			}
 			e.Budgets = append(e.Budgets, r)
@@ -393,7 +404,7 @@ td.passed{background:#e8f5e9}td.failed{background:#fde8e7}td.unknown{background:
 {{else}}<tr><td colspan="5">no scenario reports in this run</td></tr>{{end}}</table>
 <h2>Scenarios</h2>
 <table><tr><th>scenario</th><th>test</th><th>budgets</th><th>answered after recover</th><th>seed</th></tr>
-{{range .Entries}}<tr><td><a href="{{.Page}}">{{.Scenario}}</a></td><td>{{if .Test.Verdict}}{{.Test.Verdict}}{{else}}unknown{{end}}</td><td>{{if .Held}}held{{else}}{{.Violations}} violated{{end}}</td><td>{{.Validated}}</td><td>{{.Seed}}</td></tr>
+{{range .Entries}}<tr><td><a href="{{.Page}}">{{.Scenario}}</a></td><td>{{if .Test.Verdict}}{{.Test.Verdict}}{{else}}unknown{{end}}</td><td>{{if .Held}}held{{else}}{{.Violations}} violated{{if .NotJudged}}, {{.NotJudged}} not judged{{end}}{{end}}{{if .Target}}{{if ne .Target "in-process"}}<br><small>target {{.Target}}</small>{{end}}{{end}}</td><td>{{.Validated}}</td><td>{{.Seed}}</td></tr>
 {{end}}</table>
 {{range .Machines}}<p><small>machine{{if ne .Folder "."}} ({{.Folder}}){{end}}: {{range $i, $l := .Lines}}{{if $i}}; {{end}}{{$l}}{{end}}</small></p>
 {{end}}<p><small>generated {{.Generated}}; data: index.json, and each scenario's summary.json</small></p>

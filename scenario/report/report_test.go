@@ -539,3 +539,46 @@ func TestWriteShowsTheObserver(t *testing.T) {
 	require.NotEmpty(t, res.Timeline.CostByPhase(), "the fixture has phased samples")
 	assert.Regexp(t, `(?s)<h2>Observer</h2>.*<th>longest gap \(intervals\)</th>.*<td>`+res.Timeline.CostByPhase()[0].Phase+`</td>`, string(html))
 }
+
+// A budget the target could not be judged on is shown as not judged, on
+// the arm's page, in the A/B table and in the index, and never as held.
+func TestNotJudgedIsNeverShownAsHeld(t *testing.T) {
+	dir := t.TempDir()
+	res := armResult(t, "fixed", 12)
+	nj := probe.Limit(probe.MetricGoroutinesPeak, 200, scenario.PhaseInject)
+	res.Budgets = append(res.Budgets, nj)
+	res.Target = "exec:/bin/svc"
+	judged := res.Timeline.Check(nj)
+	require.Len(t, judged, 1)
+	judged[0].Problem = "target exec:/bin/svc does not expose it: " + judged[0].Problem
+	res.NotJudged = judged
+	page, err := report.Write(filepath.Join(dir, "flood_fixed"), res)
+	require.NoError(t, err)
+	b, err := os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), "1 not judged")
+	assert.NotContains(t, string(b), "every budget held")
+
+	entries, err := report.WriteIndex(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	e := entries[0]
+	assert.False(t, e.Held)
+	assert.Equal(t, 1, e.NotJudged)
+	assert.Equal(t, "exec:/bin/svc", e.Target)
+	var found bool
+	for _, br := range e.Budgets {
+		if br.Metric == probe.MetricGoroutinesPeak {
+			found = true
+			assert.True(t, br.NotJudged)
+			assert.False(t, br.Held)
+		}
+	}
+	assert.True(t, found)
+	suite, err := os.ReadFile(filepath.Join(dir, "suite-flood.html"))
+	require.NoError(t, err)
+	assert.Contains(t, string(suite), "not judged: target exec:/bin/svc does not expose it")
+	index, err := os.ReadFile(filepath.Join(dir, "index.html"))
+	require.NoError(t, err)
+	assert.Contains(t, string(index), "1 not judged")
+}

@@ -203,6 +203,11 @@ type BudgetCell struct {
 // them, else its peak over b's phases from the timeline.
 func judge(res *scenario.Result, b probe.Budget, u unit) BudgetCell {
 	c := BudgetCell{Carried: true, Held: true}
+	for _, v := range res.NotJudged {
+		if budgetKey(v.Budget) == budgetKey(b) {
+			return BudgetCell{Carried: true, Problem: "not judged: " + v.Problem}
+		}
+	}
 	for _, v := range res.Violations {
 		if budgetKey(v.Budget) != budgetKey(b) {
 			continue
