@@ -2,6 +2,7 @@ package dataplane_test
 
 import (
 	"fmt"
+	"net/http"
 	"syscall"
 	"testing"
 	"time"
@@ -160,4 +161,56 @@ func processCPU(b *testing.B) time.Duration {
 	var ru syscall.Rusage
 	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkMetrics states what one reading of the data plane's figures
+// costs the sampler, once a flood has left every client's label sets in
+// the registry (requests, lookups by source, batch sizes, latencies):
+// Metrics (a Gather of the registry, in-process targets), a scrape of
+// /metrics with ParseSnapshot (child-process and endpoint targets), and,
+// as the baseline, the registry's Gather alone.
+func BenchmarkMetrics(b *testing.B) {
+	seededEnv(b)
+	dp := newDataPlane(b, benchConfig())
+	for _, c := range []string{"appview", "feedgen", "internal-batch", "notifications"} {
+		_, err := dp.GetPostRecords(b.Context(), c, fixtures.PostURIs(postsBench, 2_000))
+		require.NoError(b, err)
+	}
+	srv, err := dataplane.NewServer(dp)
+	require.NoError(b, err)
+	b.Cleanup(srv.Close)
+	hc := &http.Client{}
+	b.Cleanup(hc.CloseIdleConnections)
+
+	b.Run("gather-baseline", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := dp.Registry().Gather(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Metrics", func(b *testing.B) {
+		var n int
+		for b.Loop() {
+			s, err := dp.Metrics()
+			if err != nil {
+				b.Fatal(err)
+			}
+			n = len(s)
+		}
+		b.ReportMetric(float64(n), "samples")
+	})
+	b.Run("scrape-and-parse", func(b *testing.B) {
+		for b.Loop() {
+			resp, err := hc.Get(srv.URL + dataplane.MetricsPath)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, err = dataplane.ParseSnapshot(resp.Body)
+			_ = resp.Body.Close()
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -112,6 +112,15 @@ func BenchmarkCensus(b *testing.B) {
 			b.ReportMetric(float64(n), "sockets")
 		})
 	}
+	b.Run("proc-net-sockstat", func(b *testing.B) {
+		// The cheapest TIME_WAIT figure: the namespace's total ("tw N"),
+		// every port and every process together.
+		for b.Loop() {
+			if _, err := os.ReadFile("/proc/net/sockstat"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("read-proc-net-tcp-raw", func(b *testing.B) {
 		for b.Loop() {
 			for _, p := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
@@ -266,6 +275,44 @@ func BenchmarkRuntimeRead(b *testing.B) {
 	for b.Loop() {
 		r.Read()
 	}
+}
+
+// BenchmarkGoroutineFigures states what the goroutine figures cost with
+// 20,000 goroutines parked, as an incident flood leaves them (one per key
+// of a batch): runtime.NumGoroutine (the Peak poller's reading), a
+// RuntimeReader.Read (the sampler's runtime source), and, as the costly
+// baseline, a goroutine profile's count (what counting them by label or
+// state would take), which stops the world.
+func BenchmarkGoroutineFigures(b *testing.B) {
+	const parked = 20_000
+	release := make(chan struct{})
+	for range parked {
+		go func() { <-release }()
+	}
+	defer close(release)
+	b.Run("NumGoroutine", func(b *testing.B) {
+		n := 0
+		for b.Loop() {
+			n = runtime.NumGoroutine()
+		}
+		if n < parked {
+			b.Fatalf("%d goroutines, want at least %d", n, parked)
+		}
+	})
+	b.Run("RuntimeReader.Read", func(b *testing.B) {
+		var r probe.RuntimeReader
+		for b.Loop() {
+			r.Read()
+		}
+	})
+	b.Run("goroutine-profile", func(b *testing.B) {
+		recs := make([]runtime.StackRecord, parked+1000)
+		for b.Loop() {
+			if _, ok := runtime.GoroutineProfile(recs); !ok {
+				b.Fatal("profile buffer too small")
+			}
+		}
+	})
 }
 
 // BenchmarkPeak states what a Peak of runtime.NumGoroutine costs. Read:
