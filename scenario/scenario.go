@@ -915,6 +915,7 @@ var runtimeFromMetrics = []struct{ metric, exported string }{
 	{probe.MetricHeap, "go_memory_classes_heap_objects_bytes"},
 	{probe.MetricHeapGoal, "go_gc_heap_goal_bytes"},
 	{probe.MetricGCCycles, "go_gc_cycles_total_gc_cycles_total"},
+	{probe.MetricGoroutinesPeak, target.PeakGoroutinesMetric},
 }
 
 // Exported runtime/metrics counters the GC share of another process is
@@ -940,7 +941,11 @@ func (s *targetSource) Read(ctx context.Context, dst []float64) error {
 	if s.runtime {
 		dst[len(dst)-1] = float64(s.t.Restarts()) // known even while the scrape fails
 	}
-	m, err := s.t.Metrics(ctx)
+	mctx := ctx
+	if s.runtime {
+		mctx = target.WithPeakWindow(ctx) // the goroutine high-water mark's window, if the service keeps one
+	}
+	m, err := s.t.Metrics(mctx)
 	if err != nil {
 		if s.runtime {
 			for i := range dst[:len(dst)-1] {

@@ -116,6 +116,26 @@ func (b Backends) Validate() error {
 // fixtures.EnvCQLHosts and fixtures.EnvKeyspace for its backends.
 const EnvListen = "SPIRAL_LISTEN"
 
+// Goroutine high-water mark of a service out of process: a scrape of
+// /metrics that carries PeakWindowHeader asks the service for the highest
+// goroutine count it polled since the previous such scrape, as the gauge
+// PeakGoroutinesMetric, and starts the next window. The runner's sampler
+// is the only one to ask, once a sample (WithPeakWindow); cmd/dataplane
+// answers it, polling every 5 ms as the runner does in-process. A service
+// that does not leaves goroutines_peak not judged.
+const (
+	PeakWindowHeader     = "X-Spiral-Peak-Window"
+	PeakGoroutinesMetric = "spiral_goroutines_peak"
+)
+
+type peakWindowKey struct{}
+
+// WithPeakWindow marks ctx so that a Metrics call with it asks for the
+// goroutine high-water mark's window (PeakWindowHeader).
+func WithPeakWindow(ctx context.Context) context.Context {
+	return context.WithValue(ctx, peakWindowKey{}, true)
+}
+
 // httpTimeout bounds one metrics scrape or health check of another process.
 const httpTimeout = 5 * time.Second
 
@@ -131,7 +151,14 @@ func newHTTPClient() *http.Client {
 
 // scrape reads base's /metrics.
 func scrape(ctx context.Context, c *http.Client, base string) (dataplane.Snapshot, error) {
-	resp, err := get(ctx, c, base+dataplane.MetricsPath)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+dataplane.MetricsPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	if ctx.Value(peakWindowKey{}) != nil {
+		req.Header.Set(PeakWindowHeader, "1")
+	}
+	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,7 @@ import (
 	"os"
 	"os/signal"
 	"regexp"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -51,6 +52,7 @@ import (
 
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/target"
 )
 
@@ -162,7 +164,15 @@ func serve(ctx context.Context, o options, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	srv := &http.Server{Handler: withRuntimeMetrics(dp), ReadHeaderTimeout: 10 * time.Second}
+	peak, err := probe.NewGoroutinesPeak(5 * time.Millisecond)
+	if err != nil {
+		return err
+	}
+	if err := peak.Start(ctx); err != nil {
+		return err
+	}
+	defer peak.Stop()
+	srv := &http.Server{Handler: withRuntimeMetrics(dp, peak), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	_, _ = fmt.Fprintf(stdout, "dataplane: listening on http://%s\n", ln.Addr())
@@ -183,13 +193,33 @@ func serve(ctx context.Context, o options, stdout io.Writer) error {
 // withRuntimeMetrics is dp's handler with the Go runtime's figures added to
 // its /metrics: goroutines, and the runtime/metrics that the suites' GC
 // share and heap figures come from for a child-process target.
-func withRuntimeMetrics(dp *dataplane.DataPlane) http.Handler {
+//
+// A scrape carrying target.PeakWindowHeader also gets
+// target.PeakGoroutinesMetric: the highest goroutine count polled every 5
+// ms since the previous such scrape (peak), which starts the next window.
+func withRuntimeMetrics(dp *dataplane.DataPlane, peak *probe.Peak) http.Handler {
 	rt := prometheus.NewRegistry()
 	rt.MustRegister(collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 		collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/(cpu/classes/|gc/cycles/total|gc/heap/goal|memory/classes/heap/objects|sched/goroutines)`)},
 	)))
+	metrics := promhttp.HandlerFor(prometheus.Gatherers{dp.Registry(), rt}, promhttp.HandlerOpts{})
 	mux := http.NewServeMux()
-	mux.Handle(dataplane.MetricsPath, promhttp.HandlerFor(prometheus.Gatherers{dp.Registry(), rt}, promhttp.HandlerOpts{}))
+	mux.Handle(dataplane.MetricsPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(target.PeakWindowHeader) == "" {
+			metrics.ServeHTTP(w, r)
+			return
+		}
+		// The text format only: the window's figure is appended to it.
+		r.Header.Del("Accept")
+		r.Header.Del("Accept-Encoding")
+		v := make([]float64, 1)
+		if err := peak.Read(r.Context(), v); err != nil {
+			v[0] = float64(runtime.NumGoroutine()) // a failed poll: the count now, never a gap
+		}
+		metrics.ServeHTTP(w, r)
+		_, _ = fmt.Fprintf(w, "# HELP %s Highest goroutine count polled every 5 ms since the previous scrape carrying %s.\n# TYPE %[1]s gauge\n%[1]s %[3]g\n",
+			target.PeakGoroutinesMetric, target.PeakWindowHeader, v[0])
+	}))
 	mux.Handle("/", dp.Handler())
 	return mux
 }
