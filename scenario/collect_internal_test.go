@@ -191,3 +191,38 @@ func TestClientsBetween(t *testing.T) {
 	assert.Equal(t, ClientFigures{Client: "internal-batch", Requests: 3, FailedRequests: 3, Keys: 60020, KeysFailed: 45000, KeysFromStore: 20}, got[0])
 	assert.Equal(t, ClientFigures{Client: "appview", Requests: 55, FailedRequests: 5, Keys: 540, KeysFailed: 40}, got[1])
 }
+
+// The observer is reported unreliable where, in inject or observe, its
+// median sample took more than its share of the interval or it went
+// blind for more than two intervals; baseline and recover are not judged.
+func TestUnreliableObserver(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	tl := &probe.Timeline{Start: t0, Interval: 100 * time.Millisecond}
+	at := t0
+	add := func(phase string, gap, cost time.Duration) {
+		at = at.Add(gap)
+		tl.Samples = append(tl.Samples, probe.Sample{At: at, Phase: phase, Cost: cost})
+	}
+	tl.Phases = []probe.Phase{{Name: PhaseBaseline, Start: t0}}
+	for range 5 {
+		add(PhaseBaseline, 100*time.Millisecond, 50*time.Millisecond) // costly, but not judged
+	}
+	tl.Phases[0].End = at
+	tl.Phases = append(tl.Phases, probe.Phase{Name: PhaseInject, Start: at})
+	for range 5 {
+		add(PhaseInject, 100*time.Millisecond, time.Millisecond)
+	}
+	assert.Empty(t, unreliable(tl), "1%% of the interval, on time")
+
+	add(PhaseInject, 500*time.Millisecond, time.Millisecond)
+	got := unreliable(tl)
+	require.Len(t, got, 1)
+	assert.Contains(t, got[0], "inject: blind for 5.0 intervals")
+
+	for range 10 {
+		add(PhaseInject, 100*time.Millisecond, 5*time.Millisecond)
+	}
+	got = unreliable(tl)
+	require.Len(t, got, 2)
+	assert.Contains(t, got[0], "inject: the median sample took 5.0% of the interval")
+}

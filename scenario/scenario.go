@@ -211,6 +211,38 @@ type Result struct {
 	Clients []ClientFigures `json:"clients,omitempty"`
 	// Replay is the command that runs this scenario again.
 	Replay string `json:"replay"`
+	// Unreliable says where the observer itself may have distorted or
+	// missed what it judged (ObserverLimits); empty when it kept within
+	// them. Reported beside the verdict, not yet failing the run: the
+	// incident arms' samplers still go blind on this 2-core machine.
+	Unreliable []string `json:"unreliable,omitempty"`
+}
+
+// Observer limits during inject and observe, what the faults are judged
+// on: a sample's median cost may take ObserverShare of the interval, and
+// no sample may come more than ObserverMaxGap intervals after the one
+// before.
+const (
+	ObserverShare  = 0.02
+	ObserverMaxGap = 2.0
+)
+
+// unreliable lists where tl's observer exceeded its limits in inject and
+// observe.
+func unreliable(tl *probe.Timeline) []string {
+	var out []string
+	for _, c := range tl.CostByPhase() {
+		if c.Phase != PhaseInject && c.Phase != PhaseObserve {
+			continue
+		}
+		if c.Share > ObserverShare {
+			out = append(out, fmt.Sprintf("%s: the median sample took %.1f%% of the interval (limit %.0f%%)", c.Phase, 100*c.Share, 100*ObserverShare))
+		}
+		if c.MaxGap > ObserverMaxGap {
+			out = append(out, fmt.Sprintf("%s: blind for %.1f intervals between two samples (limit %.0f)", c.Phase, c.MaxGap, ObserverMaxGap))
+		}
+	}
+	return out
 }
 
 // LoadSummary is a load's report without per-request records.
@@ -555,6 +587,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	}
 	res.Violations, res.NotJudged = judge(res.Timeline, tgt, sc.Budgets)
 	res.Peaks = Peaks(res.Timeline)
+	res.Unreliable = unreliable(res.Timeline)
 	if runErr != nil {
 		err = fmt.Errorf("scenario %s: %w", sc.Name, runErr)
 		res.Error = err.Error()

@@ -280,6 +280,7 @@ code{background:#f4f4f4;padding:2px 4px}
 <p class="verdict {{if .Held}}held{{else}}failed{{end}}">{{if .Held}}every budget held{{else}}{{len .Violations}} budget violation(s){{if .Res.NotJudged}}, {{len .Res.NotJudged}} not judged{{end}}{{if not .Res.Validated}}; data plane did not answer after recover{{end}}{{end}}</p>
 <p>target <code>{{if .Res.Target}}{{.Res.Target}}{{else}}in-process{{end}}</code> &middot; seed {{.Res.Seed}} &middot; started {{.Res.Started.UTC.Format "2006-01-02 15:04:05Z"}} &middot; faults: {{range .Res.Faults}}<code>{{.}}</code> {{else}}none{{end}} &middot; replay: <code>{{.Res.Replay}}</code></p>
 {{if .Res.Error}}<p class="failed">the run failed: {{.Res.Error}}</p>{{end}}
+{{if .Res.Unreliable}}<p class="failed">the observer may have distorted or missed what it judged: {{range .Res.Unreliable}}{{.}}; {{end}}</p>{{end}}
 {{if .Violations}}<h2>Violations</h2><ul>{{range .Violations}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.NotJudged}}<h2>Not judged</h2><p>The target does not expose what these budgets read; they are neither held nor violated.</p><ul>{{range .Res.NotJudged}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.ValidateError}}<p class="failed">{{.Res.ValidateError}}</p>{{end}}

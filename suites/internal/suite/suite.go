@@ -47,6 +47,9 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 	for _, v := range res.NotJudged {
 		t.Logf("  not judged: %v", v)
 	}
+	for _, u := range res.Unreliable {
+		t.Logf("  observer unreliable: %s", u)
+	}
 	for _, l := range res.LoadSummary {
 		t.Logf("  load %s: sent %d ok %d errors %d skipped %d p99 %v", l.Client, l.Stats.Sent, l.Stats.OK, l.Stats.Errors, l.Stats.Skipped, l.P99)
 	}
