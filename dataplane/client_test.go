@@ -21,6 +21,7 @@ type capture struct {
 }
 
 func (c *capture) server(t *testing.T, header string) *httptest.Server {
+	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		assert.NoError(t, err)
@@ -58,7 +59,7 @@ func TestClientSendsTheShapeItIsGiven(t *testing.T) {
 func TestRequestShapeValidate(t *testing.T) {
 	assert.NoError(t, dataplane.RequestShape{}.Validate())
 	assert.NoError(t, dataplane.RequestShape{Path: "/v1/lookup", ClientHeader: "X-Caller"}.Validate())
-	assert.ErrorContains(t, dataplane.RequestShape{Path: "v1"}.Validate(), "absolute path")
-	assert.ErrorContains(t, dataplane.RequestShape{ClientField: "-", ClientHeader: "-"}.Validate(), "names the client nowhere")
+	require.ErrorContains(t, dataplane.RequestShape{Path: "v1"}.Validate(), "absolute path")
+	require.ErrorContains(t, dataplane.RequestShape{ClientField: "-", ClientHeader: "-"}.Validate(), "names the client nowhere")
 	assert.ErrorContains(t, dataplane.RequestShape{ClientHeader: "X Caller"}.Validate(), "not a valid header name")
 }

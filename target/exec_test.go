@@ -70,7 +70,7 @@ func TestExecTargetRunsTheBundledDataPlane(t *testing.T) {
 	assert.Equal(t, "url:"+tgt.URL()+",pid="+strconv.Itoa(pid), ep.Name())
 	em, err := ep.Metrics(t.Context())
 	require.NoError(t, err)
-	assert.Equal(t, m.Sum("requests_total", "client", "target-test"), em.Sum("requests_total", "client", "target-test"))
+	assert.InDelta(t, m.Sum("requests_total", "client", "target-test"), em.Sum("requests_total", "client", "target-test"), 0)
 	require.NoError(t, ep.Stop(t.Context()))
 	require.NoError(t, tgt.Health(t.Context()), "stopping an endpoint leaves the service running")
 
@@ -94,7 +94,7 @@ func TestEndpointThatIsNotThere(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
-	assert.ErrorContains(t, ep.Start(ctx, target.Backends{}), "connection refused")
+	require.ErrorContains(t, ep.Start(ctx, target.Backends{}), "connection refused")
 
 	ep, err = target.NewEndpoint("http://127.0.0.1:1", 1<<22+1) // above pid_max's ceiling
 	require.NoError(t, err)

@@ -54,7 +54,7 @@ func TestParseRefusesBadSpecsWithTheReason(t *testing.T) {
 		"docker:spiral":                "unknown kind",
 	} {
 		_, err := target.Parse(in)
-		assert.ErrorContains(t, err, want, in)
+		require.ErrorContains(t, err, want, in)
 		assert.ErrorContains(t, err, target.EnvTarget, "%s: the error names the variable", in)
 	}
 }
@@ -74,7 +74,7 @@ func TestNewExecRefusesBadEnvironment(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "svc")
 	require.NoError(t, os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755))
 	_, err := target.NewExec(target.ExecConfig{Path: bin, Env: []string{"GOGC"}})
-	assert.ErrorContains(t, err, `"GOGC": want NAME=value`)
+	require.ErrorContains(t, err, `"GOGC": want NAME=value`)
 	_, err = target.NewExec(target.ExecConfig{})
 	assert.ErrorContains(t, err, "no binary")
 }
@@ -93,7 +93,7 @@ func TestFromEnvReadsTheRequestShape(t *testing.T) {
 
 	t.Setenv(target.EnvRequestPath, "v1")
 	_, err = target.FromEnv()
-	assert.ErrorContains(t, err, "absolute path")
+	require.ErrorContains(t, err, "absolute path")
 
 	t.Setenv(target.EnvTarget, "")
 	t.Setenv(target.EnvRequestPath, "/v1/lookup")
