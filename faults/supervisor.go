@@ -509,12 +509,14 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 	}
 	// The child is in its cgroup: let it start work. One byte into an
 	// empty pipe never blocks.
-	if _, err := inW.Write([]byte{'\n'}); err != nil && !(s.cfg.Addr != "" && errors.Is(err, syscall.EPIPE)) {
-		return kill(fmt.Errorf("send start byte: %w", err))
+	if _, err := inW.Write([]byte{'\n'}); err != nil {
+		// A child that does not follow the protocol (Addr mode) may have
+		// exited, or closed its stdin, before the byte: its exit is
+		// recorded below, with its output.
+		if s.cfg.Addr == "" || !errors.Is(err, syscall.EPIPE) {
+			return kill(fmt.Errorf("send start byte: %w", err))
+		}
 	}
-	// (A child that does not follow the protocol may have exited, or
-	// closed its stdin, before the byte: its exit is recorded below, with
-	// its output.)
 
 	s.mu.Lock()
 	s.starts++

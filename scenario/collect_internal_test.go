@@ -15,6 +15,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 // heldServer is an HTTP server standing in for the data plane: it answers
@@ -225,4 +226,28 @@ func TestUnreliableObserver(t *testing.T) {
 	got = unreliable(tl)
 	require.Len(t, got, 2)
 	assert.Contains(t, got[0], "inject: the median sample took 5.0% of the interval")
+}
+
+// For a target out of this process only a figure it never gave is not
+// judged; a budget that can't be judged for another reason (no sample in
+// its phases) stays a violation, and one over its bound is violated.
+func TestJudgeNotJudgedOnlyForFiguresNeverGiven(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	tl := &probe.Timeline{Start: t0, Interval: 100 * time.Millisecond, Metrics: []string{"given", "never"}}
+	tl.Phases = []probe.Phase{{Name: PhaseBaseline, Start: t0}}
+	tl.Samples = []probe.Sample{{At: t0.Add(100 * time.Millisecond), Phase: PhaseBaseline, Values: []float64{5, math.NaN()}}}
+	ep, err := target.NewEndpoint("http://127.0.0.1:1", target.NoProcess)
+	require.NoError(t, err)
+	violations, notJudged := judge(tl, ep, []probe.Budget{
+		probe.Limit("given", 1),               // over
+		probe.Limit("given", 10, PhaseInject), // no sample in inject
+		probe.Limit("never", 1),               // all missing
+		probe.Limit("not-recorded", 1),        // no column
+	})
+	require.Len(t, violations, 2, "%v", violations)
+	assert.Empty(t, violations[0].Problem)
+	assert.Contains(t, violations[1].Problem, "no sample in phases")
+	require.Len(t, notJudged, 2, "%v", notJudged)
+	assert.Equal(t, "never", notJudged[0].Budget.Metric)
+	assert.Equal(t, "not-recorded", notJudged[1].Budget.Metric)
 }

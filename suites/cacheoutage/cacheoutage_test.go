@@ -27,19 +27,19 @@ import (
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
-	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
 
-// Metrics this suite adds to the timeline, cumulative, from the data
-// plane's lookups_total by source.
+// Metrics this suite judges and charts besides the runner's: the runner's
+// keys by source (cumulative, from the data plane's lookups_total), and
+// the store's in-flight high-water mark, which this suite adds.
 const (
 	// metricCacheHits is keys answered from memcached.
-	metricCacheHits = "dp_lookups_cache"
+	metricCacheHits = scenario.MetricCacheHits
 	// metricStoreReads is keys that missed (or could not reach) memcached
 	// and were answered from the CQL store.
-	metricStoreReads = "dp_lookups_store"
+	metricStoreReads = scenario.MetricStoreReads
 	// metricStorePeak is the highest dp_store_queries_in_flight polled
 	// between two samples (see newStorePeak).
 	metricStorePeak = "dp_store_queries_in_flight_peak"
@@ -172,31 +172,16 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 			return faults.NewContainerFault(h.Env.Memcached, o.action), nil
 		}},
 		Probes: func(h scenario.Harness) []probe.Source {
-			srcs := []probe.Source{lookupSource{h.Target}}
-			if h.DataPlane != nil { // polled in-process only; not judged otherwise
-				peak, err := newStorePeak(h.DataPlane)
-				require.NoError(t, err) // only a bad name or interval fails
-				srcs = append(srcs, peak)
+			if h.DataPlane == nil { // polled in-process only; not judged otherwise
+				return nil
 			}
-			return srcs
+			peak, err := newStorePeak(h.DataPlane)
+			require.NoError(t, err) // only a bad name or interval fails
+			return []probe.Source{peak}
 		},
 		Phases:  phases,
 		Budgets: budgets(o),
 	}
-}
-
-// lookupSource reads the target's keys answered by source.
-type lookupSource struct{ t target.Target }
-
-func (lookupSource) Metrics() []string { return []string{metricCacheHits, metricStoreReads} }
-
-func (s lookupSource) Read(ctx context.Context, dst []float64) error {
-	m, err := s.t.Metrics(ctx)
-	if err != nil {
-		return err
-	}
-	dst[0], dst[1] = m.Sum("lookups_total", "source", "cache"), m.Sum("lookups_total", "source", "store")
-	return nil
 }
 
 // storePollInterval is how often the store's peak (newStorePeak) reads the
