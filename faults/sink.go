@@ -253,13 +253,64 @@ func (s *Sink) Stats() SinkStats {
 // write(2) on the sink's pipe right now, from /proc/self/task/*/syscall. It
 // costs one small procfs read per thread of the process.
 func (s *Sink) ThreadsInWrite() (int, error) {
-	return threadsInSyscall(unix.SYS_WRITE, s.wfd)
+	return threadsInSyscall("self", unix.SYS_WRITE, s.wfd)
 }
 
-// threadsInSyscall counts the threads of this process in syscall nr with
-// first argument arg0.
-func threadsInSyscall(nr, arg0 int) (int, error) {
-	tasks, err := filepath.Glob("/proc/self/task/*/syscall")
+// WriteEnd returns a new descriptor on the pipe's write end, blocking, for
+// another process to write to: give it to a child as its stderr
+// (exec.Cmd.Stderr, target.ExecConfig.Stderr), so that the child's log
+// lines are real write(2) calls that block while the sink is slow. The
+// caller closes it once the child has its copy (after exec.Cmd.Start; a
+// supervisor that restarts the child keeps it until the last child is
+// gone). The child's writes are not in Stats' Writes, BytesWritten and
+// InFlight, which count this process's Write calls: read the child's
+// blocked writers with ThreadsInWriteOf and the backlog with Buffered.
+func (s *Sink) WriteEnd() (*os.File, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("sink write end: %w", os.ErrClosed)
+	}
+	fd, err := unix.FcntlInt(uintptr(s.wfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sink write end: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "sink pipe (write, shared)"), nil
+}
+
+// ThreadsInWriteOf returns how many OS threads of process pid are in a
+// write(2) on descriptor fd right now (its stderr, 2, for a child given
+// WriteEnd as stderr), from /proc/PID/task/*/syscall: while the sink is
+// slow, the child's writers blocked on the pipe. Reading another process's
+// syscall files takes the rights ptrace would (same user, or root). It
+// costs one small procfs read per thread of pid.
+func ThreadsInWriteOf(pid, fd int) (int, error) {
+	if pid <= 0 {
+		return 0, fmt.Errorf("threads in write: pid %d: want a process", pid)
+	}
+	return threadsInSyscall(strconv.Itoa(pid), unix.SYS_WRITE, fd)
+}
+
+// Buffered returns the bytes in the pipe, written and not yet drained, by
+// this process or any other holding a WriteEnd (FIONREAD, alias TIOCINQ, on the read end).
+func (s *Sink) Buffered() (int, error) {
+	rc, err := s.r.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("sink buffered: %w", err)
+	}
+	var n int
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) { n, ioErr = unix.IoctlGetInt(int(fd), unix.TIOCINQ) }); err != nil {
+		return 0, fmt.Errorf("sink buffered: %w", err)
+	}
+	if ioErr != nil {
+		return 0, fmt.Errorf("sink buffered: %w", ioErr)
+	}
+	return n, nil
+}
+
+// threadsInSyscall counts the threads of process proc ("self" or a pid) in
+// syscall nr with first argument arg0.
+func threadsInSyscall(proc string, nr, arg0 int) (int, error) {
+	tasks, err := filepath.Glob("/proc/" + proc + "/task/*/syscall")
 	if err != nil {
 		return 0, fmt.Errorf("threads in syscall: %w", err)
 	}
@@ -371,7 +422,15 @@ func (s *Sink) close() error {
 	} else {
 		errs = append(errs, unix.Close(s.wfd))
 	}
-	<-s.drainDone
+	select {
+	case <-s.drainDone:
+	case <-time.After(sinkCloseWait):
+		// Another holder of the write end (a WriteEnd not closed, a child
+		// still alive) keeps end of file from coming.
+		errs = append(errs, fmt.Errorf("close sink: the pipe's write end is still open elsewhere after %v (a WriteEnd not closed, or a process still holding it); breaking the pipe", sinkCloseWait))
+		_ = s.r.Close()
+		<-s.drainDone
+	}
 	if s.drainErr != nil {
 		errs = append(errs, fmt.Errorf("sink drain: %w", s.drainErr))
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 
@@ -241,4 +243,54 @@ func openFDs(tb testing.TB) int {
 	st, err := probe.ReadProcess(tb.Context(), 0)
 	require.NoError(tb, err)
 	return st.FDs
+}
+
+// TestSinkWriteEndBlocksAChildsStderr: a child whose stderr is the sink's
+// write end blocks in write(2) on fd 2 while the sink stalls, which
+// ThreadsInWriteOf sees in the child's /proc and Buffered in the pipe;
+// Recover lets it finish.
+func TestSinkWriteEndBlocksAChildsStderr(t *testing.T) {
+	noLeaks(t)
+	s := newSink(t, faults.SinkConfig{Stall: true, PipeBytes: 4096, Mode: faults.SinkDirect})
+	ctx := t.Context()
+	require.NoError(t, s.Inject(ctx))
+	w, err := s.WriteEnd()
+	require.NoError(t, err)
+	const total = 64 << 10 // sixteen times the pipe
+	cmd := exec.CommandContext(ctx, "head", "-c", strconv.Itoa(total), "/dev/zero")
+	cmd.Stdout = w // head writes to stdout; fd 1 here
+	require.NoError(t, cmd.Start())
+	require.NoError(t, w.Close(), "the child has its copy")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := faults.ThreadsInWriteOf(cmd.Process.Pid, 1)
+		require.NoError(c, err)
+		assert.Equal(c, 1, n, "the child blocked in write(2) on the pipe")
+	}, sinkWait, 10*time.Millisecond)
+	b, err := s.Buffered()
+	require.NoError(t, err)
+	assert.Equal(t, s.PipeBytes(), b, "the pipe is full")
+	assert.Zero(t, s.Stats().InFlight, "the child's writes are not this process's")
+	n, err := faults.ThreadsInWriteOf(cmd.Process.Pid, 2)
+	require.NoError(t, err)
+	assert.Zero(t, n, "no thread writes to another descriptor")
+
+	require.NoError(t, s.Recover(ctx))
+	select {
+	case err := <-done:
+		require.NoError(t, err, "the child finishes once the sink drains")
+	case <-time.After(sinkWait):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatal("the child still blocked after Recover")
+	}
+	require.Eventually(t, func() bool { return s.Stats().BytesDrained == total }, sinkWait, 10*time.Millisecond, "every byte the child wrote is drained")
+	b, err = s.Buffered()
+	require.NoError(t, err)
+	assert.Zero(t, b)
+
+	_, err = faults.ThreadsInWriteOf(0, 2)
+	require.Error(t, err)
 }

@@ -51,6 +51,11 @@ type SupervisorConfig struct {
 	// (there, a process joins its cgroup after it starts), for the first
 	// milliseconds of its life.
 	Addr string
+	// Stderr, if set, is every child's stderr (a log sink: Sink.WriteEnd),
+	// instead of the pipe whose last lines ChildExit.Output keeps: that
+	// output then holds the child's stdout alone. The Supervisor does not
+	// close it.
+	Stderr *os.File
 }
 
 const (
@@ -478,6 +483,9 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 	}
 	closers = append(closers, inR, inW, outR, outW)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, outW
+	if s.cfg.Stderr != nil {
+		cmd.Stderr = s.cfg.Stderr
+	}
 
 	placed, release := false, func() {}
 	if s.cfg.Cgroup != nil && useCgroupFD {

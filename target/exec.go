@@ -56,6 +56,11 @@ type ExecConfig struct {
 	// Shape is how the service takes a batch RPC; the zero value is the
 	// bundled data plane's.
 	Shape dataplane.RequestShape
+	// Stderr, if set, is every child's stderr, where services write their
+	// log lines: a slow log sink (faults.Sink.WriteEnd) makes them block
+	// in write(2). The child's stdout alone is then kept for the message
+	// of a child that died. The target does not close it.
+	Stderr *os.File
 }
 
 // Exec is a service binary run as a supervised child process, serving on
@@ -146,6 +151,7 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 		StartTimeout: t.cfg.StartTimeout,
 		HealthPath:   dataplane.HealthPath,
 		Addr:         addr,
+		Stderr:       t.cfg.Stderr,
 	})
 	if err != nil {
 		return fmt.Errorf("start exec target: %w", err)

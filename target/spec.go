@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -138,7 +139,7 @@ func (s Spec) New(cfg dataplane.Config) (Target, error) {
 	case KindInProcess, "":
 		return NewInProcess(cfg), nil
 	case KindExec:
-		return NewExec(ExecConfig{Path: s.Path, Args: s.Args, Shape: s.Shape})
+		return NewExec(s.ExecConfig())
 	case KindURL:
 		t, err := NewEndpoint(s.URL, s.PID)
 		if err != nil {
@@ -148,6 +149,12 @@ func (s Spec) New(cfg dataplane.Config) (Target, error) {
 		return t, nil
 	}
 	return nil, fmt.Errorf("target spec: unknown kind %q", s.Kind)
+}
+
+// ExecConfig is a KindExec spec's child as an ExecConfig, for a caller that
+// adds to it (a log sink as its stderr, a cgroup) before NewExec.
+func (s Spec) ExecConfig() ExecConfig {
+	return ExecConfig{Path: s.Path, Args: slices.Clone(s.Args), Shape: s.Shape}
 }
 
 func resolveBinary(p string) (string, error) {

@@ -39,6 +39,7 @@ import (
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
@@ -164,57 +165,104 @@ var budgets = append([]probe.Budget{
 	probe.Limit(scenario.MetricEverydayErrors, 0),
 }, drained...)
 
-// sinkProbes reads the sink's figures into the timeline.
+// sinkProbes reads the sink's figures into the timeline: for the bundled
+// data plane in-process, its writers inside the sink; for a child target,
+// whose stderr is the sink, its threads in write(2) on fd 2, which are its
+// blocked writers (every line its own write(2), no lock).
 func sinkProbes(sink *faults.Sink) func(scenario.Harness) []probe.Source {
-	return func(scenario.Harness) []probe.Source {
+	return func(h scenario.Harness) []probe.Source {
+		backlog := probe.Func(metricSinkBacklog, func() float64 {
+			n, err := sink.Buffered()
+			if err != nil {
+				return math.NaN()
+			}
+			return float64(n)
+		})
+		if h.Target != nil && h.Target.PID() != target.Self {
+			return []probe.Source{&threadsInWriteSource{sink: sink, child: h.Target}, backlog}
+		}
 		return []probe.Source{
 			probe.Func(metricSinkBlocked, func() float64 { return float64(sink.Stats().InFlight) }),
 			&threadsInWriteSource{sink: sink},
-			probe.Func(metricSinkBacklog, func() float64 {
-				st := sink.Stats()
-				return float64(st.BytesWritten - st.BytesDrained)
-			}),
+			backlog,
 		}
 	}
 }
 
 // threadsInWriteEvery is how often threadsInWriteSource walks the
-// process's threads while writers are in the sink: the walk reads one
+// process's threads while writers may be blocked: the walk reads one
 // procfs file per thread, 0.2-0.6 ms each on this busy 2-core machine
 // (100-400 ms with 600 threads), too much for every 100 ms sample.
 const threadsInWriteEvery = time.Second
 
-// threadsInWriteSource reads metricSinkThreads: 0 at no cost while no
-// writer is inside the sink (a thread in write(2) on the pipe is inside
-// Write), else the kernel's count at most once per threadsInWriteEvery,
-// and missing (NaN, which budgets skip) in between.
+// pipeRoomForALine is how far below its capacity the pipe's contents must
+// stay for no writer to be blocked: Linux keeps a pipe in 4 KiB pages,
+// appends a line to the last page while it fits and else takes a free page,
+// and the drain frees a page once it has read all of it. With at most two
+// pages' worth of room left, the first and last page may be partly used
+// and every page taken: a writer may block.
+const pipeRoomForALine = 2 * 4096
+
+// threadsInWriteSource reads metricSinkThreads (and, for a child,
+// metricSinkBlocked, the same walk): 0 at no cost while no writer can be
+// blocked (none inside the sink in-process; the pipe with room for a whole
+// line for a child), else the kernel's count at most once per
+// threadsInWriteEvery, and missing (NaN, which budgets skip) in between.
 type threadsInWriteSource struct {
-	sink *faults.Sink
+	sink  *faults.Sink
+	child target.Target // nil: this process's writers
 
 	mu   sync.Mutex // Sampler.Sample may run beside Sampler.Run
 	last time.Time  // of the last walk
 }
 
-func (s *threadsInWriteSource) Metrics() []string { return []string{metricSinkThreads} }
+func (s *threadsInWriteSource) Metrics() []string {
+	if s.child != nil {
+		return []string{metricSinkThreads, metricSinkBlocked}
+	}
+	return []string{metricSinkThreads}
+}
 
 func (s *threadsInWriteSource) Read(_ context.Context, dst []float64) error {
-	if s.sink.Stats().InFlight == 0 {
-		dst[0] = 0
+	idle, err := s.idle()
+	if err != nil {
+		return err
+	}
+	if idle {
+		clear(dst)
 		return nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if time.Since(s.last) < threadsInWriteEvery {
-		dst[0] = math.NaN()
+		for i := range dst {
+			dst[i] = math.NaN()
+		}
 		return nil
 	}
 	s.last = time.Now()
-	n, err := s.sink.ThreadsInWrite()
+	var n int
+	if s.child == nil {
+		n, err = s.sink.ThreadsInWrite()
+	} else if pid := s.child.PID(); pid > 0 {
+		n, err = faults.ThreadsInWriteOf(pid, 2)
+	}
 	if err != nil {
 		return err
 	}
-	dst[0] = float64(n)
+	for i := range dst {
+		dst[i] = float64(n)
+	}
 	return nil
+}
+
+// idle tells that no writer can be blocked on the pipe right now.
+func (s *threadsInWriteSource) idle() (bool, error) {
+	if s.child == nil {
+		return s.sink.Stats().InFlight == 0, nil
+	}
+	n, err := s.sink.Buffered()
+	return n <= s.sink.PipeBytes()-pipeRoomForALine, err
 }
 
 // newSink returns the slow sink of one arm, closed when t ends. Close
@@ -252,15 +300,44 @@ func stormScenario(name string, cfg dataplane.Config, sink *faults.Sink, p profi
 	}
 }
 
+// underTest makes sc the fixed arm on the service under test ($SPIRAL_TARGET):
+// the bundled data plane in-process logs into sink through Config.LogSink,
+// as sc has it; a child process (exec:) gets sink's write end as its
+// stderr, where services write their log lines. A running endpoint's log
+// can't be wired to the sink: the arm skips.
+func underTest(t *testing.T, sc scenario.Scenario, sink *faults.Sink) scenario.Scenario {
+	t.Helper()
+	spec := suite.Spec(t)
+	switch spec.Kind {
+	case target.KindInProcess:
+		return sc
+	case target.KindExec:
+		w, err := sink.WriteEnd()
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = w.Close() }) // after the run has stopped every child
+		ec := spec.ExecConfig()
+		ec.Stderr = w
+		tgt, err := target.NewExec(ec)
+		require.NoError(t, err)
+		sc.Target = tgt
+		return sc
+	}
+	t.Skipf("%s=%s: a running service's log lines can't be sent into the slow sink; give the binary (exec:) to judge it", target.EnvTarget, spec)
+	return sc
+}
+
 // requireDrained checks that the sink has nothing left: no writer inside
-// Write, no thread in write(2) on its pipe, every byte written drained.
+// Write, no thread in write(2) on its pipe, nothing in the pipe. (A child's
+// writers are gone with the child, which the run has stopped.)
 func requireDrained(t *testing.T, sink *faults.Sink) {
 	t.Helper()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		st := sink.Stats()
 		assert.Zero(c, st.InFlight, "writers still inside the sink: %+v", st)
-		assert.Equal(c, st.BytesWritten, st.BytesDrained, "bytes not drained: %+v", st)
-		n, err := sink.ThreadsInWrite()
+		n, err := sink.Buffered()
+		require.NoError(c, err)
+		assert.Zero(c, n, "bytes not drained: %+v", st)
+		n, err = sink.ThreadsInWrite()
 		require.NoError(c, err)
 		assert.Zero(c, n, "threads still in write(2) on the sink")
 	}, 10*time.Second, 50*time.Millisecond, "the sink drains after recover")
@@ -284,8 +361,7 @@ func TestLogStorm(t *testing.T) {
 
 	t.Run("fixed", func(t *testing.T) {
 		sink := newSink(t)
-		suite.InProcessOnly(t, "the blocking log sink is handed to the bundled data plane in-process; a child's log pipe is not wired to it")
-		res := suite.Run(t, env, stormScenario("fixed", dataplane.DefaultConfig(), sink, p))
+		res := suite.Run(t, env, underTest(t, stormScenario("fixed", dataplane.DefaultConfig(), sink, p), sink))
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget while memcached is down and the sink is slow")
 		assert.True(t, res.Validated, res.ValidateError)
 		assert.Positive(t, peak(res, scenario.MetricCacheErrors), "memcached must fail: a run without cache errors proves nothing")

@@ -77,10 +77,7 @@ func RunUnderTest(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenar
 // controls and keep running it in-process, whatever the target.
 func UnderTest(t *testing.T, cfg dataplane.Config) target.Target {
 	t.Helper()
-	spec, err := target.FromEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := Spec(t)
 	if spec.Kind == target.KindInProcess {
 		return nil
 	}
@@ -91,16 +88,24 @@ func UnderTest(t *testing.T, cfg dataplane.Config) target.Target {
 	return tgt
 }
 
-// InProcessOnly skips t, saying why, when $SPIRAL_TARGET names a service
-// other than the bundled data plane in-process: for an arm whose fault
-// works through the bundled data plane's own code (a dial hook).
-func InProcessOnly(t *testing.T, why string) {
+// Spec returns the service under test as $SPIRAL_TARGET and the request
+// shape's variables name it (target.FromEnv), for an arm that wires it up
+// itself; a malformed one fails t.
+func Spec(t *testing.T) target.Spec {
 	t.Helper()
 	spec, err := target.FromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if spec.Kind != target.KindInProcess {
+	return spec
+}
+
+// InProcessOnly skips t, saying why, when $SPIRAL_TARGET names a service
+// other than the bundled data plane in-process: for an arm whose fault
+// works through the bundled data plane's own code (a dial hook).
+func InProcessOnly(t *testing.T, why string) {
+	t.Helper()
+	if spec := Spec(t); spec.Kind != target.KindInProcess {
 		t.Skipf("%s=%s: %s", target.EnvTarget, spec, why)
 	}
 }
