@@ -1,0 +1,3 @@
+module example.com/foreignsvc
+
+go 1.26
