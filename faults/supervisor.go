@@ -51,6 +51,10 @@ type SupervisorConfig struct {
 	// (there, a process joins its cgroup after it starts), for the first
 	// milliseconds of its life.
 	Addr string
+	// Start, if set, starts each child's command instead of
+	// exec.Cmd.Start: a child started inside a network namespace of its
+	// own (netns.NS.Do(cmd.Start)).
+	Start func(*exec.Cmd) error
 	// Stderr, if set, is every child's stderr (a log sink: Sink.WriteEnd),
 	// instead of the pipe whose last lines ChildExit.Output keeps: that
 	// output then holds the child's stdout alone. The Supervisor does not
@@ -494,7 +498,11 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 			return nil, fmt.Errorf("spawn child: %w", err)
 		}
 	}
-	err = cmd.Start()
+	if s.cfg.Start != nil {
+		err = s.cfg.Start(cmd)
+	} else {
+		err = cmd.Start()
+	}
 	release()
 	_ = inR.Close() // the child has its copies
 	_ = outW.Close()

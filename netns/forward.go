@@ -13,8 +13,8 @@ import (
 // it dials: a bridge between the machine's loopback and a namespace's (a
 // listener inside and a dial outside, or the other way round). Bytes are
 // relayed as they come, half-closes passed on; a connection whose dial
-// fails is closed at once (its client sees the connection closed, where a
-// direct dial would have been refused).
+// fails is reset at once (its client sees ECONNRESET where a direct dial
+// would have been refused).
 type Forwarder struct {
 	ln   net.Listener
 	dial func(ctx context.Context) (net.Conn, error)
@@ -73,6 +73,11 @@ func (f *Forwarder) relay(c net.Conn) {
 	defer f.untrack(c)
 	up, err := f.dial(f.ctx)
 	if err != nil {
+		// Reset rather than close: the client's next read or write fails
+		// (ECONNRESET) as a refused dial would have.
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
 		return
 	}
 	if !f.track(up) {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/spiral-chaos/spiral/netns"
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -143,4 +145,48 @@ func TestClosed(t *testing.T) {
 	require.ErrorIs(t, ns.Do(func() error { return nil }), netns.ErrClosed)
 	_, err := ns.Listen("tcp", "127.0.0.1:0")
 	require.ErrorIs(t, err, netns.ErrClosed)
+}
+
+// A census run inside counts the namespace's sockets, by either method,
+// and a census of the machine's does not see them.
+func TestCensusInside(t *testing.T) {
+	ns := newNS(t)
+	ln, err := ns.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { _ = ln.Close() }()
+	const n = 5
+	for range n {
+		c, err := ns.DialContext(t.Context(), "tcp", ln.Addr().String())
+		require.NoError(t, err)
+		s, err := ln.Accept()
+		require.NoError(t, err)
+		_ = c.Close() // the dialer closes first: its socket goes to TIME_WAIT
+		_, _ = s.Read(make([]byte, 1))
+		_ = s.Close()
+	}
+	f := probe.Filter{RemotePort: uint16(ln.Addr().(*net.TCPAddr).Port), States: []probe.State{probe.TimeWait}}
+	for _, m := range []probe.Method{probe.Netlink, probe.Procfs} {
+		got, err := probe.Census{Method: m, In: ns.Do}.Count(t.Context(), f)
+		require.NoError(t, err)
+		assert.Equal(t, n, got.Get(probe.TimeWait), "%v inside", m)
+		host, err := probe.Census{Method: m}.Count(t.Context(), f)
+		require.NoError(t, err)
+		assert.Zero(t, host.Get(probe.TimeWait), "%v of the machine", m)
+	}
+}
+
+// A connection whose upstream can't be dialed is reset, as close to a
+// refused dial as a connection already accepted can be.
+func TestForwarderResetsWhenTheDialFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	f := netns.Forward(ln, func(context.Context) (net.Conn, error) { return nil, syscall.ECONNREFUSED })
+	defer func() { require.NoError(t, f.Close()) }()
+	c, err := net.Dial("tcp", f.Addr().String())
+	if err == nil { // the reset came after the handshake, not during it
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		_ = c.Close()
+	}
+	require.ErrorIs(t, err, syscall.ECONNRESET)
 }

@@ -259,6 +259,10 @@ func (c Counts) MarshalJSON() ([]byte, error) {
 type Census struct {
 	// Method selects the source; the zero value is Auto.
 	Method Method
+	// In, if set, counts another network namespace's sockets: it runs a
+	// function inside it (netns.NS.Do), where the census makes its netlink
+	// socket or opens its procfs table. nil: the calling process's.
+	In func(func() error) error
 }
 
 // ErrNetlinkRefused marks a census error where the kernel refused netlink
@@ -326,13 +330,13 @@ func (c Census) walk(ctx context.Context, f Filter, count func(State, time.Durat
 	}
 	switch c.Method {
 	case Netlink:
-		return Netlink, netlinkWalk(ctx, f, count, list)
+		return Netlink, netlinkWalk(ctx, c.In, f, count, list)
 	case Procfs:
-		return Procfs, procfsWalk(ctx, f, count, list)
+		return Procfs, procfsWalk(ctx, c.In, f, count, list)
 	case Auto:
-		err := netlinkWalk(ctx, f, count, list)
+		err := netlinkWalk(ctx, c.In, f, count, list)
 		if errors.Is(err, ErrNetlinkRefused) {
-			return Procfs, procfsWalk(ctx, f, count, list)
+			return Procfs, procfsWalk(ctx, c.In, f, count, list)
 		}
 		return Netlink, err
 	default:

@@ -76,8 +76,17 @@ func netlinkRefusal(err error) bool {
 // dump for both families, or one dump per family. It reports
 // ErrNetlinkRefused only when no socket was visited, so a fallback never
 // counts twice.
-func netlinkWalk(ctx context.Context, f Filter, count func(State, time.Duration), list func(Socket)) error {
-	fd, err := openDiagSocket()
+func netlinkWalk(ctx context.Context, in func(func() error) error, f Filter, count func(State, time.Duration), list func(Socket)) error {
+	var fd int
+	var err error
+	if in != nil {
+		// A sock_diag socket answers for the namespace it was made in.
+		if ierr := in(func() error { fd, err = openDiagSocket(); return nil }); ierr != nil {
+			return fmt.Errorf("open sock_diag socket: %w", ierr)
+		}
+	} else {
+		fd, err = openDiagSocket()
+	}
 	if err != nil {
 		if netlinkRefusal(err) {
 			return fmt.Errorf("open sock_diag socket: %w: %w", ErrNetlinkRefused, err)

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -27,10 +28,24 @@ const procReadBuffer = 256 << 10
 var procBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, procReadBuffer) }}
 
 // procfsWalk reads /proc/net/tcp and tcp6 and filters every line in Go.
-func procfsWalk(ctx context.Context, f Filter, count func(State, time.Duration), list func(Socket)) error {
+// With in, the tables are those of the namespace in runs in (opened there
+// as /proc/thread-self/net/tcp: a table is the namespace's it was opened
+// in).
+func procfsWalk(ctx context.Context, in func(func() error) error, f Filter, count func(State, time.Duration), list func(Socket)) error {
 	for _, fam := range f.families() {
 		path := procNetTCP[fam]
-		file, err := os.Open(path)
+		var file *os.File
+		var err error
+		if in != nil {
+			if ierr := in(func() error {
+				file, err = os.Open(strings.Replace(path, "/proc/net/", "/proc/thread-self/net/", 1))
+				return nil
+			}); ierr != nil {
+				return fmt.Errorf("open socket table: %w", ierr)
+			}
+		} else {
+			file, err = os.Open(path)
+		}
 		if errors.Is(err, fs.ErrNotExist) && fam == IPv6 {
 			continue // no IPv6 in this kernel: no IPv6 sockets
 		}

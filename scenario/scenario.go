@@ -28,6 +28,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/netns"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/target"
 )
@@ -45,7 +46,8 @@ const (
 // probe.MetricGoroutinesPeak, the goroutines' high-water mark between two
 // samples (polled every 5 ms).
 const (
-	// MetricMemcachedTimeWait counts this host's TIME_WAIT sockets toward the
+	// MetricMemcachedTimeWait counts this host's TIME_WAIT sockets (those of
+	// the target's network namespace, for a target with one) toward the
 	// memcached port: the postmortem's exhausted resource.
 	MetricMemcachedTimeWait = "memcached_time_wait"
 	// MetricMemcachedTimeWaitAdded counts the sockets of
@@ -763,6 +765,19 @@ func validate(ctx context.Context, url string, shape dataplane.RequestShape) err
 // a second under other builds' load; polling every 20 ms adds about half.
 const goroutinesPeakInterval = 5 * time.Millisecond
 
+// CensusOf is the socket census of tgt's sockets, for the runner's socket
+// figures and a suite's own: its network namespace's when it has one of its
+// own (target.Exec with Netns), where every socket is the target's, else
+// the machine's.
+func CensusOf(tgt target.Target) probe.Census {
+	if n, ok := tgt.(interface{ Netns() *netns.NS }); ok {
+		if ns := n.Netns(); ns != nil {
+			return probe.Census{In: ns.Do}
+		}
+	}
+	return probe.Census{}
+}
+
 // newSampler returns the sampler of a run: the built-in sources, then
 // extra. For a target in this process they are its process and runtime
 // figures, goroutinesPeak (which the caller starts and stops), the
@@ -774,7 +789,7 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	if err != nil {
 		return nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
 	}
-	var census probe.Census
+	census := CensusOf(tgt)
 	since, err := settleClosing(context.Background(), census, ap.Port())
 	if err != nil {
 		return nil, fmt.Errorf("socket census: %w", err)
@@ -975,7 +990,7 @@ func (s *targetSource) Read(ctx context.Context, dst []float64) error {
 	}
 	mctx := ctx
 	if s.runtime {
-		mctx = target.WithPeakWindow(ctx) // the goroutine high-water mark's window, if the service keeps one
+		mctx = target.WithPeakWindow(target.WithFamilies(ctx, TargetFamilies...)) // the goroutine high-water mark's window, if the service keeps one
 	}
 	m, err := s.t.Metrics(mctx)
 	if err != nil {
@@ -1032,6 +1047,28 @@ func neverGiven(tl *probe.Timeline, metric string) bool {
 	}
 	return true
 }
+
+// TargetFamilies are the metric families the runner reads of a target in
+// another process (one scrape a sample, filtered to them with
+// target.WithFamilies): the data plane's and the runtime's it records. The goroutine
+// high-water mark (target.PeakGoroutinesMetric) comes with a peak-window
+// scrape whatever the filter.
+var TargetFamilies = func() []string {
+	names := []string{
+		dataPlaneMarker,
+		"spiral_dataplane_cache_errors_total",
+		"spiral_dataplane_log_lines_written_total",
+		"spiral_dataplane_log_lines_dropped_total",
+		"spiral_dataplane_store_queries_in_flight",
+		"spiral_dataplane_memcached_conns_open",
+		"spiral_dataplane_lookups_total",
+		exportedGCCPU, exportedTotalCPU,
+	}
+	for _, r := range runtimeFromMetrics {
+		names = append(names, r.exported)
+	}
+	return names
+}()
 
 // dataPlaneMarker is a metric every data plane exporting Spiral's metric
 // names has from its start (a gauge).

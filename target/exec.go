@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/netns"
 )
 
 // AddrArg, in an Exec target's arguments, is replaced by the address the
@@ -56,6 +58,15 @@ type ExecConfig struct {
 	// Shape is how the service takes a batch RPC; the zero value is the
 	// bundled data plane's.
 	Shape dataplane.RequestShape
+	// Netns runs the children in a network namespace of the target's own
+	// (netns), made at Start and removed at Stop: a loopback, ephemeral
+	// port range, TIME_WAIT table and TCP sysctls no other process shares.
+	// Each backend's loopback address is forwarded into it at the same
+	// address, and the child's address out of it, so the child and its
+	// callers see the usual addresses; the census then counts the
+	// namespace's sockets, which are the child's alone (Exec.Netns).
+	// Backends must be on loopback.
+	Netns bool
 	// Stderr, if set, is every child's stderr, where services write their
 	// log lines: a slow log sink (faults.Sink.WriteEnd) makes them block
 	// in write(2). The child's stdout alone is then kept for the message
@@ -72,6 +83,8 @@ type Exec struct {
 	mu   sync.Mutex
 	sup  *faults.Supervisor
 	base string
+	ns   *netns.NS
+	fwd  []*netns.Forwarder
 }
 
 // NewExec checks cfg and returns a target that has not started anything.
@@ -118,7 +131,15 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 		return fmt.Errorf("start exec target: %w", err)
 	}
 	addr := t.cfg.Addr
-	if addr == "" {
+	var start func(*exec.Cmd) error
+	if t.cfg.Netns {
+		var err error
+		if addr, err = t.startNetns(addr, b); err != nil {
+			t.closeNetns()
+			return fmt.Errorf("start exec target: %w", err)
+		}
+		start = func(c *exec.Cmd) error { return t.ns.Do(c.Start) }
+	} else if addr == "" {
 		var err error
 		if addr, err = freeLoopbackAddr(); err != nil {
 			return fmt.Errorf("start exec target: %w", err)
@@ -151,16 +172,80 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 		StartTimeout: t.cfg.StartTimeout,
 		HealthPath:   dataplane.HealthPath,
 		Addr:         addr,
+		Start:        start,
 		Stderr:       t.cfg.Stderr,
 	})
 	if err != nil {
+		t.closeNetns()
 		return fmt.Errorf("start exec target: %w", err)
 	}
 	if err := sup.Start(ctx); err != nil {
+		t.closeNetns()
 		return fmt.Errorf("start %s: %w%s", t.Name(), err, lastOutput(sup))
 	}
 	t.sup, t.base = sup, "http://"+addr
 	return nil
+}
+
+// startNetns makes the children's network namespace, forwards each
+// backend into it at its own address, and the child's address out of it:
+// addr on the machine's loopback (a free port if ""), where the child
+// listens inside too. t.mu must be held.
+func (t *Exec) startNetns(addr string, b Backends) (string, error) {
+	ns, err := netns.New()
+	if err != nil {
+		return "", err
+	}
+	t.ns = ns
+	for _, a := range append(slices.Clone(b.MemcachedAddrs), b.CQLHosts...) {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil || !ap.Addr().IsLoopback() {
+			return "", fmt.Errorf("backend %s: a child in a network namespace of its own reaches backends on loopback only", a)
+		}
+		ln, err := ns.Listen("tcp", a)
+		if err != nil {
+			return "", fmt.Errorf("forward backend %s into the namespace: %w", a, err)
+		}
+		t.fwd = append(t.fwd, netns.Forward(ln, func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", a)
+		}))
+	}
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("the child's address: %w", err)
+	}
+	addr = ln.Addr().String()
+	t.fwd = append(t.fwd, netns.Forward(ln, func(ctx context.Context) (net.Conn, error) {
+		return ns.DialContext(ctx, "tcp", addr)
+	}))
+	return addr, nil
+}
+
+// closeNetns closes the forwarders and lets the namespace go. t.mu must be
+// held.
+func (t *Exec) closeNetns() {
+	for _, f := range t.fwd {
+		_ = f.Close()
+	}
+	t.fwd = nil
+	if t.ns != nil {
+		_ = t.ns.Close()
+		t.ns = nil
+	}
+}
+
+// Netns is the children's network namespace (ExecConfig.Netns) once
+// started, else nil: its sysctls are the target's alone (a port budget as
+// its ephemeral range), and a census run in it (probe.Census.In) counts
+// the child's sockets.
+func (t *Exec) Netns() *netns.NS {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ns
 }
 
 // lastOutput is the last exit's output, for an error message.
@@ -247,6 +332,9 @@ func (t *Exec) Stop(context.Context) error {
 	}
 	sup.Stop()
 	t.client.CloseIdleConnections()
+	t.mu.Lock()
+	t.closeNetns()
+	t.mu.Unlock()
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/target"
 )
 
@@ -59,6 +61,25 @@ func TestExecTargetRunsTheBundledDataPlane(t *testing.T) {
 	require.True(t, ok, "a scrape asking for the window gets the high-water mark")
 	goroutines, _ := pm.Total("go_goroutines")
 	assert.GreaterOrEqual(t, peak, goroutines-2, "the peak since the last window is at least about the count now")
+	// The runner's scrape asks for the families it reads alone: each is
+	// there, and nothing else.
+	fm, err := tgt.Metrics(target.WithFamilies(t.Context(), scenario.TargetFamilies...))
+	require.NoError(t, err)
+	names := map[string]bool{}
+	for _, sm := range fm {
+		names[sm.Name] = true
+	}
+	for _, f := range scenario.TargetFamilies {
+		if f == target.PeakGoroutinesMetric {
+			continue // only for a scrape asking for its window
+		}
+		found := names[f]
+		for n := range names {
+			found = found || strings.HasPrefix(n, f+"_") // a summary's _sum and _count
+		}
+		assert.True(t, found, "the family %s is exported", f)
+	}
+	assert.False(t, names["spiral_dataplane_requests_total"], "families not asked for are left out")
 	st, err := probe.ReadProcess(t.Context(), pid)
 	require.NoError(t, err)
 	assert.Positive(t, st.Threads, "the child's own threads")

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/spiral-chaos/spiral/dataplane"
@@ -136,6 +137,17 @@ func WithPeakWindow(ctx context.Context) context.Context {
 	return context.WithValue(ctx, peakWindowKey{}, true)
 }
 
+// WithFamilies marks ctx so that a Metrics call of another process's target
+// asks for these metric families alone (name[]=... on /metrics, which
+// client_golang's promhttp handlers honour and other services may ignore):
+// a runner that reads a dozen figures a sample then neither makes the
+// service encode its whole registry nor parses it.
+func WithFamilies(ctx context.Context, names ...string) context.Context {
+	return context.WithValue(ctx, familiesKey{}, names)
+}
+
+type familiesKey struct{}
+
 // httpTimeout bounds one metrics scrape or health check of another process.
 const httpTimeout = 5 * time.Second
 
@@ -151,7 +163,12 @@ func newHTTPClient() *http.Client {
 
 // scrape reads base's /metrics.
 func scrape(ctx context.Context, c *http.Client, base string) (dataplane.Snapshot, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+dataplane.MetricsPath, nil)
+	u := base + dataplane.MetricsPath
+	if names, _ := ctx.Value(familiesKey{}).([]string); len(names) > 0 {
+		q := url.Values{"name[]": names}
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@
 package incident
 
 import (
+	"math"
 	"net"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ import (
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
@@ -88,7 +90,14 @@ var budgets = []probe.Budget{
 	probe.Limit(scenario.MetricBatchErrors, 0),
 }
 
+// replay is one arm of the bundled data plane in-process; underTest makes
+// it the arm on the service under test.
 func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
+	sc, _ := replayWithSink(t, name, cfg)
+	return sc
+}
+
+func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.Scenario, *faults.Sink) {
 	t.Helper()
 	sink, err := faults.NewSink(faults.SinkConfig{DrainBytesPerSec: sinkDrainBytesPerSec, PipeBytes: sinkPipeBytes, Mode: faults.SinkDirect})
 	require.NoError(t, err)
@@ -132,7 +141,52 @@ func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
 			}
 		},
 		Phases: phases, Budgets: budgets,
+	}, sink
+}
+
+// underTest is the fixed arm on the service under test ($SPIRAL_TARGET):
+// the bundled data plane in-process as replay has it; a child process
+// (exec:) in a network namespace of its own, whose ephemeral port range is
+// the budget while injected (faults.NetnsPortBudget), with the slow sink as
+// its stderr, its blocked writers read from its threads in write(2). A
+// running endpoint can be neither confined nor wired to the sink: the arm
+// skips.
+func underTest(t *testing.T, cfg dataplane.Config) scenario.Scenario {
+	t.Helper()
+	sc, sink := replayWithSink(t, "fixed", cfg)
+	spec := suite.Spec(t)
+	switch spec.Kind {
+	case target.KindInProcess:
+		return sc
+	case target.KindExec:
+		w, err := sink.WriteEnd()
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = w.Close() }) // after the run has stopped every child
+		ec := spec.ExecConfig()
+		ec.Netns, ec.Stderr = true, w
+		tgt, err := target.NewExec(ec)
+		require.NoError(t, err)
+		sc.Target = tgt
+		sc.Faults[1] = func(scenario.Harness) (faults.Fault, error) {
+			return &faults.NetnsPortBudget{NS: tgt.Netns(), Budget: faults.NetnsBudget(budgetPorts)}, nil
+		}
+		sc.Probes = func(scenario.Harness) []probe.Source {
+			return []probe.Source{probe.Func("sink_blocked_writers", func() float64 {
+				pid := tgt.PID()
+				if pid <= 0 {
+					return math.NaN()
+				}
+				n, err := faults.ThreadsInWriteOf(pid, 2)
+				if err != nil {
+					return math.NaN()
+				}
+				return float64(n)
+			})}
+		}
+		return sc
 	}
+	t.Skipf("%s=%s: a running service can be neither confined to a port budget nor wired to the slow sink from here; give the binary (exec:)", target.EnvTarget, spec)
+	return sc
 }
 
 // The arms run in any order: each draws a port budget free when it
@@ -145,8 +199,7 @@ func TestIncidentReplay(t *testing.T) {
 	env := fixtures.Shared(t)
 
 	t.Run("fixed", func(t *testing.T) {
-		suite.InProcessOnly(t, "the blocking log sink is handed to the bundled data plane in-process; a child's log pipe is not wired to it")
-		res := suite.Run(t, env, replay(t, "fixed", dataplane.DefaultConfig()))
+		res := suite.Run(t, env, underTest(t, dataplane.DefaultConfig()))
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget through the whole chain")
 		assert.True(t, res.Validated, res.ValidateError)
 		for _, l := range res.LoadSummary {

@@ -56,6 +56,7 @@ import (
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestMain(m *testing.M) { fixtures.Main(m) }
@@ -213,7 +214,7 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 			a.mu.Lock()
 			defer a.mu.Unlock()
 			a.dp = h.DataPlane
-			src, err := probe.Throttle(&budgetSocketSource{budget: a.budget, port: memcachedPort(h.Env)}, budgetSocketsShare, 500*time.Millisecond)
+			src, err := probe.Throttle(&budgetSocketSource{census: scenario.CensusOf(h.Target), budget: a.budget, port: memcachedPort(h.Env)}, budgetSocketsShare, 500*time.Millisecond)
 			if err != nil {
 				panic(err) // constant arguments in range are never refused
 			}
@@ -223,6 +224,36 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 		Budgets: budgets,
 	}
 	return a
+}
+
+// underTest makes a the arm on the service under test ($SPIRAL_TARGET):
+// the bundled data plane in-process keeps the dial hook a has; a child
+// process (exec:) runs in a network namespace of its own, whose ephemeral
+// port range is the budget while injected (faults.NetnsPortBudget), with
+// the kernel, not a hook, confining its dials. A running endpoint's ports
+// can't be confined from here: the arm skips.
+func (a *arm) underTest(t *testing.T) {
+	t.Helper()
+	spec := suite.Spec(t)
+	switch spec.Kind {
+	case target.KindInProcess:
+		return
+	case target.KindExec:
+		ec := spec.ExecConfig()
+		ec.Netns = true
+		tgt, err := target.NewExec(ec)
+		require.NoError(t, err)
+		a.sc.Target = tgt
+		a.sc.Faults[0] = func(scenario.Harness) (faults.Fault, error) {
+			b := faults.NetnsBudget(budgetPorts)
+			a.mu.Lock()
+			a.budget = b
+			a.mu.Unlock()
+			return &faults.NetnsPortBudget{NS: tgt.Netns(), Budget: b}, nil
+		}
+		return
+	}
+	t.Skipf("%s=%s: a running service's ephemeral ports can't be confined from here; give the binary (exec:) to judge it in a network namespace of its own", target.EnvTarget, spec)
 }
 
 // logCacheErrors logs the arm's memcached errors and dials by kind, read
@@ -398,8 +429,8 @@ func TestPortExhaustion(t *testing.T) {
 	env := fixtures.Shared(t)
 
 	t.Run("fixed", func(t *testing.T) {
-		suite.InProcessOnly(t, "the port budget confines the bundled data plane's memcached dials through its dial hook; another process's ports can't be confined from here")
 		a := newArm("fixed", dataplane.DefaultConfig(), false)
+		a.underTest(t)
 		res := suite.Run(t, env, a.sc)
 		logPeaks(t, res)
 		a.logCacheErrors(t)

@@ -100,16 +100,6 @@ func Spec(t *testing.T) target.Spec {
 	return spec
 }
 
-// InProcessOnly skips t, saying why, when $SPIRAL_TARGET names a service
-// other than the bundled data plane in-process: for an arm whose fault
-// works through the bundled data plane's own code (a dial hook).
-func InProcessOnly(t *testing.T, why string) {
-	t.Helper()
-	if spec := Spec(t); spec.Kind != target.KindInProcess {
-		t.Skipf("%s=%s: %s", target.EnvTarget, spec, why)
-	}
-}
-
 // replayCommand is the go test command that runs t again with seed, from
 // the module's root.
 func replayCommand(t *testing.T, seed uint64) string {

@@ -1,0 +1,64 @@
+package faults_test
+
+import (
+	"net"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/netns"
+)
+
+// A namespace's port budget confines the namespace's dials to it while
+// injected, and leaves the machine's range alone.
+func TestNetnsPortBudget(t *testing.T) {
+	noLeaks(t)
+	if os.Geteuid() != 0 {
+		t.Skip("making a network namespace needs root")
+	}
+	ns, err := netns.New()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ns.Close() })
+	hostLo, hostHi, err := faults.EphemeralPortRange()
+	require.NoError(t, err)
+	before, err := ns.Sysctl("net/ipv4/ip_local_port_range")
+	require.NoError(t, err)
+
+	ln, err := ns.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { _ = ln.Close() }()
+	dialPort := func() int {
+		c, err := ns.DialContext(t.Context(), "tcp", ln.Addr().String())
+		require.NoError(t, err)
+		defer func() { _ = c.Close() }()
+		s, err := ln.Accept()
+		require.NoError(t, err)
+		_ = s.Close()
+		return c.LocalAddr().(*net.TCPAddr).Port
+	}
+
+	b := faults.NetnsBudget(4)
+	assert.Equal(t, faults.PortBudget{Low: 32768, High: 32771}, b)
+	f := &faults.NetnsPortBudget{NS: ns, Budget: b}
+	require.NoError(t, f.Inject(t.Context()))
+	require.ErrorIs(t, f.Inject(t.Context()), faults.ErrInjected)
+	for range 3 {
+		assert.True(t, b.Contains(dialPort()), "a dial inside takes its port from the budget")
+	}
+	lo, hi, err := faults.EphemeralPortRange()
+	require.NoError(t, err)
+	assert.Equal(t, [2]int{hostLo, hostHi}, [2]int{lo, hi}, "the machine's range is untouched")
+
+	require.NoError(t, f.Recover(t.Context()))
+	require.NoError(t, f.Recover(t.Context()), "Recover is idempotent")
+	after, err := ns.Sysctl("net/ipv4/ip_local_port_range")
+	require.NoError(t, err)
+	assert.Equal(t, before, after, "Recover restores the range")
+
+	bad := &faults.NetnsPortBudget{NS: ns, Budget: faults.PortBudget{Low: 80, High: 90}}
+	require.Error(t, bad.Inject(t.Context()))
+	require.Error(t, (&faults.NetnsPortBudget{Budget: b}).Inject(t.Context()))
+}
