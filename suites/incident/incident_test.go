@@ -117,8 +117,8 @@ func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
 		// sink drains freely.
 		Faults: []scenario.FaultFunc{
 			func(scenario.Harness) (faults.Fault, error) { return sink, nil },
-			func(scenario.Harness) (faults.Fault, error) {
-				b, err := faults.FreePortBudget(budgetPorts)
+			func(h scenario.Harness) (faults.Fault, error) {
+				b, err := faults.FreePortBudget(budgetPorts, h.Seed)
 				if err != nil {
 					return nil, err
 				}
