@@ -140,13 +140,18 @@ type Config struct {
 	LogSink io.Writer
 	// DialContext, if set, dials every memcached connection (the fault
 	// package confines source ports through it). nil dials with a
-	// net.Dialer, or with BandAidDial if BandAidDialer is set.
+	// net.Dialer, or with BandAidDialFunc if BandAidDialer is set.
 	DialContext DialFunc
-	// BandAidDialer dials memcached from a random 127.x.y.z source address,
-	// the postmortem's band-aid: it multiplies the loopback address and port
-	// space, so TIME_WAIT no longer exhausts it. Use BandAidDialFunc to
-	// combine it with a custom dialer in DialContext.
+	// BandAidDialer dials memcached from 127.x.y.z source addresses drawn
+	// from Seed, the postmortem's band-aid: it multiplies the loopback
+	// address and port space, so TIME_WAIT no longer exhausts it. Use
+	// BandAidDialFunc to combine it with a custom dialer in DialContext.
 	BandAidDialer bool
+	// Seed drives the data plane's random choices: BandAidDialer's source
+	// addresses, and nothing without it. 0 is a seed like any other: the
+	// zero value dials from the same addresses, in the same order, every
+	// run. A scenario sets it from its own seed.
+	Seed uint64
 }
 
 // Figures from the postmortem of the outage Spiral replays (README, "Where

@@ -116,15 +116,7 @@ func New(cfg Config, backends Backends) (*DataPlane, error) {
 	d.mc = memcache.NewFromSelector(ss)
 	d.mc.MaxIdleConns = cfg.MemcacheMaxIdleConns
 	d.mc.Timeout = cfg.MemcacheTimeout
-	dial := cfg.DialContext
-	switch {
-	case dial != nil:
-	case cfg.BandAidDialer:
-		dial = BandAidDialFunc(&net.Dialer{Timeout: cfg.MemcacheTimeout})
-	default:
-		dial = (&net.Dialer{Timeout: cfg.MemcacheTimeout}).DialContext
-	}
-	d.mc.DialContext = countingDial(dial, d.m)
+	d.mc.DialContext = countingDial(memcachedDial(cfg), d.m)
 	if cfg.MemcacheConcurrency > 0 {
 		d.memSem = semaphore.NewWeighted(int64(cfg.MemcacheConcurrency))
 	}
@@ -148,6 +140,21 @@ func New(cfg Config, backends Backends) (*DataPlane, error) {
 	d.profiles = profileKind(d.keyspace)
 	d.counts = countsKind(d.keyspace)
 	return d, nil
+}
+
+// memcachedDial returns the function that dials cfg's memcached
+// connections: cfg.DialContext, else the band-aid seeded by cfg.Seed if
+// cfg.BandAidDialer is set, else a net.Dialer; the last two time out after
+// cfg.MemcacheTimeout.
+func memcachedDial(cfg Config) DialFunc {
+	switch {
+	case cfg.DialContext != nil:
+		return cfg.DialContext
+	case cfg.BandAidDialer:
+		return BandAidDialFunc(&net.Dialer{Timeout: cfg.MemcacheTimeout}, cfg.Seed)
+	default:
+		return (&net.Dialer{Timeout: cfg.MemcacheTimeout}).DialContext
+	}
 }
 
 // checkKeyspace accepts unquoted CQL identifiers: the keyspace is written

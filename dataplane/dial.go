@@ -7,36 +7,48 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"github.com/bradfitz/gomemcache/memcache"
 )
 
-// BandAidDial dials from a random 127.x.y.z source address, the
-// postmortem's band-aid ("it expands the client ip+port space. Crazy, but
-// effective!"). Each source address has its own ephemeral port range, so
-// TIME_WAIT sockets spread over about 16 million addresses. It only makes
-// sense for a memcached on loopback.
-func BandAidDial(ctx context.Context, network, address string) (net.Conn, error) {
-	return BandAidDialFunc(nil)(ctx, network, address)
-}
-
-// BandAidDialFunc returns a DialFunc that dials with a copy of base (nil
-// means a zero net.Dialer) whose LocalAddr is a random 127.x.y.z, so the
-// band-aid combines with other dialer settings such as a Control function
-// confining source ports.
-func BandAidDialFunc(base *net.Dialer) DialFunc {
+// BandAidDialFunc returns a DialFunc that dials from a 127.x.y.z source
+// address (x in 1-254, y in 0-255, z in 1-254), the postmortem's band-aid
+// ("it expands the client ip+port space. Crazy, but effective!"). Each
+// source address has its own ephemeral port range, so TIME_WAIT sockets
+// spread over about 16 million addresses. It only makes sense for a
+// memcached on loopback. It dials with a copy of base (nil means a zero
+// net.Dialer) whose LocalAddr is set, so the band-aid combines with other
+// dialer settings such as a Control function confining source ports.
+//
+// The addresses are drawn from seed, one per dial in the order dials
+// reach it: two dial functions with the same seed dial from the same
+// sequence of addresses, one with another seed from another. It is safe
+// for concurrent use; concurrent dials take the next address under a
+// mutex, held only for the draw, so which of them gets which address
+// follows the order they arrive in.
+func BandAidDialFunc(base *net.Dialer, seed uint64) DialFunc {
+	var mu sync.Mutex
+	rng := rand.New(rand.NewPCG(seed, bandAidStream))
 	return func(ctx context.Context, network, address string) (net.Conn, error) {
 		var d net.Dialer
 		if base != nil {
 			d = *base
 		}
-		ip := net.IPv4(127, byte(1+rand.IntN(254)), byte(rand.IntN(256)), byte(1+rand.IntN(254)))
+		mu.Lock()
+		ip := net.IPv4(127, byte(1+rng.IntN(254)), byte(rng.IntN(256)), byte(1+rng.IntN(254)))
+		mu.Unlock()
 		d.LocalAddr = &net.TCPAddr{IP: ip}
 		return d.DialContext(ctx, network, address)
 	}
 }
+
+// bandAidStream is the second word of BandAidDialFunc's PCG: it keeps the
+// addresses apart from other sequences drawn from the same seed (a load's
+// schedule, a port budget's windows).
+const bandAidStream = 0xba1d
 
 // countingDial wraps dial so that every dial and every close of a
 // memcached connection is counted: closes by the data plane are the

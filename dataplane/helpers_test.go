@@ -121,7 +121,7 @@ func closedPort(tb testing.TB) string {
 }
 
 // sourceDial returns a dialer bound to a fresh random 127.0.x.y source
-// address (x > 0: never 127.0.0.1, nor one BandAidDial picks), and that
+// address (x > 0: never 127.0.0.1, nor one BandAidDialFunc picks), and that
 // address: sockets of one data plane can then be told from every other in
 // a socket census.
 func sourceDial() (dataplane.DialFunc, net.IP) {

@@ -5,12 +5,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/fixtures"
@@ -28,7 +31,7 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 	cfg.MemcacheMaxIdleConns = 0
 	cfg.LogPolicy.PerSecond = 0
 	cfg.Clients = []string{"ok", "bad name"}
-	cfg.DialContext = dataplane.BandAidDial
+	cfg.DialContext = dataplane.BandAidDialFunc(nil, 1)
 	cfg.BandAidDialer = true
 	err := cfg.Validate()
 	require.Error(t, err)
@@ -189,33 +192,111 @@ func TestEncodeRequestRoundTrip(t *testing.T) {
 	}
 }
 
-func TestBandAidDialUsesRandomLoopbackSource(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = ln.Close() })
+// The band-aid dials from 127.1-254.x.1-254 addresses, as many as it
+// dials (about 16 million to draw from), and keeps its base dialer's
+// settings.
+func TestBandAidDialFuncUsesLoopbackSources(t *testing.T) {
+	ln := listenLoopback(t)
+	got := bandAidSources(t, dataplane.BandAidDialFunc(nil, 1), ln, 8)
 	seen := map[string]bool{}
-	for range 5 {
-		c, err := dataplane.BandAidDial(t.Context(), "tcp", ln.Addr().String())
-		require.NoError(t, err)
-		ip := c.LocalAddr().(*net.TCPAddr).IP.To4()
-		require.NoError(t, c.Close())
-		assert.Equal(t, byte(127), ip[0])
-		assert.NotEqual(t, byte(0), ip[1], "not 127.0.x.x: the band-aid picks 127.1-254.x.x")
+	for _, ip := range got {
+		assert.Equal(t, byte(127), ip[0], "%s", ip)
+		assert.NotEqual(t, byte(0), ip[1], "%s: not 127.0.x.x: the band-aid picks 127.1-254.x.x", ip)
+		assert.NotContains(t, []byte{0, 255}, ip[3], "%s: the band-aid picks 127.x.y.1-254", ip)
 		seen[ip.String()] = true
 	}
-	assert.Greater(t, len(seen), 1, "source addresses vary")
+	assert.Len(t, seen, len(got), "every dial has a source address of its own: %v", got)
 
 	// The base dialer's settings are kept: a Control function still runs.
 	var controls int
 	dial := dataplane.BandAidDialFunc(&net.Dialer{Control: func(string, string, syscall.RawConn) error {
 		controls++
 		return nil
-	}})
-	c, err := dial(t.Context(), "tcp", ln.Addr().String())
-	require.NoError(t, err)
-	assert.NotEqual(t, "127.0.0.1", c.LocalAddr().(*net.TCPAddr).IP.String())
-	require.NoError(t, c.Close())
+	}}, 1)
+	bandAidSources(t, dial, ln, 1)
 	assert.Equal(t, 1, controls)
+}
+
+// Replaying a seed replays the band-aid's source addresses, as the
+// kernel saw them (each connection's local address); another seed draws
+// others.
+func TestBandAidDialFuncDrawsSourcesFromItsSeed(t *testing.T) {
+	ln := listenLoopback(t)
+	const dials = 8
+	first := bandAidSources(t, dataplane.BandAidDialFunc(nil, 7), ln, dials)
+	again := bandAidSources(t, dataplane.BandAidDialFunc(nil, 7), ln, dials)
+	other := bandAidSources(t, dataplane.BandAidDialFunc(nil, 8), ln, dials)
+	assert.Equal(t, first, again, "the same seed dials from the same addresses, in the same order")
+	assert.NotEqual(t, first, other, "another seed dials from other addresses")
+}
+
+// Concurrent dials through one band-aid share its sequence: together they
+// dial from the addresses that as many dials one after another would,
+// each address once. Run with -race, it also shows the draws are guarded.
+func TestBandAidDialFuncConcurrentDialsShareTheSequence(t *testing.T) {
+	ln := listenLoopback(t)
+	const dials = 32
+	want := bandAidSources(t, dataplane.BandAidDialFunc(nil, 9), ln, dials)
+
+	dial := dataplane.BandAidDialFunc(nil, 9)
+	var mu sync.Mutex
+	var got []net.IP
+	var g errgroup.Group
+	for range dials {
+		g.Go(func() error {
+			c, err := dial(t.Context(), "tcp", ln.Addr().String())
+			if err != nil {
+				return err
+			}
+			ip := c.LocalAddr().(*net.TCPAddr).IP.To4()
+			mu.Lock()
+			got = append(got, ip)
+			mu.Unlock()
+			return closeReset(c)
+		})
+	}
+	require.NoError(t, g.Wait())
+	byAddr := func(a, b net.IP) int { return bytes.Compare(a, b) }
+	slices.SortFunc(want, byAddr)
+	slices.SortFunc(got, byAddr)
+	assert.Equal(t, want, got)
+}
+
+// listenLoopback returns a listener on 127.0.0.1, closed when tb ends. It
+// never accepts: the kernel completes loopback handshakes by itself, up to
+// its backlog.
+func listenLoopback(tb testing.TB) net.Listener {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = ln.Close() })
+	return ln
+}
+
+// bandAidSources dials ln n times in turn with dial and returns each
+// connection's local address. Each connection is reset rather than closed,
+// so that it leaves no TIME_WAIT holding its bound port.
+func bandAidSources(tb testing.TB, dial dataplane.DialFunc, ln net.Listener, n int) []net.IP {
+	tb.Helper()
+	var out []net.IP
+	for range n {
+		c, err := dial(tb.Context(), "tcp", ln.Addr().String())
+		require.NoError(tb, err)
+		out = append(out, c.LocalAddr().(*net.TCPAddr).IP.To4())
+		require.NoError(tb, closeReset(c))
+	}
+	return out
+}
+
+// closeReset closes c with a reset (SO_LINGER 0): no TIME_WAIT is left.
+func closeReset(c net.Conn) error {
+	if tc, ok := c.(*net.TCPConn); ok {
+		if err := tc.SetLinger(0); err != nil {
+			_ = c.Close()
+			return err
+		}
+	}
+	return c.Close()
 }
 
 // requireInputError asserts that err is an *dataplane.InputError with the

@@ -224,14 +224,14 @@ const (
 // budgets it returned earlier in this process.
 //
 // It asks the kernel which ports are usable: it connects sockets confined
-// to a random window of the range to a listener of its own until the
-// kernel has no port left in the window, then resets them all (SO_LINGER
-// 0, so no TIME_WAIT is left). A port bound by a listener or an explicit
-// bind(2) anywhere on the machine is unusable for every destination: the
-// postmortem's band-aid binds every source address, and each of its
-// TIME_WAIT sockets keeps its port bound for 60 s. Ports that other
-// sockets only connect(2) from, TIME_WAIT included, stay usable: the
-// kernel shares them among destinations.
+// to a window of the range to a listener of its own (bound outside the
+// window) until the kernel has no port left in the window, then resets
+// them all (SO_LINGER 0, so no TIME_WAIT is left). A port bound by a
+// listener or an explicit bind(2) anywhere on the machine is unusable for
+// every destination: the postmortem's band-aid binds every source address,
+// and each of its TIME_WAIT sockets keeps its port bound for 60 s. Ports
+// that other sockets only connect(2) from, TIME_WAIT included, stay
+// usable: the kernel shares them among destinations.
 //
 // It returns size consecutive usable ports if it finds them (then Size()
 // == size). On a machine where many sockets bound their source port lately
@@ -240,12 +240,20 @@ const (
 // ports, whose other ports rejoin the budget as their holders let go
 // (within 60 s for TIME_WAIT), so Size() > size and the budget may grow.
 //
+// Every random choice comes from seed: the windows examined, in order, and
+// the budget picked among those a window offers. The same seed picks the
+// same budget as long as the same ports are usable and this process handed
+// out the same budgets before it (a replay of one test of several finds
+// none of the earlier tests' budgets reserved, and may pick another).
+// Callers that try again after an error should change the seed, or they
+// examine the same windows again.
+//
 // A window costs one loopback handshake (about 40 µs) and, for a moment,
 // one descriptor per port: 4 x size ports, at least 1024 and at most 2048.
 // A search scans up to twice the range (about 1 s). size is at most a
 // quarter of the ephemeral range and net.core.somaxconn (4096 by default),
 // the probe listener's queue.
-func FreePortBudget(size int) (PortBudget, error) {
+func FreePortBudget(size int, seed uint64) (PortBudget, error) {
 	lo, hi, err := EphemeralPortRange()
 	if err != nil {
 		return PortBudget{}, fmt.Errorf("free port budget: %w", err)
@@ -258,25 +266,48 @@ func FreePortBudget(size int) (PortBudget, error) {
 	window := max(min(max(4*size, scanWindowMin), scanWindowMax, limit), size)
 	budgets.mu.Lock()
 	defer budgets.mu.Unlock()
+	rng := rand.New(rand.NewPCG(seed, portBudgetStream))
+	usable := func(w PortBudget) ([]bool, error) { return usablePorts(w, lo, hi) }
+	b, err := pickBudget(size, window, lo, hi, rng, usable, overlapsReserved)
+	if err != nil {
+		return PortBudget{}, fmt.Errorf("free port budget: %w", err)
+	}
+	return reserve(b, span), nil
+}
+
+// portBudgetStream is the second word of FreePortBudget's PCG: it keeps
+// the windows' sequence apart from other sequences drawn from the same
+// seed (a load's schedule, the band-aid's addresses).
+const portBudgetStream = 0x90b7
+
+// pickBudget is FreePortBudget's search over the ephemeral range lo-hi:
+// it examines windows of window ports drawn from rng, asks usable which
+// ports of each the kernel gives out, and returns a run of size usable
+// ports that reserved does not refuse, drawn from rng among those of the
+// first window holding one; failing that, the narrowest range holding
+// size usable ports that it saw. Given the same rng state and the same
+// answers from usable and reserved, it returns the same budget.
+func pickBudget(size, window, lo, hi int, rng *rand.Rand, usable func(PortBudget) ([]bool, error), reserved func(PortBudget) bool) (PortBudget, error) {
+	span := hi - lo + 1
 	tries := 2 * span / window // windows are random: about twice the range
 	var fallback PortBudget    // narrowest range with size usable ports
 	for range tries {
-		start := lo + rand.IntN(span-window+1)
+		start := lo + rng.IntN(span-window+1)
 		w := PortBudget{Low: uint16(start), High: uint16(start + window - 1)}
-		usable, err := usablePorts(w)
+		ok, err := usable(w)
 		if err != nil {
-			return PortBudget{}, fmt.Errorf("free port budget: %w", err)
+			return PortBudget{}, err
 		}
 		var ports []int // usable ports of w, ascending
-		for i, ok := range usable {
-			if ok {
+		for i, u := range ok {
+			if u {
 				ports = append(ports, start+i)
 			}
 		}
 		var clean []PortBudget
 		for i := 0; i+size <= len(ports); i++ {
 			b := PortBudget{Low: uint16(ports[i]), High: uint16(ports[i+size-1])}
-			if overlapsReserved(b) {
+			if reserved(b) {
 				continue
 			}
 			if b.Size() == size {
@@ -286,13 +317,13 @@ func FreePortBudget(size int) (PortBudget, error) {
 			}
 		}
 		if len(clean) > 0 {
-			return reserve(clean[rand.IntN(len(clean))], span), nil
+			return clean[rng.IntN(len(clean))], nil
 		}
 	}
 	if fallback.Size() > 0 {
-		return reserve(fallback, span), nil
+		return fallback, nil
 	}
-	return PortBudget{}, fmt.Errorf("free port budget: fewer than %d usable ports in each of %d windows of %d ports in %d-%d (ports bound elsewhere, e.g. held in TIME_WAIT by connections that bound their source address, stay unusable for up to 60 s)", size, tries, window, lo, hi)
+	return PortBudget{}, fmt.Errorf("fewer than %d usable ports in each of %d windows of %d ports in %d-%d (ports bound elsewhere, e.g. held in TIME_WAIT by connections that bound their source address, stay unusable for up to 60 s)", size, tries, window, lo, hi)
 }
 
 // reserve records b as handed out and returns it. budgets.mu must be held.
@@ -333,13 +364,27 @@ func somaxconn() int {
 // a socket confined to w connecting to a fresh loopback listener. It
 // connects until the kernel has no port left in w, without accepting, then
 // resets every socket, leaving no TIME_WAIT behind. Connect on loopback
-// completes in the kernel, so the blocking calls return at once.
-func usablePorts(w PortBudget) ([]bool, error) {
+// completes in the kernel, so the blocking calls return at once. The
+// listener's own port is drawn from the larger part of the ephemeral range
+// lo-hi beside w, so that it never takes a port of w: otherwise each probe
+// would find a different port of w unusable, and the same seed would pick
+// different budgets.
+func usablePorts(w PortBudget, lo, hi int) ([]bool, error) {
 	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("probe listener: %w", err)
 	}
 	defer func() { _ = unix.Close(ln) }()
+	lnRange := PortBudget{Low: uint16(lo), High: w.Low - 1}
+	if int(w.Low)-lo < hi-int(w.High) {
+		lnRange = PortBudget{Low: w.High + 1, High: uint16(hi)}
+	}
+	if lnRange.Size() > 0 {
+		val := int(uint32(lnRange.Low) | uint32(lnRange.High)<<16)
+		if err := unix.SetsockoptInt(ln, unix.SOL_IP, unix.IP_LOCAL_PORT_RANGE, val); err != nil {
+			return nil, fmt.Errorf("probe listener: set IP_LOCAL_PORT_RANGE %s: %w", lnRange, err)
+		}
+	}
 	loopback := [4]byte{127, 0, 0, 1}
 	if err := unix.Bind(ln, &unix.SockaddrInet4{Addr: loopback}); err != nil {
 		return nil, fmt.Errorf("probe listener: %w", err)

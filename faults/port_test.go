@@ -79,12 +79,17 @@ func (a *acceptor) closeAll() {
 	a.conns = nil
 }
 
+// portTestSeed seeds the port tests' budgets. Each test's budget is
+// still its own: FreePortBudget never hands out one that overlaps another
+// this process holds.
+const portTestSeed = 1
+
 // freeBudget returns a budget with n usable ports now. Its range is wider
 // than n when other sockets on the machine hold bound ports (see
 // FreePortBudget); they may rejoin it during the test.
 func freeBudget(tb testing.TB, n int) faults.PortBudget {
 	tb.Helper()
-	b, err := faults.FreePortBudget(n)
+	b, err := faults.FreePortBudget(n, portTestSeed)
 	require.NoError(tb, err)
 	require.NoError(tb, b.Validate())
 	if b.Size() > n {
@@ -294,9 +299,9 @@ func TestPortBudgetRejectsBadRanges(t *testing.T) {
 	}
 	_, err = faults.PortBudget{}.Dial(t.Context(), "tcp", "127.0.0.1:1")
 	require.Error(t, err)
-	_, err = faults.FreePortBudget(0)
+	_, err = faults.FreePortBudget(0, portTestSeed)
 	require.Error(t, err)
-	_, err = faults.FreePortBudget(hi - lo)
+	_, err = faults.FreePortBudget(hi-lo, portTestSeed)
 	require.Error(t, err)
 }
 

@@ -251,3 +251,20 @@ func TestJudgeNotJudgedOnlyForFiguresNeverGiven(t *testing.T) {
 	assert.Equal(t, "never", notJudged[0].Budget.Metric)
 	assert.Equal(t, "not-recorded", notJudged[1].Budget.Metric)
 }
+
+// The in-process data plane a scenario builds draws its random choices
+// (the band-aid's source addresses) from the scenario's seed; a target the
+// scenario is handed is left as it is.
+func TestTargetSeedsTheInProcessDataPlane(t *testing.T) {
+	cfg := dataplane.IncidentConfig()
+	cfg.BandAidDialer, cfg.Seed = true, 99
+	sc := Scenario{Config: cfg, Seed: 7}
+	ip, ok := sc.target().(*target.InProcess)
+	require.True(t, ok, "no Target: the bundled data plane in-process")
+	assert.Equal(t, uint64(7), ip.Config().Seed, "Config.Seed is the scenario's")
+
+	given := target.NewInProcess(cfg)
+	sc.Target = given
+	assert.Same(t, given, sc.target())
+	assert.Equal(t, uint64(99), given.Config().Seed)
+}

@@ -3,6 +3,8 @@ package scenario_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -36,11 +38,13 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 // answers every batch with an empty answer, /healthz with 200 and
 // /metrics with one data plane gauge. pid is what PID returns: target.Self
 // (the runner then samples this process) or target.NoProcess (an endpoint
-// with nothing to probe).
+// with nothing to probe). requests, if set, records the body of every
+// batch request.
 type fakeTarget struct {
 	pid      int
 	startErr error
 	log      *events
+	requests *events
 
 	srv     *httptest.Server
 	started atomic.Int32
@@ -56,7 +60,15 @@ func (f *fakeTarget) Start(context.Context, target.Backends) error {
 		return f.startErr
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc(dataplane.XRPCPrefix, func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc(dataplane.XRPCPrefix, func(w http.ResponseWriter, r *http.Request) {
+		if f.requests != nil {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			f.requests.add(string(body))
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"posts":[],"profiles":[],"counts":[]}`))
 	})
@@ -306,6 +318,95 @@ func TestRunBudgetsATargetDoesNotExposeAreNotJudged(t *testing.T) {
 	}
 	assert.False(t, res.Held())
 	assert.NotContains(t, strings.Join(res.Timeline.Metrics, " "), probe.MetricThreads+" ", "no process figures for a target without a process")
+}
+
+// seededFault stands in for a fault that makes random choices, such as
+// the port exhaustion suite's band-aid: its factory seeds a band-aid dial
+// function from the Harness, and Inject dials a loopback listener through
+// it, recording the source addresses.
+type seededFault struct {
+	seed    uint64
+	dial    dataplane.DialFunc
+	addr    string
+	sources []string
+}
+
+func (*seededFault) Name() string { return "seeded" }
+
+func (f *seededFault) Inject(ctx context.Context) error {
+	for range 4 {
+		c, err := f.dial(ctx, "tcp", f.addr)
+		if err != nil {
+			return err
+		}
+		f.sources = append(f.sources, c.LocalAddr().(*net.TCPAddr).IP.String())
+		// Reset, so that no TIME_WAIT holds the bound port.
+		if err := c.(*net.TCPConn).SetLinger(0); err != nil {
+			_ = c.Close()
+			return err
+		}
+		if err := c.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (*seededFault) Recover(context.Context) error { return nil }
+
+// choices is what a run drew from its seed: the seed its fault factory
+// was handed, the fault's source addresses and the background load's
+// requests (sorted: concurrent requests may reach the target in any
+// order).
+type choices struct {
+	factorySeed uint64
+	sources     []string
+	requests    []string
+}
+
+// seededRun runs a stub scenario with seed against a fake target and
+// returns what it drew from the seed.
+func seededRun(t *testing.T, seed uint64) choices {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ln.Close() })
+
+	tgt := &fakeTarget{pid: target.Self, log: &events{}, requests: &events{}}
+	sc := stubScenario("seeded", tgt)
+	sc.Seed = seed
+	// 50 a second, a quarter of Background's rate: about 55 requests over
+	// the stub's 1.1 s, none of them skipped.
+	sc.Background[0].Rate = 50
+	var f *seededFault
+	sc.Faults = []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
+		f = &seededFault{seed: h.Seed, dial: dataplane.BandAidDialFunc(nil, h.Seed), addr: ln.Addr().String()}
+		return f, nil
+	}}
+	res, err := scenario.Run(t.Context(), bareEnv(), sc)
+	require.NoError(t, err)
+	require.Len(t, res.LoadSummary, 1)
+	st := res.LoadSummary[0].Stats
+	require.Zero(t, st.Skipped, "no request skipped: the requests sent are those drawn")
+	require.Positive(t, st.Sent)
+	reqs := tgt.requests.all()
+	slices.Sort(reqs)
+	return choices{factorySeed: f.seed, sources: f.sources, requests: reqs}
+}
+
+// Replaying a seed repeats the run's choices: the background load's
+// schedule, batches and keys, and those of its faults, drawn from the seed
+// the runner hands their factory. Another seed draws others.
+func TestRunReplaysItsSeed(t *testing.T) {
+	noLeaks(t)
+	first := seededRun(t, 7)
+	again := seededRun(t, 7)
+	other := seededRun(t, 8)
+	assert.Equal(t, uint64(7), first.factorySeed, "the fault factory is handed the scenario's seed")
+	assert.Equal(t, first.sources, again.sources, "the same seed: the fault dials from the same addresses")
+	assert.Equal(t, first.requests, again.requests, "the same seed: the same requests")
+	assert.NotEqual(t, first.sources, other.sources, "another seed: other addresses")
+	assert.NotEqual(t, first.requests, other.requests, "another seed: other requests")
 }
 
 // goroutineStacks returns every goroutine's stack.

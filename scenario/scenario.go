@@ -128,6 +128,10 @@ type Harness struct {
 	DataPlane *dataplane.DataPlane
 	// Shape is how the target takes a batch RPC (target.ShapeOf).
 	Shape dataplane.RequestShape
+	// Seed is the scenario's Seed: a factory draws its fault's random
+	// choices from it (a port budget's windows, the band-aid's addresses),
+	// so that replaying the seed repeats them.
+	Seed uint64
 }
 
 // Flood returns a flood of p aimed at the target, in its request shape.
@@ -144,13 +148,16 @@ type Scenario struct {
 	// Name is short and file-name safe ("batch-flood/incident").
 	Name string
 	// Config is the bundled data plane's configuration this run serves
-	// in-process when Target is nil.
+	// in-process when Target is nil, with its Seed replaced by the
+	// scenario's Seed.
 	Config dataplane.Config
 	// Target is the service under test, if not the bundled data plane
 	// with Config (target.NewInProcess(Config)). Run starts it and stops
 	// it; a Target is started once, so a Scenario with one runs once.
 	Target target.Target
-	// Seed drives every random choice (load schedule, batches, keys).
+	// Seed drives every random choice: the background loads' schedules,
+	// batches and keys (load i is seeded Seed+i), the in-process data
+	// plane's (Config.Seed) and the fault factories' (Harness.Seed).
 	Seed uint64
 	// Data is the rows seeded in the store before the run, and WarmPosts
 	// posts (0..WarmPosts-1) are read once so that they are in the cache:
@@ -305,6 +312,17 @@ func (sc Scenario) withDefaults() Scenario {
 	return sc
 }
 
+// target returns sc.Target, or the bundled data plane in-process with
+// sc.Config seeded by sc.Seed.
+func (sc Scenario) target() target.Target {
+	if sc.Target != nil {
+		return sc.Target
+	}
+	cfg := sc.Config
+	cfg.Seed = sc.Seed
+	return target.NewInProcess(cfg)
+}
+
 // Validate reports every problem with sc, or nil.
 func (sc Scenario) Validate() error {
 	var errs []error
@@ -379,10 +397,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	if err := sc.Validate(); err != nil {
 		return nil, err
 	}
-	tgt := sc.Target
-	if tgt == nil {
-		tgt = target.NewInProcess(sc.Config)
-	}
+	tgt := sc.target()
 	res = &Result{Scenario: sc.Name, Seed: sc.Seed, Config: sc.Config, Target: tgt.Name(), Started: time.Now(), Budgets: sc.Budgets, Replay: replayCommand(sc)}
 	progress("%s: seed %d; target %s; set-up", sc.Name, sc.Seed, tgt.Name())
 
@@ -402,7 +417,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		}
 	}()
 
-	h := Harness{Env: env, Target: tgt, URL: tgt.URL(), DataPlane: target.DataPlaneOf(tgt), Shape: target.ShapeOf(tgt)}
+	h := Harness{Env: env, Target: tgt, URL: tgt.URL(), DataPlane: target.DataPlaneOf(tgt), Shape: target.ShapeOf(tgt), Seed: sc.Seed}
 	var injected []faults.Fault
 	for _, mk := range sc.Faults {
 		f, err := mk(h)

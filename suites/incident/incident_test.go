@@ -126,8 +126,8 @@ func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.S
 		// sink drains freely.
 		Faults: []scenario.FaultFunc{
 			func(scenario.Harness) (faults.Fault, error) { return sink, nil },
-			func(scenario.Harness) (faults.Fault, error) {
-				b, err := faults.FreePortBudget(budgetPorts)
+			func(h scenario.Harness) (faults.Fault, error) {
+				b, err := faults.FreePortBudget(budgetPorts, h.Seed)
 				if err != nil {
 					return nil, err
 				}

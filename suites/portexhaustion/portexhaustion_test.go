@@ -152,14 +152,16 @@ type arm struct {
 
 // newArm returns the arm running cfg: its memcached dials go through a
 // dial hook that the port-budget fault confines while injected. With
-// bandAid the hook dials as the postmortem's band-aid did, from a random
+// bandAid the hook dials as the postmortem's band-aid did, from random
 // 127.x.y.z: Config.BandAidDialer, expressed through Config.DialContext
-// (the two are exclusive) so that the budget composes with it.
+// (the two are exclusive) so that the budget composes with it. The
+// addresses, like the budget's window, are drawn from the scenario's seed.
 func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
+	seed := scenario.SeedFromEnv(1)
 	base := dialer(cfg)
 	var hook *faults.DialHook
 	if bandAid {
-		hook = faults.NewDialHook(faults.DialFunc(dataplane.BandAidDialFunc(base)))
+		hook = faults.NewDialHook(faults.DialFunc(dataplane.BandAidDialFunc(base, seed)))
 	} else {
 		hook = faults.NewDialHook(base.DialContext)
 	}
@@ -177,7 +179,6 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 		flood.Rate, flood.MaxRequests = 0.5, floodRequests
 		bg.Rate = 200
 	}
-	seed := scenario.SeedFromEnv(1)
 	flood.Seed = seed + 100
 	flood.Duration = phases.Inject
 
@@ -192,8 +193,8 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 		Faults: []scenario.FaultFunc{
 			// The budget is drawn when the run builds its faults, by
 			// asking the kernel which ports are usable then.
-			func(scenario.Harness) (faults.Fault, error) {
-				b, err := freePortBudget(budgetPorts)
+			func(h scenario.Harness) (faults.Fault, error) {
+				b, err := freePortBudget(budgetPorts, h.Seed)
 				if err != nil {
 					return nil, err
 				}
@@ -201,7 +202,9 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 				a.budget = b
 				a.mu.Unlock()
 				if bandAid {
-					return &bandAidBudget{Hook: hook, Budget: b, Base: base}, nil
+					// Seed+1: the faulted dials' addresses do not repeat
+					// those the hook dialed from before the fault.
+					return &bandAidBudget{Hook: hook, Budget: b, Base: base, Seed: h.Seed + 1}, nil
 				}
 				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
 			},
@@ -286,13 +289,14 @@ func (a *arm) logCacheErrors(t *testing.T) {
 // earlier run) bind thousands.
 const budgetWait = 75 * time.Second
 
-// freePortBudget is faults.FreePortBudget(size), tried again every few
-// seconds for up to budgetWait while the range holds no free run of size
-// ports.
-func freePortBudget(size int) (faults.PortBudget, error) {
+// freePortBudget is faults.FreePortBudget(size, seed), tried again every
+// few seconds for up to budgetWait while the range holds no free run of
+// size ports, with seed+1, seed+2 and so on: each try examines other
+// windows.
+func freePortBudget(size int, seed uint64) (faults.PortBudget, error) {
 	deadline := time.Now().Add(budgetWait)
-	for {
-		b, err := faults.FreePortBudget(size)
+	for try := uint64(0); ; try++ {
+		b, err := faults.FreePortBudget(size, seed+try)
 		if err == nil || time.Now().After(deadline) {
 			return b, err
 		}
@@ -351,15 +355,16 @@ func (s *budgetSocketSource) Read(ctx context.Context, dst []float64) error {
 }
 
 // bandAidBudget confines the band-aid's dials to a port budget while
-// injected: each dial still binds a random 127.x.y.z source address, and
-// the kernel picks its port from the budget (IP_LOCAL_PORT_RANGE applies to
-// the bind as to the connect). faults.PortBudgetFault can't express this:
-// its Base dialer has one fixed local address. Recover swaps the band-aid
-// without a budget back in; it is idempotent.
+// injected: each dial still binds a 127.x.y.z source address drawn from
+// Seed, and the kernel picks its port from the budget (IP_LOCAL_PORT_RANGE
+// applies to the bind as to the connect). faults.PortBudgetFault can't
+// express this: its Base dialer has one fixed local address. Recover swaps
+// the band-aid without a budget back in; it is idempotent.
 type bandAidBudget struct {
 	Hook   *faults.DialHook
 	Budget faults.PortBudget
 	Base   *net.Dialer
+	Seed   uint64 // of the source addresses (dataplane.BandAidDialFunc)
 
 	mu   sync.Mutex
 	on   bool
@@ -380,7 +385,7 @@ func (f *bandAidBudget) Inject(context.Context) error {
 	if f.on {
 		return faults.ErrInjected
 	}
-	f.prev = f.Hook.Swap(faults.DialFunc(dataplane.BandAidDialFunc(f.Budget.Dialer(f.Base))))
+	f.prev = f.Hook.Swap(faults.DialFunc(dataplane.BandAidDialFunc(f.Budget.Dialer(f.Base), f.Seed)))
 	f.on = true
 	return nil
 }
