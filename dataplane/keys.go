@@ -199,6 +199,11 @@ func checkClient(name string) error {
 func isAlpha(c byte) bool { return c|0x20 >= 'a' && c|0x20 <= 'z' }
 func isAlnum(c byte) bool { return isAlpha(c) || c >= '0' && c <= '9' }
 
+// PostCacheKeys returns the memcached keys the data plane caches the posts
+// of uris under (GetPostRecords), in order: for a caller that must forget
+// them, as a restarted memcached would.
+func PostCacheKeys(uris []string) []string { return cacheKeys(postKind("").prefix, uris) }
+
 // cacheKeys returns cacheKey(prefix, id) for each of ids, all short keys
 // sharing one allocation.
 func cacheKeys(prefix string, ids []string) []string {

@@ -14,12 +14,16 @@ package cacheoutage
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math"
 	"testing"
 	"time"
 
+	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
@@ -169,7 +173,11 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 		WarmPosts:  posts,
 		Background: []faults.LoadProfile{bg, batch},
 		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
-			return faults.NewContainerFault(h.Env.Memcached, o.action), nil
+			f := faults.NewContainerFault(h.Env.Memcached, o.action)
+			if o.action == faults.ContainerKill && h.Env.MemcachedUpstreams != nil {
+				return &coldRestart{Fault: f, upstreams: h.Env.MemcachedUpstreams, keys: dataplane.PostCacheKeys(fixtures.PostURIs(0, posts))}, nil
+			}
+			return f, nil
 		}},
 		Probes: func(h scenario.Harness) []probe.Source {
 			if h.DataPlane == nil { // polled in-process only; not judged otherwise
@@ -249,17 +257,46 @@ func logFigures(t *testing.T, res *scenario.Result) {
 	}
 }
 
+// coldRestart is the dead outage for a memcached Spiral does not own
+// (external mode): Inject kills it through Spiral's proxy (connections
+// reset, new ones refused) while the server keeps its items, so Recover
+// first deletes the keys of the posts this run warmed, Spiral's own, from
+// the servers themselves, then lets the proxy serve again: the data plane
+// meets the cold cache a restarted memcached would have, and nothing else
+// in the cache changes.
+type coldRestart struct {
+	faults.Fault
+	upstreams []string
+	keys      []string
+}
+
+func (f *coldRestart) Name() string { return f.Fault.Name() + ", its warmed keys forgotten" }
+
+func (f *coldRestart) Recover(ctx context.Context) error {
+	mc := memcache.New(f.upstreams...) // the data plane's key-to-server mapping: the same list, in order
+	defer func() { _ = mc.Close() }()
+	g, _ := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for _, k := range f.keys {
+		g.Go(func() error {
+			if err := mc.Delete(k); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+				return fmt.Errorf("forget %s: %w", k, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("recover %s: %w", f.Name(), err)
+	}
+	return f.Fault.Recover(ctx)
+}
+
 // Every run seeds and warms its own posts, so a dead cache emptied by one
 // run is full again for the next, and the arms run in any order.
 func TestCacheOutage(t *testing.T) {
 	env := fixtures.Shared(t)
 	for _, o := range outages {
 		t.Run(o.name, func(t *testing.T) {
-			if o.action == faults.ContainerKill && env.MemcachedUpstreams != nil {
-				// Measured in external mode, 2026-12-02: no store query
-				// in either arm, every lookup a cache hit after recover.
-				t.Skip("external mode: a memcached killed through Spiral's proxy keeps its items (Spiral never empties a cache it does not own), so the cold cache this outage judges never comes")
-			}
 			t.Run("fixed", func(t *testing.T) {
 				res := suite.RunUnderTest(t, env, outageScenario(t, o, "fixed", dataplane.DefaultConfig()))
 				logFigures(t, res)

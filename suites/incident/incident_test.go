@@ -162,10 +162,7 @@ func underTest(t *testing.T, cfg dataplane.Config) scenario.Scenario {
 		w, err := sink.WriteEnd()
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = w.Close() }) // after the run has stopped every child
-		ec := spec.ExecConfig()
-		ec.Netns, ec.Stderr = true, w
-		tgt, err := target.NewExec(ec)
-		require.NoError(t, err)
+		tgt := suite.ExecUnderTest(t, spec, func(ec *target.ExecConfig) { ec.Netns, ec.Stderr = true, w })
 		sc.Target = tgt
 		sc.Faults[1] = func(scenario.Harness) (faults.Fault, error) {
 			return &faults.NetnsPortBudget{NS: tgt.Netns(), Budget: faults.NetnsBudget(budgetPorts)}, nil

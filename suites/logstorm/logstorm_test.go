@@ -315,11 +315,7 @@ func underTest(t *testing.T, sc scenario.Scenario, sink *faults.Sink) scenario.S
 		w, err := sink.WriteEnd()
 		require.NoError(t, err)
 		t.Cleanup(func() { _ = w.Close() }) // after the run has stopped every child
-		ec := spec.ExecConfig()
-		ec.Stderr = w
-		tgt, err := target.NewExec(ec)
-		require.NoError(t, err)
-		sc.Target = tgt
+		sc.Target = suite.ExecUnderTest(t, spec, func(ec *target.ExecConfig) { ec.Stderr = w })
 		return sc
 	}
 	t.Skipf("%s=%s: a running service's log lines can't be sent into the slow sink; give the binary (exec:) to judge it", target.EnvTarget, spec)

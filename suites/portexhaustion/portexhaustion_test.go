@@ -242,10 +242,7 @@ func (a *arm) underTest(t *testing.T) {
 	case target.KindInProcess:
 		return
 	case target.KindExec:
-		ec := spec.ExecConfig()
-		ec.Netns = true
-		tgt, err := target.NewExec(ec)
-		require.NoError(t, err)
+		tgt := suite.ExecUnderTest(t, spec, func(ec *target.ExecConfig) { ec.Netns = true })
 		a.sc.Target = tgt
 		a.sc.Faults[0] = func(scenario.Harness) (faults.Fault, error) {
 			b := faults.NetnsBudget(budgetPorts)

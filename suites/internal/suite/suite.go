@@ -81,7 +81,31 @@ func UnderTest(t *testing.T, cfg dataplane.Config) target.Target {
 	if spec.Kind == target.KindInProcess {
 		return nil
 	}
+	if spec.Kind == target.KindExec {
+		return ExecUnderTest(t, spec, func(*target.ExecConfig) {})
+	}
 	tgt, err := spec.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tgt
+}
+
+// ExecUnderTest builds the child-process target spec names (KindExec),
+// after edit has added to its configuration. Run as root, the child gets a
+// network namespace of its own (ExecConfig.Netns), fresh for each arm, so
+// that the socket census counts its sockets alone, none an earlier arm or
+// another process left; otherwise the census counts the machine's sockets
+// toward memcached, which t's log says.
+func ExecUnderTest(t *testing.T, spec target.Spec, edit func(*target.ExecConfig)) *target.Exec {
+	t.Helper()
+	ec := spec.ExecConfig()
+	ec.Netns = os.Geteuid() == 0
+	if !ec.Netns {
+		t.Logf("%s: not root, so no network namespace of its own: the socket census counts the machine's sockets toward memcached, not the child's alone", spec)
+	}
+	edit(&ec)
+	tgt, err := target.NewExec(ec)
 	if err != nil {
 		t.Fatal(err)
 	}
