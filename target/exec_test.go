@@ -69,17 +69,18 @@ func TestExecTargetRunsTheBundledDataPlane(t *testing.T) {
 	for _, sm := range fm {
 		names[sm.Name] = true
 	}
-	for _, f := range scenario.TargetFamilies {
-		if f == target.PeakGoroutinesMetric {
-			continue // only for a scrape asking for its window
+	asked := func(name string) bool {
+		for _, f := range scenario.TargetFamilies {
+			if name == f || strings.HasPrefix(name, f+"_") { // a summary's _sum and _count
+				return true
+			}
 		}
-		found := names[f]
-		for n := range names {
-			found = found || strings.HasPrefix(n, f+"_") // a summary's _sum and _count
-		}
-		assert.True(t, found, "the family %s is exported", f)
+		return false
 	}
-	assert.False(t, names["spiral_dataplane_requests_total"], "families not asked for are left out")
+	for _, sm := range m { // a counter vector shows once it has counted
+		assert.Equal(t, asked(sm.Name), names[sm.Name], "%s: in the filtered scrape if and only if asked for", sm.Name)
+	}
+	assert.True(t, names["go_goroutines"] && names["spiral_dataplane_lookups_in_flight"])
 	st, err := probe.ReadProcess(t.Context(), pid)
 	require.NoError(t, err)
 	assert.Positive(t, st.Threads, "the child's own threads")
