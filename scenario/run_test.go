@@ -36,11 +36,12 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 // answers every batch with an empty answer, /healthz with 200 and
 // /metrics with one data plane gauge. pid is what PID returns: target.Self
 // (the runner then samples this process) or target.NoProcess (an endpoint
-// with nothing to probe).
+// with nothing to probe). xrpc, when set, answers the batches instead.
 type fakeTarget struct {
 	pid      int
 	startErr error
 	log      *events
+	xrpc     http.HandlerFunc
 
 	srv     *httptest.Server
 	started atomic.Int32
@@ -56,10 +57,14 @@ func (f *fakeTarget) Start(context.Context, target.Backends) error {
 		return f.startErr
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc(dataplane.XRPCPrefix, func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"posts":[],"profiles":[],"counts":[]}`))
-	})
+	xrpc := f.xrpc
+	if xrpc == nil {
+		xrpc = func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"posts":[],"profiles":[],"counts":[]}`))
+		}
+	}
+	mux.HandleFunc(dataplane.XRPCPrefix, xrpc)
 	mux.HandleFunc(dataplane.HealthPath, func(http.ResponseWriter, *http.Request) {})
 	mux.HandleFunc(dataplane.MetricsPath, func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("# TYPE spiral_dataplane_lookups_in_flight gauge\nspiral_dataplane_lookups_in_flight 3\n"))
