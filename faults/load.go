@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -185,10 +186,14 @@ type LoadReport struct {
 	Stats    LoadStats      `json:"stats"`
 	Outcomes map[string]int `json:"outcomes"`
 	// P50, P99 and Max are latency quantiles of every answered request.
-	P50      time.Duration `json:"p50_ns"`
-	P99      time.Duration `json:"p99_ns"`
-	Max      time.Duration `json:"max_ns"`
-	Requests []Request     `json:"requests"`
+	P50 time.Duration `json:"p50_ns"`
+	P99 time.Duration `json:"p99_ns"`
+	Max time.Duration `json:"max_ns"`
+	// Stopped is why the load was stopped before its Duration or
+	// MaxRequests ran out (Load.Stop: an Abort that tripped); empty if it
+	// was not.
+	Stopped  string    `json:"stopped,omitempty"`
+	Requests []Request `json:"requests"`
 }
 
 // Load is an open-loop load generator against a data plane's HTTP
@@ -199,9 +204,17 @@ type Load struct {
 
 	sent, ok, errs, skipped, inflight atomic.Int64
 
+	// stopMu orders Stop against a request leaving: none leaves once Stop
+	// has returned.
+	stopMu  sync.Mutex
+	stopped string
+	stop    chan struct{} // closed by the first Stop
+	over    bool          // Run sends no more: it ran out, or was stopped
+
 	mu       sync.Mutex
 	began    time.Time
-	requests []Request
+	requests []Request         // in the order they ended
+	pending  map[int]time.Time // requests in flight, by number, and when each left
 }
 
 // NewLoad returns a load of profile p against the data plane at baseURL
@@ -219,6 +232,8 @@ func NewLoad(baseURL string, p LoadProfile) (*Load, error) {
 	return &Load{
 		profile: p,
 		client:  &dataplane.Client{URL: baseURL, Name: p.Client, HTTP: &http.Client{Transport: tr, Timeout: p.Timeout}, Shape: p.Shape},
+		stop:    make(chan struct{}),
+		pending: map[int]time.Time{},
 	}, nil
 }
 
@@ -234,10 +249,44 @@ func (l *Load) Stats() LoadStats {
 	}
 }
 
-// Run sends requests until Duration has passed, MaxRequests have left, or
-// ctx is done, then waits for outstanding requests (each bounded by
-// Timeout) and returns the report. It returns ctx's error only if ctx ended
-// the run; request failures are outcomes, not errors.
+// Stop stops the load sending, at once: no request leaves after Stop
+// returns, and a Run not yet begun sends nothing. Requests already in
+// flight are answered or time out (each bounded by Timeout) and are
+// recorded; Run then returns its report, Stopped set to reason, and no
+// error. It reports whether it stopped the load: false once the load has
+// stopped sending (its Duration or MaxRequests ran out, its context ended,
+// an earlier Stop), which then keeps its report as it was. Safe from any
+// goroutine; it does not block on the requests in flight.
+func (l *Load) Stop(reason string) bool {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	if l.over || l.stopped != "" {
+		return false
+	}
+	l.stopped = cmp.Or(reason, "stopped")
+	close(l.stop)
+	return true
+}
+
+// sending reports whether the load may still send: it has not stopped,
+// whether or not its Run has begun.
+func (l *Load) sending() bool {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	return !l.over && l.stopped == ""
+}
+
+// stoppedBy returns Stop's reason, or "".
+func (l *Load) stoppedBy() string {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	return l.stopped
+}
+
+// Run sends requests until Duration has passed, MaxRequests have left,
+// Stop is called or ctx is done, then waits for outstanding requests (each
+// bounded by Timeout) and returns the report. It returns ctx's error only
+// if ctx ended the run; request failures are outcomes, not errors.
 func (l *Load) Run(ctx context.Context) (LoadReport, error) {
 	p := l.profile
 	rng := rand.New(rand.NewPCG(p.Seed, 0x5a1a1))
@@ -252,6 +301,7 @@ func (l *Load) Run(ctx context.Context) (LoadReport, error) {
 
 	next := began
 	var runErr error
+loop:
 	for started := 0; started < p.MaxRequests; started++ {
 		// The first request leaves at once, so that even a short run of a
 		// slow profile (the internal client's 2 a second) sends one; the
@@ -268,11 +318,17 @@ func (l *Load) Run(ctx context.Context) (LoadReport, error) {
 			case <-ctx.Done():
 				t.Stop()
 				runErr = ctx.Err()
+				break loop
+			case <-l.stop:
+				t.Stop()
+				break loop
 			case <-t.C:
 			}
-			if runErr != nil {
-				break
-			}
+		}
+		select {
+		case <-l.stop: // due at once, or stopped as the timer fired
+			break loop
+		default:
 		}
 		keys := l.keys(rng)
 		select {
@@ -281,17 +337,40 @@ func (l *Load) Run(ctx context.Context) (LoadReport, error) {
 			l.skipped.Add(1)
 			continue
 		}
-		l.sent.Add(1)
-		l.inflight.Add(1)
-		wg.Add(1)
-		go func(start time.Time) {
-			defer wg.Done()
-			defer func() { <-sem; l.inflight.Add(-1) }()
-			l.record(ctx, start.Sub(began), keys)
-		}(time.Now())
+		if !l.send(ctx, &wg, sem, started, began, keys) {
+			<-sem
+			break
+		}
 	}
+	l.stopMu.Lock()
+	l.over = true
+	l.stopMu.Unlock()
 	wg.Wait()
 	return l.report(), runErr
+}
+
+// send starts request number n of keys unless the load was stopped, and
+// says whether it did. It holds stopMu while it counts the request and
+// starts its goroutine, so that Stop is ordered before or after it.
+func (l *Load) send(ctx context.Context, wg *sync.WaitGroup, sem chan struct{}, n int, began time.Time, keys []string) bool {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	if l.stopped != "" {
+		return false
+	}
+	start := time.Now()
+	l.mu.Lock()
+	l.pending[n] = start
+	l.mu.Unlock()
+	l.sent.Add(1)
+	l.inflight.Add(1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() { <-sem; l.inflight.Add(-1) }()
+		l.record(ctx, n, start.Sub(began), keys)
+	}()
+	return true
 }
 
 func (l *Load) keys(rng *rand.Rand) []string {
@@ -309,7 +388,7 @@ func (l *Load) keys(rng *rand.Rand) []string {
 	return keys
 }
 
-func (l *Load) record(ctx context.Context, start time.Duration, keys []string) {
+func (l *Load) record(ctx context.Context, n int, start time.Duration, keys []string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.profile.Timeout)
 	defer cancel()
 	t0 := time.Now()
@@ -324,7 +403,25 @@ func (l *Load) record(ctx context.Context, start time.Duration, keys []string) {
 	}
 	l.mu.Lock()
 	l.requests = append(l.requests, r)
+	delete(l.pending, n)
 	l.mu.Unlock()
+}
+
+// since returns the requests that ended after the first from (an index
+// into the load's requests in the order they ended) with the time each
+// ended, the index to pass next time, and how long each request still in
+// flight has been out at now: what an Abort watches, read under one lock
+// so that no request is in both or neither.
+func (l *Load) since(from int, now time.Time) (ended []endedRequest, next int, inFlight []time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.requests[min(from, len(l.requests)):] {
+		ended = append(ended, endedRequest{at: l.began.Add(r.Start + r.Latency), latency: r.Latency, failed: r.Outcome != OutcomeOK})
+	}
+	for _, start := range l.pending {
+		inFlight = append(inFlight, now.Sub(start))
+	}
+	return ended, len(l.requests), inFlight
 }
 
 func classify(err error) string {
@@ -349,7 +446,7 @@ func (l *Load) report() LoadReport {
 	reqs, began := append([]Request(nil), l.requests...), l.began
 	l.mu.Unlock()
 	sort.Slice(reqs, func(i, j int) bool { return reqs[i].Start < reqs[j].Start })
-	rep := LoadReport{Profile: l.profile, Began: began, Stats: l.Stats(), Outcomes: map[string]int{}, Requests: reqs}
+	rep := LoadReport{Profile: l.profile, Began: began, Stats: l.Stats(), Outcomes: map[string]int{}, Stopped: l.stoppedBy(), Requests: reqs}
 	lat := make([]time.Duration, 0, len(reqs))
 	for _, r := range reqs {
 		rep.Outcomes[r.Outcome]++

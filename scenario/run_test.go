@@ -39,12 +39,13 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 // /metrics with one data plane gauge. pid is what PID returns: target.Self
 // (the runner then samples this process) or target.NoProcess (an endpoint
 // with nothing to probe). requests, if set, records the body of every
-// batch request.
+// batch request; xrpc, when set, answers the batches instead.
 type fakeTarget struct {
 	pid      int
 	startErr error
 	log      *events
 	requests *events
+	xrpc     http.HandlerFunc
 
 	srv     *httptest.Server
 	started atomic.Int32
@@ -60,18 +61,22 @@ func (f *fakeTarget) Start(context.Context, target.Backends) error {
 		return f.startErr
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc(dataplane.XRPCPrefix, func(w http.ResponseWriter, r *http.Request) {
-		if f.requests != nil {
-			body, err := io.ReadAll(r.Body)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
+	xrpc := f.xrpc
+	if xrpc == nil {
+		xrpc = func(w http.ResponseWriter, r *http.Request) {
+			if f.requests != nil {
+				body, err := io.ReadAll(r.Body)
+				if err != nil {
+					http.Error(w, err.Error(), http.StatusBadRequest)
+					return
+				}
+				f.requests.add(string(body))
 			}
-			f.requests.add(string(body))
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"posts":[],"profiles":[],"counts":[]}`))
 		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"posts":[],"profiles":[],"counts":[]}`))
-	})
+	}
+	mux.HandleFunc(dataplane.XRPCPrefix, xrpc)
 	mux.HandleFunc(dataplane.HealthPath, func(http.ResponseWriter, *http.Request) {})
 	mux.HandleFunc(dataplane.MetricsPath, func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("# TYPE spiral_dataplane_lookups_in_flight gauge\nspiral_dataplane_lookups_in_flight 3\n"))

@@ -186,6 +186,14 @@ type Scenario struct {
 	// ValidateTimeout bounds how long the data plane may take to answer a
 	// small batch after recover. Defaults to 10 s.
 	ValidateTimeout time.Duration
+	// Abort, when set, are the limits on the everyday loads' failures and
+	// latency past which the run's floods stop by themselves (see Run).
+	// Nil: faults.ExternalAbort when a backend is not Spiral's own
+	// (fixtures.Env.External), none for Spiral's own containers;
+	// &faults.AbortLimits{} turns the abort off everywhere. The
+	// $SPIRAL_ABORT_* variables override it field by field
+	// (AbortLimitsFor).
+	Abort *faults.AbortLimits
 }
 
 // Result is what a run saw.
@@ -230,6 +238,13 @@ type Result struct {
 	// them. Reported beside the verdict, not yet failing the run: the
 	// incident arms' samplers still go blind on this 2-core machine.
 	Unreliable []string `json:"unreliable,omitempty"`
+	// AbortLimits are the limits the run's floods were held to
+	// (AbortLimitsFor); zero when none were, or the run had no flood.
+	AbortLimits faults.AbortLimits `json:"abort_limits,omitzero"`
+	// Aborted says why and when the abort tripped, or is nil: the floods
+	// were stopped at once, the run went on to recover and validate, and
+	// Run returned an error wrapping ErrAborted.
+	Aborted *Aborted `json:"aborted,omitempty"`
 }
 
 // Observer limits during inject and observe, what the faults are judged
@@ -273,6 +288,9 @@ type LoadSummary struct {
 	// then what it had done so far.
 	Failed bool   `json:"failed"`
 	Error  string `json:"error,omitempty"`
+	// Stopped is why the load was stopped part-way (an abort that
+	// tripped, faults.LoadReport.Stopped), or empty.
+	Stopped string `json:"stopped,omitempty"`
 }
 
 // NewLoadSummary returns rep without its per-request records; err is what
@@ -280,7 +298,7 @@ type LoadSummary struct {
 func NewLoadSummary(rep faults.LoadReport, err error) LoadSummary {
 	s := LoadSummary{
 		Client: rep.Profile.Client, Traffic: rep.Profile.Traffic, Stats: rep.Stats, Outcomes: rep.Outcomes,
-		P50: rep.P50, P99: rep.P99, Max: rep.Max,
+		P50: rep.P50, P99: rep.P99, Max: rep.Max, Stopped: rep.Stopped,
 	}
 	if err != nil {
 		s.Failed, s.Error = true, err.Error()
@@ -289,8 +307,11 @@ func NewLoadSummary(rep faults.LoadReport, err error) LoadSummary {
 }
 
 // Held reports whether every budget held and the data plane answered after
-// recover. A budget not judged is not held: a run with one is not Held.
-func (r *Result) Held() bool { return len(r.Violations) == 0 && len(r.NotJudged) == 0 && r.Validated }
+// recover. A budget not judged is not held: a run with one is not Held;
+// nor is an aborted run, whose floods were cut short.
+func (r *Result) Held() bool {
+	return len(r.Violations) == 0 && len(r.NotJudged) == 0 && r.Validated && r.Aborted == nil
+}
 
 // Violated reports whether budget metric was violated.
 func (r *Result) Violated(metric string) bool {
@@ -343,6 +364,11 @@ func (sc Scenario) Validate() error {
 			errs = append(errs, fmt.Errorf("scenario %s: background: %w", sc.Name, err))
 		}
 	}
+	if sc.Abort != nil {
+		if err := sc.Abort.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("scenario %s: %w", sc.Name, err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -392,6 +418,17 @@ func Prepare(ctx context.Context, env *fixtures.Env, sc Scenario) error {
 // stops part-way still returns its Result, with the timeline and loads
 // seen so far and Result.Error set, so that its report can be written. It
 // blocks for the sum of the phases plus set-up (seconds).
+//
+// The run's floods are its loads of faults.TrafficBatch among Background
+// and every faults.Flood among Faults. Where a backend is not Spiral's
+// own (fixtures.Env.External), Run refuses them, before any load starts,
+// with an *ExternalFloodError unless EnvAllowExternalFlood is 1. Where
+// abort limits apply (AbortLimitsFor), a faults.Abort watches the
+// everyday loads from the start of baseline: once their error rate or p99
+// passes a limit, it stops every flood at once, the run skips what is
+// left of baseline, inject and observe and goes on to recover (the
+// background loads stop at its end) and validate, and Run returns the
+// Result (Result.Aborted) with an error wrapping ErrAborted.
 func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err error) {
 	sc = sc.withDefaults()
 	if err := sc.Validate(); err != nil {
@@ -477,6 +514,27 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			loads = append(loads, fl.Load())
 		}
 	}
+	var floodLoads []*faults.Load
+	for _, l := range bgLoads {
+		if l.Profile().Traffic == faults.TrafficBatch {
+			floodLoads = append(floodLoads, l)
+		}
+	}
+	for _, fl := range floods {
+		floodLoads = append(floodLoads, fl.Load())
+	}
+	if err := checkFloods(env, floodLoads); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
+	abort, err := newRunAbort(env, sc, bgLoads, floodLoads)
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
+	var tripped <-chan struct{} // nil, never ready, without an abort
+	if abort != nil {
+		res.AbortLimits, tripped = abort.Limits(), abort.Tripped()
+		progress("%s: floods stop past everyday %v", sc.Name, abort.Limits())
+	}
 
 	var extra []probe.Source
 	if sc.Probes != nil {
@@ -532,8 +590,21 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		})
 	}
 	go func() { _ = lg.Wait(); close(bgDone) }()
+	// The abort watches from the first everyday request on, and is
+	// stopped once the loads are done (or Run returns early).
+	abortCtx, stopAbort := context.WithCancel(ctx)
+	abortDone := make(chan struct{})
+	if abort != nil {
+		go func() { defer close(abortDone); abort.Run(abortCtx) }()
+	} else {
+		close(abortDone)
+	}
+	endAbort := func() { stopAbort(); <-abortDone }
+	defer endAbort()
 
-	phase := func(name string, d time.Duration) error {
+	// phase waits out a phase; with cut, it returns errTripped as soon as
+	// the abort trips.
+	phase := func(name string, d time.Duration, cut <-chan struct{}) error {
 		if name != PhaseBaseline {
 			sampler.Mark(name)
 		}
@@ -543,26 +614,36 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-cut:
+			return errTripped
 		case <-t.C:
 			return nil
 		}
 	}
 	runErr := func() error {
-		if err := phase(PhaseBaseline, sc.Phases.Baseline); err != nil {
-			return err
-		}
-		sampler.Mark(PhaseInject)
-		atInject, atInjectErr := tgt.Metrics(ctx)
-		for _, f := range injected {
-			progress("%s: inject %s", sc.Name, f.Name())
-			if err := f.Inject(ctx); err != nil {
-				return fmt.Errorf("inject %s: %w", f.Name(), err)
+		var atInject dataplane.Snapshot
+		atInjectErr := errors.New("not injected")
+		err := func() error {
+			if err := phase(PhaseBaseline, sc.Phases.Baseline, tripped); err != nil {
+				return err
 			}
-		}
-		if err := phase(PhaseInject, sc.Phases.Inject); err != nil {
-			return err
-		}
-		if err := phase(PhaseObserve, sc.Phases.Observe); err != nil {
+			sampler.Mark(PhaseInject)
+			atInject, atInjectErr = tgt.Metrics(ctx)
+			for _, f := range injected {
+				progress("%s: inject %s", sc.Name, f.Name())
+				if err := f.Inject(ctx); err != nil {
+					return fmt.Errorf("inject %s: %w", f.Name(), err)
+				}
+			}
+			if err := phase(PhaseInject, sc.Phases.Inject, tripped); err != nil {
+				return err
+			}
+			return phase(PhaseObserve, sc.Phases.Observe, tripped)
+		}()
+		if errors.Is(err, errTripped) {
+			trip, _ := abort.Trip()
+			progress("%s: aborted: %v; floods stopped, on to recover", sc.Name, trip)
+		} else if err != nil {
 			return err
 		}
 		sampler.Mark(PhaseRecover)
@@ -572,8 +653,17 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		if err := recoverAll(ctx, ""); err != nil {
 			return err
 		}
-		if err := phase(PhaseRecover, sc.Phases.Recover); err != nil {
+		if err := phase(PhaseRecover, sc.Phases.Recover, nil); err != nil {
 			return err
+		}
+		if abort != nil {
+			if _, ok := abort.Trip(); ok {
+				// The background loads would run on for the phases the
+				// abort cut; recover has been watched.
+				for _, l := range bgLoads {
+					l.Stop("the run was aborted: stopped at the end of recover")
+				}
+			}
 		}
 		sampler.Mark(PhaseValidate)
 		<-bgDone
@@ -595,6 +685,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		cancel()
 	}
 	<-bgDone
+	endAbort()
 	stopSampler()
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
 		progress("%s: sampler: %v", sc.Name, err)
@@ -604,6 +695,12 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	// A run that stopped part-way keeps what it saw, for its report.
 	res.Loads, res.LoadSummary = collectLoads(ctx, reports, reportErrs, floods)
 	res.Timeline = sampler.Timeline()
+	if abort != nil {
+		if trip, ok := abort.Trip(); ok {
+			res.Aborted = newAborted(trip, res.Timeline)
+			runErr = errors.Join(runErr, fmt.Errorf("%w: %s", ErrAborted, res.Aborted))
+		}
+	}
 	if err := addEverydayLatency(res.Timeline, res.Loads); err != nil {
 		progress("%s: %v", sc.Name, err)
 	}
@@ -1175,7 +1272,9 @@ func Mode() string {
 }
 
 // CheckEnv reports a malformed SPIRAL_MODE or SPIRAL_SEED, which Mode and
-// SeedFromEnv would otherwise quietly replace by their defaults.
+// SeedFromEnv would otherwise quietly replace by their defaults, and a
+// malformed EnvAllowExternalFlood or $SPIRAL_ABORT_* variable, which Run
+// would refuse.
 func CheckEnv() error {
 	var errs []error
 	switch m := os.Getenv("SPIRAL_MODE"); m {
@@ -1187,6 +1286,12 @@ func CheckEnv() error {
 		if _, err := strconv.ParseUint(s, 10, 64); err != nil {
 			errs = append(errs, fmt.Errorf("SPIRAL_SEED=%q: want an unsigned integer", s))
 		}
+	}
+	if _, _, err := externalFloodConsent(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := abortFromEnv(faults.AbortLimits{}); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

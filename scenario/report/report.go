@@ -277,8 +277,9 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-
 code{background:#f4f4f4;padding:2px 4px}
 </style></head><body>
 <h1>{{.Res.Scenario}}</h1>
-<p class="verdict {{if .Held}}held{{else}}failed{{end}}">{{if .Held}}every budget held{{else}}{{len .Violations}} budget violation(s){{if .Res.NotJudged}}, {{len .Res.NotJudged}} not judged{{end}}{{if not .Res.Validated}}; data plane did not answer after recover{{end}}{{end}}</p>
+<p class="verdict {{if .Held}}held{{else}}failed{{end}}">{{if .Held}}every budget held{{else}}{{len .Violations}} budget violation(s){{if .Res.NotJudged}}, {{len .Res.NotJudged}} not judged{{end}}{{if not .Res.Validated}}; data plane did not answer after recover{{end}}{{if .Res.Aborted}}; aborted{{end}}{{end}}</p>
 <p>target <code>{{if .Res.Target}}{{.Res.Target}}{{else}}in-process{{end}}</code> &middot; seed {{.Res.Seed}} &middot; started {{.Res.Started.UTC.Format "2006-01-02 15:04:05Z"}} &middot; faults: {{range .Res.Faults}}<code>{{.}}</code> {{else}}none{{end}} &middot; replay: <code>{{.Res.Replay}}</code></p>
+{{if .Res.Aborted}}<p class="failed">aborted: {{.Res.Aborted}}; the floods were stopped at once and the run went on to recover</p>{{end}}
 {{if .Res.Error}}<p class="failed">the run failed: {{.Res.Error}}</p>{{end}}
 {{if .Res.Unreliable}}<p class="failed">the observer may have distorted or missed what it judged: {{range .Res.Unreliable}}{{.}}; {{end}}</p>{{end}}
 {{if .Violations}}<h2>Violations</h2><ul>{{range .Violations}}<li>{{.}}</li>{{end}}</ul>{{end}}
@@ -286,7 +287,7 @@ code{background:#f4f4f4;padding:2px 4px}
 {{if .Res.ValidateError}}<p class="failed">{{.Res.ValidateError}}</p>{{end}}
 <h2>Budgets</h2><ul>{{range .Res.Budgets}}<li>{{.}}</li>{{end}}</ul>
 <h2>Loads</h2><table><tr><th>client</th><th>traffic</th><th>sent</th><th>ok</th><th>errors</th><th>skipped</th><th>p50</th><th>p99</th><th>max</th><th>outcomes</th><th>finished</th></tr>
-{{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Traffic}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{.P50}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td><td>{{if .Failed}}<span class="failed">failed: {{.Error}}</span>{{else}}yes{{end}}</td></tr>{{end}}</table>
+{{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Traffic}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{.P50}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td><td>{{if .Failed}}<span class="failed">failed: {{.Error}}</span>{{else if .Stopped}}<span class="failed">{{.Stopped}}</span>{{else}}yes{{end}}</td></tr>{{end}}</table>
 {{if .Res.Clients}}<h2>Who</h2><p>Each client's use of the data plane while the faults were in (inject to recover), from the data plane's per-client metrics, most keys first.</p>
 <table><tr><th>client</th><th>keys</th><th>keys failed</th><th>keys from the store</th><th>requests</th><th>requests failed</th></tr>
 {{range .Res.Clients}}<tr><td>{{.Client}}</td><td>{{printf "%.0f" .Keys}}</td><td>{{printf "%.0f" .KeysFailed}}</td><td>{{printf "%.0f" .KeysFromStore}}</td><td>{{printf "%.0f" .Requests}}</td><td>{{printf "%.0f" .FailedRequests}}</td></tr>{{end}}</table>{{end}}

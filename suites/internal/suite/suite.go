@@ -3,6 +3,7 @@
 package suite
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,9 +20,12 @@ import (
 
 // Run prepares sc (scenario.Prepare), runs it and writes its report: under
 // $SPIRAL_REPORT_DIR when set (make chaos), else into a temporary folder
-// kept only if t fails. It fails t at once if the run could not happen;
-// judging the result is the caller's. Budgets the target could not be
-// judged on are logged as such.
+// kept only if t fails. It fails t at once if the run could not happen or
+// its abort tripped ("aborted: everyday error rate 12% > 5% ..."); judging
+// the result is the caller's. Budgets the target could not be judged on
+// are logged as such. A scenario whose floods would reach backends Spiral
+// does not own is failed, naming scenario.EnvAllowExternalFlood, unless
+// that says 0, which skips t instead.
 func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result {
 	t.Helper()
 	if err := scenario.CheckEnv(); err != nil {
@@ -31,6 +35,9 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 		t.Fatal(err)
 	}
 	res, err := scenario.Run(t.Context(), env, sc)
+	if fe, ok := errors.AsType[*scenario.ExternalFloodError](err); ok && fe.Declined {
+		t.Skip(err)
+	}
 	if res != nil {
 		res.Replay = replayCommand(t, sc.Seed)
 	}

@@ -1,11 +1,20 @@
 package suite
 
 import (
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/target"
 )
 
 func TestGrowth(t *testing.T) {
@@ -41,3 +50,40 @@ type recorder struct{ errors int }
 func (*recorder) Helper()                 {}
 func (r *recorder) Errorf(string, ...any) { r.errors++ }
 func (*recorder) Logf(string, ...any)     {}
+
+// An arm whose floods would reach backends Spiral does not own is skipped,
+// saying why, when the user answered 0 (SPIRAL_ALLOW_EXTERNAL_FLOOD=0),
+// and nothing is sent; unset, the same refusal fails the arm (not tested
+// here: it would fail this test).
+func TestRunSkipsAFloodTheUserDeclined(t *testing.T) {
+	t.Setenv(scenario.EnvAllowExternalFlood, "0")
+	var batches atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc(dataplane.HealthPath, func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc(dataplane.XRPCPrefix, func(w http.ResponseWriter, _ *http.Request) {
+		batches.Add(1)
+		_, _ = w.Write([]byte("{}"))
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	tgt, err := target.NewEndpoint(srv.URL, target.NoProcess)
+	require.NoError(t, err)
+	env := &fixtures.Env{
+		MemcachedAddr: "127.0.0.1:1", MemcachedAddrs: []string{"127.0.0.1:1"}, MemcachedUpstreams: []string{"10.0.0.5:11211"},
+		CQLHosts: []string{"10.0.0.6:9042"}, Flavor: fixtures.FlavorExternal, Keyspace: "spiral_fake",
+	}
+	sc := scenario.Scenario{
+		Name: "declined", Target: tgt,
+		Background: []faults.LoadProfile{faults.Background},
+		Faults:     []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) { return h.Flood(faults.InternalBatch) }},
+		Phases:     scenario.Phases{Baseline: time.Second, Inject: time.Second, Recover: time.Second},
+	}
+	var arm *testing.T
+	t.Run("arm", func(t *testing.T) {
+		arm = t
+		Run(t, env, sc)
+		t.Error("Run returned instead of skipping")
+	})
+	assert.True(t, arm.Skipped(), "the arm skipped")
+	assert.Zero(t, batches.Load(), "nothing was sent")
+}
