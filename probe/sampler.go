@@ -190,6 +190,20 @@ func (s *Sampler) Timeline() *Timeline {
 	return s.tl.clone()
 }
 
+// Last returns the latest sample recorded, a copy, and false before the
+// first: a live view (progress on a terminal) at the cost of one sample.
+func (s *Sampler) Last() (Sample, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.tl.Samples)
+	if n == 0 {
+		return Sample{}, false
+	}
+	smp := s.tl.Samples[n-1]
+	smp.Values = slices.Clone(smp.Values)
+	return smp, true
+}
+
 // Metrics returns the metric names in column order.
 func (s *Sampler) Metrics() []string { return slices.Clone(s.tl.Metrics) }
 

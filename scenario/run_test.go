@@ -425,3 +425,37 @@ func goroutineStacks() string {
 		buf = make([]byte, 2*len(buf))
 	}
 }
+
+// With SPIRAL_PROGRESS, a run prints its phase, time and live figures that
+// often, from the latest sample; without it, only the phases.
+func TestRunPrintsLiveProgress(t *testing.T) {
+	lines := func(t *testing.T) []string {
+		r, w, err := os.Pipe()
+		require.NoError(t, err)
+		stderr := os.Stderr
+		os.Stderr = w
+		tgt := &fakeTarget{pid: target.Self, log: &events{}}
+		_, runErr := scenario.Run(t.Context(), bareEnv(), stubScenario("progress", tgt))
+		os.Stderr = stderr
+		require.NoError(t, w.Close())
+		out, err := io.ReadAll(r)
+		require.NoError(t, err)
+		require.NoError(t, runErr)
+		var live []string
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, " +") && strings.Contains(l, "threads=") {
+				live = append(live, l)
+			}
+		}
+		return live
+	}
+	assert.Empty(t, lines(t), "no live figures unless asked for")
+
+	t.Setenv(scenario.EnvProgress, "200ms")
+	live := lines(t)
+	require.GreaterOrEqual(t, len(live), 3, "a line every 200ms of a run over a second long")
+	assert.Regexp(t, `^spiral: progress: (baseline|inject|observe|recover|validate) \+\d+\.\ds threads=\d+ threads_busy=\d+ goroutines=\d+ rss=\d+MiB`, live[0])
+
+	t.Setenv(scenario.EnvProgress, "fast")
+	require.ErrorContains(t, scenario.CheckEnv(), "SPIRAL_PROGRESS")
+}

@@ -576,6 +576,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	// Baseline is marked before the first sample, so every sample has a phase.
 	sampler.Mark(PhaseBaseline)
 	g.Go(func() error { return sampler.Run(gctx) })
+	if every := progressEvery(); every > 0 {
+		g.Go(func() error { liveProgress(gctx, sc.Name, sampler, res.Started, every); return nil })
+	}
 	bgDone := make(chan struct{})
 	reports := make([]faults.LoadReport, len(sc.Background))
 	reportErrs := make([]error, len(sc.Background))
@@ -1256,6 +1259,77 @@ func testPattern(name string) string {
 	return strings.ReplaceAll(name, " ", "_")
 }
 
+// EnvProgress, set to an interval ("5s"), makes Run print a line of live
+// figures that often while it runs (spiral run sets it); unset or 0, only
+// the phases are printed.
+const EnvProgress = "SPIRAL_PROGRESS"
+
+// progressFigures are the live figures of a progress line, those the
+// sampler records.
+var progressFigures = []string{probe.MetricThreads, probe.MetricThreadsBusy, probe.MetricGoroutines, probe.MetricRSS,
+	MetricMemcachedTimeWaitAdded, MetricLoadOK, MetricLoadErrors, MetricTargetRestarts}
+
+// progressEvery is $SPIRAL_PROGRESS, 0 when unset or malformed (CheckEnv
+// reports that).
+func progressEvery() time.Duration {
+	d, err := parseProgress(os.Getenv(EnvProgress))
+	if err != nil {
+		return 0
+	}
+	return d
+}
+
+func parseProgress(v string) (time.Duration, error) {
+	if v == "" || v == "0" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 100*time.Millisecond {
+		return 0, fmt.Errorf("%s=%q: want an interval of at least 100ms (\"5s\"), or 0 for none", EnvProgress, v)
+	}
+	return d, nil
+}
+
+// liveProgress prints the phase, the time since start and the latest
+// sample's figures every interval until ctx ends.
+func liveProgress(ctx context.Context, name string, s *probe.Sampler, start time.Time, every time.Duration) {
+	metrics := s.Metrics()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		smp, ok := s.Last()
+		if !ok {
+			continue
+		}
+		progress("%s: %s +%.1fs %s", name, smp.Phase, time.Since(start).Seconds(), formatFigures(metrics, smp.Values))
+	}
+}
+
+// formatFigures writes the progress figures present in values.
+func formatFigures(metrics []string, values []float64) string {
+	var b strings.Builder
+	for _, m := range progressFigures {
+		i := slices.Index(metrics, m)
+		if i < 0 || math.IsNaN(values[i]) {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		if m == probe.MetricRSS {
+			fmt.Fprintf(&b, "rss=%.0fMiB", values[i]/(1<<20))
+			continue
+		}
+		fmt.Fprintf(&b, "%s=%g", m, values[i])
+	}
+	return b.String()
+}
+
 func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "spiral: "+format+"\n", args...)
 }
@@ -1288,6 +1362,9 @@ func CheckEnv() error {
 		}
 	}
 	if _, _, err := externalFloodConsent(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parseProgress(os.Getenv(EnvProgress)); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := abortFromEnv(faults.AbortLimits{}); err != nil {

@@ -1,4 +1,5 @@
-// Command spiral is the command line of the Spiral chaos suite: a socket
+// Command spiral is the command line of the Spiral chaos suite: the suites'
+// scenarios run against a target with live progress (spiral run), a socket
 // census (spiral sockets), the index and summary of run reports (spiral
 // report), and the peaks of several runs beside their budgets (spiral
 // envelope).

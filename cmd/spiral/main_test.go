@@ -218,6 +218,7 @@ func TestHelp(t *testing.T) {
 		{"sockets", "spiral sockets --port 11211 --state time-wait", []string{"-json", "-port"}},
 		{"report", "Usage: spiral report [-o OUT] [-summary FILE] [-baseline DIR [-ratio R]] DIR...", []string{"-o OUT", "-summary FILE"}},
 		{"envelope", "Usage: spiral envelope [-json] [-all] DIR...", []string{"-json", "-all"}},
+		{"run", "Usage: spiral run [-target SPEC] [-mode MODE] [-seed N] [-report DIR] [-progress D] SUITE[/ARM]...", []string{"-target", "-progress"}},
 	} {
 		code, out, _ := spiral(t, "help")
 		require.Equal(t, 0, code)
