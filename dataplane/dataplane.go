@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -75,9 +76,12 @@ type DataPlane struct {
 	clients     map[string]bool
 	memSem      *semaphore.Weighted // nil: unbounded
 	storeSem    *semaphore.Weighted // nil: unbounded
-	posts       *kind[Post]
-	profiles    *kind[Profile]
-	counts      *kind[InteractionCounts]
+	// storeNow is the store queries in flight; storePeak their highest
+	// count since StoreInFlightPeak last read it.
+	storeNow, storePeak atomic.Int64
+	posts               *kind[Post]
+	profiles            *kind[Profile]
+	counts              *kind[InteractionCounts]
 }
 
 // New validates cfg and returns a DataPlane reading backends. It dials

@@ -275,6 +275,16 @@ func (b *batch[T]) fromStore(ctx context.Context, i int, fill bool) error {
 	return nil
 }
 
+// StoreInFlightPeak returns the highest number of CQL queries in flight at
+// once since the previous call (or New), and starts the next window at the
+// number in flight now: the high-water mark of store_queries_in_flight,
+// which no sampling interval can fall between. A runner reads it once a
+// sample.
+func (d *DataPlane) StoreInFlightPeak() int64 {
+	now := d.storeNow.Load()
+	return max(d.storePeak.Swap(now), now)
+}
+
 // storeGet reads one row within Config.StoreConcurrency and
 // Config.StoreTimeout; nil, nil is not found.
 func storeGet[T any](ctx context.Context, d *DataPlane, k *kind[T], key string) (*T, error) {
@@ -286,6 +296,13 @@ func storeGet[T any](ctx context.Context, d *DataPlane, k *kind[T], key string) 
 	}
 	d.m.storeInFlight.Inc()
 	defer d.m.storeInFlight.Dec()
+	for n := d.storeNow.Add(1); ; {
+		p := d.storePeak.Load()
+		if n <= p || d.storePeak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	defer d.storeNow.Add(-1)
 	qctx, cancel := context.WithTimeout(ctx, d.cfg.StoreTimeout)
 	defer cancel()
 	v, err := k.scan(d.session.Query(k.query, key).WithContext(qctx).Idempotent(true), key)

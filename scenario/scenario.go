@@ -72,6 +72,11 @@ const (
 	MetricLogDropped = "dp_log_lines_dropped"
 	// MetricStoreInFlight is the data plane's CQL queries in flight.
 	MetricStoreInFlight = "dp_store_queries_in_flight"
+	// MetricStorePeak is their high-water mark between two samples, kept by
+	// the data plane itself (dataplane.DataPlane.StoreInFlightPeak; for a
+	// child, target.PeakStoreMetric): a burst of queries between samples
+	// is still seen.
+	MetricStorePeak = "dp_store_queries_in_flight_peak"
 	// MetricMemcachedConns is the data plane's open memcached connections.
 	MetricMemcachedConns = "dp_memcached_conns_open"
 	// MetricCacheHits is the data plane's keys answered from memcached,
@@ -1068,7 +1073,7 @@ type targetSource struct {
 }
 
 // dataPlaneMetrics are the data plane's figures targetSource fills first.
-var dataPlaneMetrics = []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns, MetricPortErrors, MetricCacheHits, MetricStoreReads}
+var dataPlaneMetrics = []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns, MetricPortErrors, MetricCacheHits, MetricStoreReads, MetricStorePeak}
 
 // runtimeFromMetrics are the runtime figures targetSource fills after them,
 // for another process, and the exported metric each comes from.
@@ -1125,6 +1130,12 @@ func (s *targetSource) Read(ctx context.Context, dst []float64) error {
 		dst[3], dst[4], dst[5] = m.Sum("log_lines_dropped_total"), m.Sum("store_queries_in_flight"), m.Sum("memcached_conns_open")
 		dst[6] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
 		dst[7], dst[8] = m.Sum("lookups_total", "source", "cache"), m.Sum("lookups_total", "source", "store")
+		dst[9] = math.NaN()
+		if dp := target.DataPlaneOf(s.t); dp != nil {
+			dst[9] = float64(dp.StoreInFlightPeak())
+		} else if v, ok := m.Total(target.PeakStoreMetric); ok {
+			dst[9] = v
+		}
 	} else {
 		for i := range dataPlaneMetrics {
 			dst[i] = math.NaN()

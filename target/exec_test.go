@@ -59,6 +59,9 @@ func TestExecTargetRunsTheBundledDataPlane(t *testing.T) {
 	require.NoError(t, err)
 	peak, ok := pm.Total(target.PeakGoroutinesMetric)
 	require.True(t, ok, "a scrape asking for the window gets the high-water mark")
+	storePeak, ok := pm.Total(target.PeakStoreMetric)
+	assert.True(t, ok, "and the store queries' high-water mark")
+	assert.GreaterOrEqual(t, storePeak, 0.0)
 	goroutines, _ := pm.Total("go_goroutines")
 	assert.GreaterOrEqual(t, peak, goroutines-2, "the peak since the last window is at least about the count now")
 	// The runner's scrape asks for the families it reads alone: each is

@@ -123,10 +123,13 @@ const EnvListen = "SPIRAL_LISTEN"
 // PeakGoroutinesMetric, and starts the next window. The runner's sampler
 // is the only one to ask, once a sample (WithPeakWindow); cmd/dataplane
 // answers it, polling every 5 ms as the runner does in-process. A service
-// that does not leaves goroutines_peak not judged.
+// that does not leaves goroutines_peak not judged. The same scrape asks for
+// PeakStoreMetric, the highest number of store queries in flight at once
+// in the window (dataplane.DataPlane.StoreInFlightPeak).
 const (
 	PeakWindowHeader     = "X-Spiral-Peak-Window"
 	PeakGoroutinesMetric = "spiral_goroutines_peak"
+	PeakStoreMetric      = "spiral_store_queries_in_flight_peak"
 )
 
 type peakWindowKey struct{}

@@ -220,6 +220,8 @@ func withRuntimeMetrics(dp *dataplane.DataPlane, peak *probe.Peak) http.Handler 
 		metrics.ServeHTTP(w, r)
 		_, _ = fmt.Fprintf(w, "# HELP %s Highest goroutine count polled every 5 ms since the previous scrape carrying %s.\n# TYPE %[1]s gauge\n%[1]s %[3]g\n",
 			target.PeakGoroutinesMetric, target.PeakWindowHeader, v[0])
+		_, _ = fmt.Fprintf(w, "# HELP %s Highest number of store queries in flight at once since the previous scrape carrying %s.\n# TYPE %[1]s gauge\n%[1]s %[3]d\n",
+			target.PeakStoreMetric, target.PeakWindowHeader, dp.StoreInFlightPeak())
 	}))
 	mux.Handle("/", dp.Handler())
 	return mux

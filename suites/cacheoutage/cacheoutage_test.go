@@ -37,16 +37,18 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 
 // Metrics this suite judges and charts besides the runner's: the runner's
 // keys by source (cumulative, from the data plane's lookups_total), and
-// the store's in-flight high-water mark, which this suite adds.
+// the store's in-flight high-water mark, which the runner records.
 const (
 	// metricCacheHits is keys answered from memcached.
 	metricCacheHits = scenario.MetricCacheHits
 	// metricStoreReads is keys that missed (or could not reach) memcached
 	// and were answered from the CQL store.
 	metricStoreReads = scenario.MetricStoreReads
-	// metricStorePeak is the highest dp_store_queries_in_flight polled
-	// between two samples (see newStorePeak).
-	metricStorePeak = "dp_store_queries_in_flight_peak"
+	// metricStorePeak is the highest dp_store_queries_in_flight between two
+	// samples, as the data plane keeps it: the incident's store queries
+	// come in bursts of a batch's keys that last 200-400 ms (measured) and
+	// mostly fall between the runner's samples.
+	metricStorePeak = scenario.MetricStorePeak
 )
 
 // posts is how many posts are seeded and cached before the run: every
@@ -179,39 +181,9 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 			}
 			return f, nil
 		}},
-		Probes: func(h scenario.Harness) []probe.Source {
-			if h.DataPlane == nil { // polled in-process only; not judged otherwise
-				return nil
-			}
-			peak, err := newStorePeak(h.DataPlane)
-			require.NoError(t, err) // only a bad name or interval fails
-			return []probe.Source{peak}
-		},
 		Phases:  phases,
 		Budgets: budgets(o),
 	}
-}
-
-// storePollInterval is how often the store's peak (newStorePeak) reads the
-// data plane's gauge. The incident's store queries come in bursts of a
-// batch's keys that last 200-400 ms (measured) and mostly fall between the
-// runner's samples, 100 ms apart and often late on a busy machine; every
-// 20 ms catches each burst near its top.
-const storePollInterval = 20 * time.Millisecond
-
-// newStorePeak returns the source of metricStorePeak: the highest value of
-// the data plane's store_queries_in_flight gauge polled between two
-// samples. The run starts and stops it. A poll is one Gather of the data
-// plane's registry: 0.2-0.5 ms here under load, 1-2.5% of one core at
-// storePollInterval.
-func newStorePeak(dp *dataplane.DataPlane) (*probe.Peak, error) {
-	return probe.NewPeak(metricStorePeak, storePollInterval, func(context.Context) (float64, error) {
-		m, err := dp.Metrics()
-		if err != nil {
-			return 0, err
-		}
-		return m.Sum("store_queries_in_flight"), nil
-	})
 }
 
 // rise returns how much cumulative metric grew over phase: its last value
