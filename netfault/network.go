@@ -1,4 +1,4 @@
-package faults
+package netfault
 
 import (
 	"bytes"
@@ -12,9 +12,11 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
+
+	"github.com/spiral-chaos/spiral/faults"
 )
 
-var _ Fault = (*Toxic)(nil)
+var _ faults.Fault = (*Toxic)(nil)
 
 // Toxic streams: which way the bytes a toxic acts on flow.
 const (
@@ -140,7 +142,7 @@ func (t *Toxic) Inject(ctx context.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.on {
-		return ErrInjected
+		return faults.ErrInjected
 	}
 	if t.proxy.closed.Load() {
 		return fmt.Errorf("inject %s: proxy closed", t.Name())

@@ -1,4 +1,4 @@
-package faults
+package netfault
 
 import (
 	"math/rand/v2"

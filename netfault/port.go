@@ -1,4 +1,4 @@
-package faults
+package netfault
 
 import (
 	"context"
@@ -14,14 +14,12 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
 )
 
-var _ Fault = (*PortBudgetFault)(nil)
-
-// DialFunc dials a backend. It has the signature of gomemcache's
-// Client.DialContext and of net.Dialer.DialContext, so a method value such
-// as PortBudget.Dial or (*DialHook).Dial can be given to either.
-type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+var _ faults.Fault = (*PortBudgetFault)(nil)
 
 // PortBudget confines the source ports the kernel picks for outgoing TCP
 // connections to [Low, High], with the Linux IP_LOCAL_PORT_RANGE socket
@@ -444,12 +442,12 @@ func usablePorts(w PortBudget, lo, hi int) ([]bool, error) {
 // it does. Swapping is one atomic store; dials in progress finish with the
 // function they started with. The zero value dials with a zero net.Dialer.
 type DialHook struct {
-	fn atomic.Pointer[DialFunc]
+	fn atomic.Pointer[dataplane.DialFunc]
 }
 
 // NewDialHook returns a hook that dials with base (nil means a zero
 // net.Dialer).
-func NewDialHook(base DialFunc) *DialHook {
+func NewDialHook(base dataplane.DialFunc) *DialHook {
 	h := &DialHook{}
 	h.Swap(base)
 	return h
@@ -467,7 +465,7 @@ func (h *DialHook) Dial(ctx context.Context, network, address string) (net.Conn,
 
 // Swap makes fn the dial function (nil means a zero net.Dialer) and returns
 // the previous one.
-func (h *DialHook) Swap(fn DialFunc) DialFunc {
+func (h *DialHook) Swap(fn dataplane.DialFunc) dataplane.DialFunc {
 	prev := h.fn.Swap(&fn)
 	if prev == nil {
 		return nil
@@ -491,7 +489,7 @@ type PortBudgetFault struct {
 
 	mu   sync.Mutex
 	on   bool
-	prev DialFunc
+	prev dataplane.DialFunc
 }
 
 // NewPortBudgetFault returns a fault confining hook's dials to budget.
@@ -513,7 +511,7 @@ func (f *PortBudgetFault) Inject(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.on {
-		return ErrInjected
+		return faults.ErrInjected
 	}
 	f.prev = f.Hook.Swap(f.Budget.Dialer(f.Base).DialContext)
 	f.on = true
