@@ -11,6 +11,7 @@ import (
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/netfault"
 	"github.com/spiral-chaos/spiral/netns"
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // A namespace's port budget confines the namespace's dials to it while
@@ -23,7 +24,7 @@ func TestNetnsPortBudget(t *testing.T) {
 	ns, err := netns.New()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = ns.Close() })
-	hostLo, hostHi, err := netfault.EphemeralPortRange()
+	hostEph, err := probe.EphemeralRange()
 	require.NoError(t, err)
 	before, err := ns.Sysctl("net/ipv4/ip_local_port_range")
 	require.NoError(t, err)
@@ -49,9 +50,9 @@ func TestNetnsPortBudget(t *testing.T) {
 	for range 3 {
 		assert.True(t, b.Contains(dialPort()), "a dial inside takes its port from the budget")
 	}
-	lo, hi, err := netfault.EphemeralPortRange()
+	eph, err := probe.EphemeralRange()
 	require.NoError(t, err)
-	assert.Equal(t, [2]int{hostLo, hostHi}, [2]int{lo, hi}, "the machine's range is untouched")
+	assert.Equal(t, hostEph, eph, "the machine's range is untouched")
 
 	require.NoError(t, f.Recover(t.Context()))
 	require.NoError(t, f.Recover(t.Context()), "Recover is idempotent")

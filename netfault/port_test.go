@@ -21,6 +21,7 @@ import (
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/netfault"
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // portBudgetSize is the budget the port tests exhaust: small enough to
@@ -289,8 +290,9 @@ func TestPortBudgetFaultSwapsDialHook(t *testing.T) {
 }
 
 func TestPortBudgetRejectsBadRanges(t *testing.T) {
-	lo, hi, err := netfault.EphemeralPortRange()
+	eph, err := probe.EphemeralRange()
 	require.NoError(t, err)
+	lo, hi := int(eph.Low), int(eph.High)
 	for _, b := range []netfault.PortBudget{
 		{},
 		{Low: uint16(lo + 10), High: uint16(lo + 5)},
