@@ -57,9 +57,6 @@ func NewProxy(name, upstream string) (*Proxy, error) {
 // Addr returns the proxy's host:port on 127.0.0.1.
 func (p *Proxy) Addr() string { return p.addr }
 
-// Upstream returns the backend's host:port.
-func (p *Proxy) Upstream() string { return p.p.Upstream }
-
 // Close stops accepting, closes the listener and every proxied connection,
 // and waits for the accept loop to end. Toxics go with it. It is safe to
 // call more than once.
@@ -94,13 +91,6 @@ func (p *Proxy) ResetPeer(after time.Duration) *Toxic {
 // kbPerSec KB/s (1 KB = 1000 bytes), per connection.
 func (p *Proxy) Bandwidth(kbPerSec int64) *Toxic {
 	return p.newToxic("bandwidth", Downstream, map[string]int64{"rate": kbPerSec})
-}
-
-// Timeout returns a fault that stops all data on a connection and closes it
-// after the given time (0: never closes; the client waits for its own
-// timeout), as with a backend that blackholes traffic.
-func (p *Proxy) Timeout(after time.Duration) *Toxic {
-	return p.newToxic("timeout", Upstream, map[string]int64{"timeout": after.Milliseconds()})
 }
 
 func (p *Proxy) newToxic(typ, stream string, attrs map[string]int64) *Toxic {

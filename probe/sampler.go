@@ -190,9 +190,6 @@ func (s *Sampler) Timeline() *Timeline {
 	return s.tl.clone()
 }
 
-// Metrics returns the metric names in column order.
-func (s *Sampler) Metrics() []string { return slices.Clone(s.tl.Metrics) }
-
 func (s *Sampler) failureReport() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
