@@ -77,8 +77,10 @@ type LogPolicy struct {
 	Burst int
 }
 
-// DialFunc dials memcached. It has the signature of
-// gomemcache's Client.DialContext and net.Dialer.DialContext.
+// DialFunc dials a backend: memcached, in Config.DialContext. It has the
+// signature of gomemcache's Client.DialContext and net.Dialer.DialContext,
+// so a method value such as netfault.PortBudget.Dial or
+// (*netfault.DialHook).Dial can be given to either.
 type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
 
 // Config is every knob of the data plane that the incident turns on, so

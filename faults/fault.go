@@ -1,6 +1,8 @@
-// Package faults holds Spiral's load generators and fault injectors. Each acts
-// through the kernel, the Go runtime or the container engine, never a mock;
-// each is bounded in count and time and aims at loopback only.
+// Package faults holds Spiral's Fault interface, its load generators and the
+// fault injectors that act on containers, memory, a supervised child
+// (proc.Supervisor) and log sinks; network faults are in package netfault.
+// Each acts through the kernel, the Go runtime or the container engine,
+// never a mock; each is bounded in count and time and aims at loopback only.
 //
 // faults never imports testing: injectors take a context and return errors
 // and values; only suites and _test.go files fail tests.

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/spiral-chaos/spiral/proc"
 )
 
 // OOMOptions configures an OOM fault.
@@ -31,9 +33,9 @@ const (
 )
 
 // OOM is the fault "the data plane runs out of memory": it makes a
-// Supervisor's child allocate past its cgroup's limit so that the kernel
-// OOM-kills it, as the postmortem's data plane was under tight GOMEMLIMIT,
-// GOGC and a memory limit.
+// proc.Supervisor's child (the OOM child, proc.OOMChild) allocate past its
+// cgroup's limit so that the kernel OOM-kills it, as the postmortem's data
+// plane was under tight GOMEMLIMIT, GOGC and a memory limit.
 //
 // Lifecycle: Inject asks the healthy child to allocate AllocMiB (GET
 // /debug/alloc) and returns once the Supervisor has reaped it and the
@@ -43,28 +45,28 @@ const (
 // Supervisor's Stats and Exits carry the counts and the time from kill to
 // healthy.
 type OOM struct {
-	sup    *Supervisor
+	sup    *proc.Supervisor
 	opts   OOMOptions
 	client *http.Client
 
 	mu       sync.Mutex
 	injected bool
-	kill     ChildExit
+	kill     proc.ChildExit
 	killIdx  int // index of kill in the Supervisor's exits; -1 before one
 }
 
 // NewOOM returns the OOM fault for sup, which must run its child in a
-// MemoryCgroup (the kernel's counter is the only evidence of an OOM kill
+// proc.MemoryCgroup (the kernel's counter is the only evidence of an OOM kill
 // this fault accepts).
-func NewOOM(sup *Supervisor, opts OOMOptions) (*OOM, error) {
-	if sup == nil || sup.cfg.Cgroup == nil {
+func NewOOM(sup *proc.Supervisor, opts OOMOptions) (*OOM, error) {
+	if sup == nil || sup.Cgroup() == nil {
 		return nil, errors.New("new oom fault: the supervisor needs a MemoryCgroup")
 	}
 	if opts.AllocMiB <= 0 {
-		opts.AllocMiB = int(2 * sup.cfg.Cgroup.Limit() >> 20)
+		opts.AllocMiB = int(2 * sup.Cgroup().Limit() >> 20)
 	}
-	if opts.AllocMiB > oomMaxAllocMiB {
-		return nil, fmt.Errorf("new oom fault: AllocMiB %d above the child's cap of %d", opts.AllocMiB, oomMaxAllocMiB)
+	if opts.AllocMiB > proc.OOMChildMaxAllocMiB {
+		return nil, fmt.Errorf("new oom fault: AllocMiB %d above the child's cap of %d", opts.AllocMiB, proc.OOMChildMaxAllocMiB)
 	}
 	if opts.KillTimeout <= 0 {
 		opts.KillTimeout = oomDefaultKillTimeout
@@ -95,9 +97,8 @@ func (o *OOM) Inject(ctx context.Context) error {
 	if o.injected {
 		return ErrInjected
 	}
-	o.sup.mu.Lock()
-	addr, exits := o.sup.addr, len(o.sup.exits)
-	o.sup.mu.Unlock()
+	st := o.sup.Stats()
+	addr, exits := st.Addr, st.Exits
 	if addr == "" {
 		return errors.New("inject oom: no healthy child")
 	}
@@ -118,10 +119,10 @@ func (o *OOM) Inject(ctx context.Context) error {
 		}
 		// The answer can beat the kill; the exit below decides.
 	}
-	e, err := o.sup.waitExit(ctx, exits)
+	e, err := o.sup.WaitExit(ctx, exits)
 	if err != nil {
 		return fmt.Errorf("inject oom: child not killed after allocating %d MiB in a %d MiB cgroup: %w",
-			o.opts.AllocMiB, o.sup.cfg.Cgroup.Limit()>>20, err)
+			o.opts.AllocMiB, o.sup.Cgroup().Limit()>>20, err)
 	}
 	if !e.OOMKilled {
 		return fmt.Errorf("inject oom: child ended but the kernel counted no OOM kill: %s", e)
@@ -151,14 +152,12 @@ func (o *OOM) Recover(ctx context.Context) error {
 // LastKill is the Supervisor's record of the exit the last successful
 // Inject caused, with its Recovery once a restarted child is healthy; ok is
 // false before any.
-func (o *OOM) LastKill() (e ChildExit, ok bool) {
+func (o *OOM) LastKill() (e proc.ChildExit, ok bool) {
 	o.mu.Lock()
 	idx := o.killIdx
 	o.mu.Unlock()
 	if idx < 0 {
-		return ChildExit{}, false
+		return proc.ChildExit{}, false
 	}
-	o.sup.mu.Lock()
-	defer o.sup.mu.Unlock()
-	return o.sup.exits[idx], true
+	return o.sup.Exits()[idx], true
 }

@@ -283,8 +283,7 @@ func TestSinkWriteEndBlocksAChildsStderr(t *testing.T) {
 		require.NoError(t, err, "the child finishes once the sink drains")
 	case <-time.After(sinkWait):
 		_ = cmd.Process.Kill()
-		<-done
-		t.Fatal("the child still blocked after Recover")
+		t.Fatalf("the child still blocked after Recover (killed: %v)", <-done)
 	}
 	require.Eventually(t, func() bool { return s.Stats().BytesDrained == total }, sinkWait, 10*time.Millisecond, "every byte the child wrote is drained")
 	b, err = s.Buffered()

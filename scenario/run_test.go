@@ -430,6 +430,7 @@ func goroutineStacks() string {
 // often, from the latest sample; without it, only the phases.
 func TestRunPrintsLiveProgress(t *testing.T) {
 	lines := func(t *testing.T) []string {
+		t.Helper()
 		r, w, err := os.Pipe()
 		require.NoError(t, err)
 		stderr := os.Stderr

@@ -19,7 +19,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -1263,7 +1262,7 @@ func Peaks(tl *probe.Timeline) map[string]map[string]float64 {
 
 // replayCommand is the command that runs sc again with the same seed.
 func replayCommand(sc Scenario) string {
-	return fmt.Sprintf("SPIRAL_SEED=%d SPIRAL_MODE=%s go test -count=1 -v -run '%s' ./suites/...", sc.Seed, Mode(), testPattern(sc.Name))
+	return ReplayCommand(sc.Seed, testPattern(sc.Name), "./suites/...")
 }
 
 func testPattern(name string) string {
@@ -1343,54 +1342,4 @@ func formatFigures(metrics []string, values []float64) string {
 
 func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "spiral: "+format+"\n", args...)
-}
-
-// Mode is $SPIRAL_MODE: "quick" (default, make test), "full" (make chaos) or
-// "soak" (make soak).
-func Mode() string {
-	switch m := os.Getenv("SPIRAL_MODE"); m {
-	case "full", "soak":
-		return m
-	default:
-		return "quick"
-	}
-}
-
-// CheckEnv reports a malformed SPIRAL_MODE or SPIRAL_SEED, which Mode and
-// SeedFromEnv would otherwise quietly replace by their defaults, and a
-// malformed EnvAllowExternalFlood or $SPIRAL_ABORT_* variable, which Run
-// would refuse.
-func CheckEnv() error {
-	var errs []error
-	switch m := os.Getenv("SPIRAL_MODE"); m {
-	case "", "quick", "full", "soak":
-	default:
-		errs = append(errs, fmt.Errorf("SPIRAL_MODE=%q: want quick, full or soak", m))
-	}
-	if s := os.Getenv("SPIRAL_SEED"); s != "" {
-		if _, err := strconv.ParseUint(s, 10, 64); err != nil {
-			errs = append(errs, fmt.Errorf("SPIRAL_SEED=%q: want an unsigned integer", s))
-		}
-	}
-	if _, _, err := externalFloodConsent(); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := parseProgress(os.Getenv(EnvProgress)); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := abortFromEnv(faults.AbortLimits{}); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
-// SeedFromEnv returns $SPIRAL_SEED if set, else def: a failure prints the
-// seed so the run can be replayed.
-func SeedFromEnv(def uint64) uint64 {
-	if s := os.Getenv("SPIRAL_SEED"); s != "" {
-		if n, err := strconv.ParseUint(s, 10, 64); err == nil {
-			return n
-		}
-	}
-	return def
 }

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/spiral-chaos/spiral/dataplane"
-	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/netns"
+	"github.com/spiral-chaos/spiral/proc"
 )
 
 // AddrArg, in an Exec target's arguments, is replaced by the address the
@@ -42,7 +42,7 @@ type ExecConfig struct {
 	// removes it. The binary is exec'd by /bin/sh once the shell is in the
 	// cgroup, so that none of its memory is charged elsewhere (on cgroup
 	// v1 a process joins its cgroup after it starts).
-	Cgroup *faults.MemoryCgroup
+	Cgroup *proc.MemoryCgroup
 	// Addr is the address every child serves on; defaults to 127.0.0.1
 	// and a port free when Start runs. Give one outside the ephemeral
 	// range when the service under test may open thousands of client
@@ -81,7 +81,7 @@ type Exec struct {
 	client *http.Client
 
 	mu   sync.Mutex
-	sup  *faults.Supervisor
+	sup  *proc.Supervisor
 	base string
 	ns   *netns.NS
 	fwd  []*netns.Forwarder
@@ -156,7 +156,7 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 		fixtures.EnvKeyspace+"="+b.Keyspace,
 	)
 	env = append(env, t.cfg.Env...)
-	sup, err := faults.NewSupervisor(faults.SupervisorConfig{
+	sup, err := proc.NewSupervisor(proc.SupervisorConfig{
 		Command: func(ctx context.Context) *exec.Cmd {
 			cmd := exec.CommandContext(ctx, t.cfg.Path, args...)
 			if t.cfg.Cgroup != nil {
@@ -249,7 +249,7 @@ func (t *Exec) Netns() *netns.NS {
 }
 
 // lastOutput is the last exit's output, for an error message.
-func lastOutput(sup *faults.Supervisor) string {
+func lastOutput(sup *proc.Supervisor) string {
 	exits := sup.Exits()
 	if len(exits) == 0 || exits[len(exits)-1].Output == "" {
 		return ""
@@ -272,7 +272,7 @@ func freeLoopbackAddr() (string, error) {
 
 // Supervisor is the child's supervisor (its exits, OOM kills, recovery
 // times), or nil before Start.
-func (t *Exec) Supervisor() *faults.Supervisor {
+func (t *Exec) Supervisor() *proc.Supervisor {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.sup

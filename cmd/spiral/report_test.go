@@ -527,16 +527,16 @@ func TestReplayTest(t *testing.T) {
 		"TestX/ends-with-dollar$",
 	} {
 		cmd := suiteReplay(3, test, "./suites/x")
-		got, pkg, ok := replayTest(cmd)
+		got, pkg, ok := report.ReplayTest(cmd)
 		require.True(t, ok, cmd)
 		assert.Equal(t, test, got, cmd)
 		assert.Equal(t, "./suites/x", pkg)
 	}
-	got, pkg, ok := replayTest(oomShard[1].replay)
+	got, pkg, ok := report.ReplayTest(oomShard[1].replay)
 	require.True(t, ok)
 	assert.Equal(t, "TestOOM/incident", got)
 	assert.Equal(t, "./suites/oom", pkg)
-	_, _, ok = replayTest("go test ./...")
+	_, _, ok = report.ReplayTest("go test ./...")
 	assert.False(t, ok)
 }
 

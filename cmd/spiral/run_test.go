@@ -4,8 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -68,17 +66,17 @@ func TestRunOneArmAgainstAChild(t *testing.T) {
 	require.Equal(t, 0, code, "%s\n%s", out, errOut)
 	assert.Contains(t, out, "spiral run: target exec:"+bin)
 	assert.Contains(t, out, "spiral: batch-flood/fixed: inject")
-	assert.Regexp(t, regexp.MustCompile(`spiral: batch-flood/fixed: \w+ \+\d+\.\ds threads=\d+`), out, "live figures")
+	assert.Regexp(t, `spiral: batch-flood/fixed: \w+ \+\d+\.\ds threads=\d+`, out, "live figures")
 	assert.Contains(t, out, "--- PASS: TestBatchFlood/fixed")
 	assert.Contains(t, out, "1 of 1 run(s) passed")
 	assert.NotContains(t, out, "regression-pool", "the other arms did not run")
 	for _, f := range []string{"go-test.log", "index.html", "batch-flood_fixed/summary.json", "batch-flood_fixed/report.html"} {
 		_, err := os.Stat(filepath.Join(dir, f))
-		assert.NoError(t, err, "%s written", f)
+		require.NoError(t, err, "%s written", f)
 	}
 	log, err := os.ReadFile(filepath.Join(dir, "go-test.log"))
 	require.NoError(t, err)
-	assert.True(t, strings.Contains(string(log), "=== RUN   TestBatchFlood/fixed"), "the whole output is kept")
+	assert.Contains(t, string(log), "=== RUN   TestBatchFlood/fixed", "the whole output is kept")
 }
 
 // goBuild builds cmd/dataplane into bin.

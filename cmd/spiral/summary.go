@@ -172,10 +172,6 @@ func replaysOf(c report.JUnitCase, entries []report.Entry) ([]string, string) {
 // it ("replay: SPIRAL_SEED=...").
 var replayLine = regexp.MustCompile(`(?m)replay: (\S.*)$`)
 
-// replayTest is report.ReplayTest: the test a replay command runs and its
-// package.
-func replayTest(cmd string) (test, pkg string, ok bool) { return report.ReplayTest(cmd) }
-
 // code is s as Markdown inline code, safe in a table cell.
 func code(s string) string {
 	return "`" + strings.ReplaceAll(strings.ReplaceAll(s, "`", "'"), "|", `\|`) + "`"

@@ -30,6 +30,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/netfault"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
@@ -93,6 +94,7 @@ var budgets = []probe.Budget{
 // replay is one arm of the bundled data plane in-process; underTest makes
 // it the arm on the service under test.
 func replay(t *testing.T, name string, cfg dataplane.Config) scenario.Scenario {
+	t.Helper()
 	sc, _ := replayWithSink(t, name, cfg)
 	return sc
 }
@@ -105,7 +107,7 @@ func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.S
 	cfg.LogSink = sink
 
 	base := &net.Dialer{Timeout: cfg.MemcacheTimeout}
-	hook := faults.NewDialHook(base.DialContext)
+	hook := netfault.NewDialHook(base.DialContext)
 	cfg.DialContext = hook.Dial
 
 	phases := scenario.Phases{Baseline: 5 * time.Second, Inject: 15 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
@@ -127,11 +129,11 @@ func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.S
 		Faults: []scenario.FaultFunc{
 			func(scenario.Harness) (faults.Fault, error) { return sink, nil },
 			func(h scenario.Harness) (faults.Fault, error) {
-				b, err := faults.FreePortBudget(budgetPorts, h.Seed)
+				b, err := netfault.FreePortBudget(budgetPorts, h.Seed)
 				if err != nil {
 					return nil, err
 				}
-				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
+				return &netfault.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
 			},
 			func(h scenario.Harness) (faults.Fault, error) { return h.Flood(flood) },
 		},
@@ -147,7 +149,7 @@ func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.S
 // underTest is the fixed arm on the service under test ($SPIRAL_TARGET):
 // the bundled data plane in-process as replay has it; a child process
 // (exec:) in a network namespace of its own, whose ephemeral port range is
-// the budget while injected (faults.NetnsPortBudget), with the slow sink as
+// the budget while injected (netfault.NetnsPortBudget), with the slow sink as
 // its stderr, its blocked writers read from its threads in write(2). A
 // running endpoint can be neither confined nor wired to the sink: the arm
 // skips.
@@ -165,7 +167,7 @@ func underTest(t *testing.T, cfg dataplane.Config) scenario.Scenario {
 		tgt := suite.ExecUnderTest(t, spec, func(ec *target.ExecConfig) { ec.Netns, ec.Stderr = true, w })
 		sc.Target = tgt
 		sc.Faults[1] = func(scenario.Harness) (faults.Fault, error) {
-			return &faults.NetnsPortBudget{NS: tgt.Netns(), Budget: faults.NetnsBudget(budgetPorts)}, nil
+			return &netfault.NetnsPortBudget{NS: tgt.Netns(), Budget: netfault.NetnsBudget(budgetPorts)}, nil
 		}
 		sc.Probes = func(scenario.Harness) []probe.Source {
 			return []probe.Source{probe.Func("sink_blocked_writers", func() float64 {

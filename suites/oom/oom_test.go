@@ -6,7 +6,7 @@
 // The data plane runs out of process, as in production: a child process
 // (this test binary run again, see child_test.go) in a memory-limited
 // cgroup, with GOGC off and GOMEMLIMIT a little under the cgroup's limit,
-// supervised and restarted when it dies (faults.Supervisor). OOM kills are
+// supervised and restarted when it dies (proc.Supervisor). OOM kills are
 // counted from the kernel's own record for the cgroup. Everyday traffic and
 // the postmortem's batch flood (a few requests of 20k URIs, the upper end
 // of its 15-20k) reach it over HTTP on a fixed loopback port that each
@@ -51,6 +51,7 @@ import (
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/proc"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
 	"github.com/spiral-chaos/spiral/target"
@@ -253,8 +254,8 @@ func TestOOM(t *testing.T) {
 // armRun is what one arm saw.
 type armRun struct {
 	res         *scenario.Result
-	stats       faults.SupervisorStats
-	exits       []faults.ChildExit
+	stats       proc.SupervisorStats
+	exits       []proc.ChildExit
 	kernelKills uint64
 }
 
@@ -309,8 +310,8 @@ func runArm(t *testing.T, env *fixtures.Env, arm string, cfg dataplane.Config, e
 // the kernel's OOM kills, the time since it was last healthy and its
 // cgroup's memory, now and at its highest.
 type childSource struct {
-	sup *faults.Supervisor
-	cg  *faults.MemoryCgroup
+	sup *proc.Supervisor
+	cg  *proc.MemoryCgroup
 }
 
 func (s *childSource) Metrics() []string {
@@ -351,10 +352,10 @@ func (s *childSource) Read(_ context.Context, dst []float64) error {
 // the machine can't give one it skips t, unless this process runs as root
 // on a kernel with a cgroup v1 memory hierarchy: there a cgroup must be
 // had, and failing to get one fails t.
-func newCgroup(t *testing.T) *faults.MemoryCgroup {
+func newCgroup(t *testing.T) *proc.MemoryCgroup {
 	t.Helper()
-	cg, err := faults.NewMemoryCgroup(cgroupLimit)
-	if errors.Is(err, faults.ErrCgroupUnavailable) {
+	cg, err := proc.NewMemoryCgroup(cgroupLimit)
+	if errors.Is(err, proc.ErrCgroupUnavailable) {
 		if os.Geteuid() == 0 && hasV1Memory() {
 			t.Fatalf("memory cgroup: this process runs as root with a cgroup v1 memory hierarchy (/proc/self/cgroup), so the OOM suite must get one: %v", err)
 		}
@@ -419,7 +420,7 @@ func listenAddr(t *testing.T) string {
 
 // requireNothingLeft stops the supervisor and checks that no child process
 // and no spiral-oom-* cgroup of this process is left.
-func requireNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.MemoryCgroup) {
+func requireNothingLeft(t *testing.T, sup *proc.Supervisor, cg *proc.MemoryCgroup) {
 	t.Helper()
 	sup.Stop()
 	procs, err := cg.Procs()
@@ -431,7 +432,7 @@ func requireNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.MemoryC
 		}
 	}
 	require.NoError(t, cg.Close())
-	left, err := faults.ListMemoryCgroups()
+	left, err := proc.ListMemoryCgroups()
 	require.NoError(t, err)
 	assert.Empty(t, left, "spiral-oom-* cgroups left")
 }

@@ -1,6 +1,6 @@
 // Package portexhaustion is the postmortem's port exhaustion and its
 // band-aid as a suite. The data plane's memcached dials are confined to a
-// narrow budget of ephemeral ports (faults.PortBudget, the Linux
+// narrow budget of ephemeral ports (netfault.PortBudget, the Linux
 // IP_LOCAL_PORT_RANGE socket option, no sysctl), so that the flood of
 // step 2 of the outage runs the ports dry in seconds rather than after the
 // whole ephemeral range.
@@ -53,6 +53,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/netfault"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
@@ -146,7 +147,7 @@ type arm struct {
 	sc scenario.Scenario
 
 	mu     sync.Mutex
-	budget faults.PortBudget
+	budget netfault.PortBudget
 	dp     *dataplane.DataPlane
 }
 
@@ -159,11 +160,11 @@ type arm struct {
 func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 	seed := scenario.SeedFromEnv(1)
 	base := dialer(cfg)
-	var hook *faults.DialHook
+	var hook *netfault.DialHook
 	if bandAid {
-		hook = faults.NewDialHook(faults.DialFunc(dataplane.BandAidDialFunc(base, seed)))
+		hook = netfault.NewDialHook(dataplane.BandAidDialFunc(base, seed))
 	} else {
-		hook = faults.NewDialHook(base.DialContext)
+		hook = netfault.NewDialHook(base.DialContext)
 	}
 	cfg.DialContext = hook.Dial
 
@@ -206,7 +207,7 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 					// those the hook dialed from before the fault.
 					return &bandAidBudget{Hook: hook, Budget: b, Base: base, Seed: h.Seed + 1}, nil
 				}
-				return &faults.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
+				return &netfault.PortBudgetFault{Hook: hook, Budget: b, Base: base}, nil
 			},
 			func(h scenario.Harness) (faults.Fault, error) {
 				return h.Flood(flood)
@@ -232,7 +233,7 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 // underTest makes a the arm on the service under test ($SPIRAL_TARGET):
 // the bundled data plane in-process keeps the dial hook a has; a child
 // process (exec:) runs in a network namespace of its own, whose ephemeral
-// port range is the budget while injected (faults.NetnsPortBudget), with
+// port range is the budget while injected (netfault.NetnsPortBudget), with
 // the kernel, not a hook, confining its dials. A running endpoint's ports
 // can't be confined from here: the arm skips.
 func (a *arm) underTest(t *testing.T) {
@@ -245,11 +246,11 @@ func (a *arm) underTest(t *testing.T) {
 		tgt := suite.ExecUnderTest(t, spec, func(ec *target.ExecConfig) { ec.Netns = true })
 		a.sc.Target = tgt
 		a.sc.Faults[0] = func(scenario.Harness) (faults.Fault, error) {
-			b := faults.NetnsBudget(budgetPorts)
+			b := netfault.NetnsBudget(budgetPorts)
 			a.mu.Lock()
 			a.budget = b
 			a.mu.Unlock()
-			return &faults.NetnsPortBudget{NS: tgt.Netns(), Budget: b}, nil
+			return &netfault.NetnsPortBudget{NS: tgt.Netns(), Budget: b}, nil
 		}
 		return
 	}
@@ -286,14 +287,14 @@ func (a *arm) logCacheErrors(t *testing.T) {
 // earlier run) bind thousands.
 const budgetWait = 75 * time.Second
 
-// freePortBudget is faults.FreePortBudget(size, seed), tried again every
+// freePortBudget is netfault.FreePortBudget(size, seed), tried again every
 // few seconds for up to budgetWait while the range holds no free run of
 // size ports, with seed+1, seed+2 and so on: each try examines other
 // windows.
-func freePortBudget(size int, seed uint64) (faults.PortBudget, error) {
+func freePortBudget(size int, seed uint64) (netfault.PortBudget, error) {
 	deadline := time.Now().Add(budgetWait)
 	for try := uint64(0); ; try++ {
-		b, err := faults.FreePortBudget(size, seed+try)
+		b, err := netfault.FreePortBudget(size, seed+try)
 		if err == nil || time.Now().After(deadline) {
 			return b, err
 		}
@@ -324,7 +325,7 @@ const budgetSocketsShare = 0.05
 // thousands).
 type budgetSocketSource struct {
 	census probe.Census
-	budget faults.PortBudget
+	budget netfault.PortBudget
 	port   uint16
 }
 
@@ -354,18 +355,18 @@ func (s *budgetSocketSource) Read(ctx context.Context, dst []float64) error {
 // bandAidBudget confines the band-aid's dials to a port budget while
 // injected: each dial still binds a 127.x.y.z source address drawn from
 // Seed, and the kernel picks its port from the budget (IP_LOCAL_PORT_RANGE
-// applies to the bind as to the connect). faults.PortBudgetFault can't
+// applies to the bind as to the connect). netfault.PortBudgetFault can't
 // express this: its Base dialer has one fixed local address. Recover swaps
 // the band-aid without a budget back in; it is idempotent.
 type bandAidBudget struct {
-	Hook   *faults.DialHook
-	Budget faults.PortBudget
+	Hook   *netfault.DialHook
+	Budget netfault.PortBudget
 	Base   *net.Dialer
 	Seed   uint64 // of the source addresses (dataplane.BandAidDialFunc)
 
 	mu   sync.Mutex
 	on   bool
-	prev faults.DialFunc
+	prev dataplane.DialFunc
 }
 
 func (f *bandAidBudget) Name() string { return "band-aid port budget " + f.Budget.String() }
@@ -382,7 +383,7 @@ func (f *bandAidBudget) Inject(context.Context) error {
 	if f.on {
 		return faults.ErrInjected
 	}
-	f.prev = f.Hook.Swap(faults.DialFunc(dataplane.BandAidDialFunc(f.Budget.Dialer(f.Base), f.Seed)))
+	f.prev = f.Hook.Swap(dataplane.BandAidDialFunc(f.Budget.Dialer(f.Base), f.Seed))
 	f.on = true
 	return nil
 }

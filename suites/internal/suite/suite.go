@@ -4,7 +4,6 @@ package suite
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -150,7 +149,7 @@ func replayCommand(t *testing.T, seed uint64) string {
 			}
 		}
 	}
-	return fmt.Sprintf("SPIRAL_SEED=%d SPIRAL_MODE=%s go test -count=1 -v -run '%s' %s", seed, scenario.Mode(), strings.Join(parts, "/"), pkg)
+	return scenario.ReplayCommand(seed, strings.Join(parts, "/"), pkg)
 }
 
 func replay(res *scenario.Result) string {

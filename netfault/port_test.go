@@ -1,4 +1,4 @@
-package faults_test
+package netfault_test
 
 import (
 	"context"
@@ -17,8 +17,11 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/netfault"
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // portBudgetSize is the budget the port tests exhaust: small enough to
@@ -87,9 +90,9 @@ const portTestSeed = 1
 // freeBudget returns a budget with n usable ports now. Its range is wider
 // than n when other sockets on the machine hold bound ports (see
 // FreePortBudget); they may rejoin it during the test.
-func freeBudget(tb testing.TB, n int) faults.PortBudget {
+func freeBudget(tb testing.TB, n int) netfault.PortBudget {
 	tb.Helper()
-	b, err := faults.FreePortBudget(n, portTestSeed)
+	b, err := netfault.FreePortBudget(n, portTestSeed)
 	require.NoError(tb, err)
 	require.NoError(tb, b.Validate())
 	if b.Size() > n {
@@ -101,7 +104,7 @@ func freeBudget(tb testing.TB, n int) faults.PortBudget {
 // exhaust dials n connections, which must succeed, then dials on until a
 // dial fails, at most up to the budget's range; it returns the connections
 // (closed when tb ends) and the error of the dial that failed.
-func exhaust(tb testing.TB, dial faults.DialFunc, addr string, b faults.PortBudget, n int) ([]net.Conn, error) {
+func exhaust(tb testing.TB, dial dataplane.DialFunc, addr string, b netfault.PortBudget, n int) ([]net.Conn, error) {
 	tb.Helper()
 	conns := fillBudget(tb, dial, addr, n)
 	for range b.Size() - n + 1 {
@@ -118,7 +121,7 @@ func exhaust(tb testing.TB, dial faults.DialFunc, addr string, b faults.PortBudg
 
 // fillBudget dials n connections and returns them, closed when tb ends. It
 // fails tb if a dial fails.
-func fillBudget(tb testing.TB, dial faults.DialFunc, addr string, n int) []net.Conn {
+func fillBudget(tb testing.TB, dial dataplane.DialFunc, addr string, n int) []net.Conn {
 	tb.Helper()
 	conns := make([]net.Conn, 0, n)
 	tb.Cleanup(func() {
@@ -153,7 +156,7 @@ func TestPortBudgetExhaustsAfterNConnections(t *testing.T) {
 		assert.Len(t, conns, portBudgetSize, "dial %d on a budget of %d fails", portBudgetSize+1, portBudgetSize)
 	}
 	require.ErrorIs(t, err, syscall.EADDRNOTAVAIL)
-	assert.True(t, faults.IsPortExhausted(err))
+	assert.True(t, netfault.IsPortExhausted(err))
 	assert.Contains(t, err.Error(), "cannot assign requested address")
 	t.Logf("dial past the budget %s: %v", b, err)
 
@@ -263,8 +266,8 @@ func sysctl(tb testing.TB, name string) string {
 func TestPortBudgetFaultSwapsDialHook(t *testing.T) {
 	noLeaks(t)
 	srv := newAcceptor(t)
-	hook := faults.NewDialHook(nil)
-	f := faults.NewPortBudgetFault(hook, freeBudget(t, portBudgetSize))
+	hook := netfault.NewDialHook(nil)
+	f := netfault.NewPortBudgetFault(hook, freeBudget(t, portBudgetSize))
 	require.Contains(t, f.Name(), "port budget")
 	ctx := t.Context()
 
@@ -287,9 +290,10 @@ func TestPortBudgetFaultSwapsDialHook(t *testing.T) {
 }
 
 func TestPortBudgetRejectsBadRanges(t *testing.T) {
-	lo, hi, err := faults.EphemeralPortRange()
+	eph, err := probe.EphemeralRange()
 	require.NoError(t, err)
-	for _, b := range []faults.PortBudget{
+	lo, hi := int(eph.Low), int(eph.High)
+	for _, b := range []netfault.PortBudget{
 		{},
 		{Low: uint16(lo + 10), High: uint16(lo + 5)},
 		{Low: uint16(lo - 10), High: uint16(lo + 5)},
@@ -297,11 +301,11 @@ func TestPortBudgetRejectsBadRanges(t *testing.T) {
 	} {
 		require.Error(t, b.Validate(), "budget %s", b)
 	}
-	_, err = faults.PortBudget{}.Dial(t.Context(), "tcp", "127.0.0.1:1")
+	_, err = netfault.PortBudget{}.Dial(t.Context(), "tcp", "127.0.0.1:1")
 	require.Error(t, err)
-	_, err = faults.FreePortBudget(0, portTestSeed)
+	_, err = netfault.FreePortBudget(0, portTestSeed)
 	require.Error(t, err)
-	_, err = faults.FreePortBudget(hi-lo, portTestSeed)
+	_, err = netfault.FreePortBudget(hi-lo, portTestSeed)
 	require.Error(t, err)
 }
 
@@ -341,7 +345,7 @@ func TestPortBudgetMemcachedFlood(t *testing.T) {
 	for _, err := range errs {
 		switch {
 		case err == nil:
-		case faults.IsPortExhausted(err):
+		case netfault.IsPortExhausted(err):
 			exhausted++
 		default:
 			other++

@@ -1,4 +1,4 @@
-package faults_test
+package netfault_test
 
 import (
 	"net"
@@ -9,7 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/netfault"
 	"github.com/spiral-chaos/spiral/netns"
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // A namespace's port budget confines the namespace's dials to it while
@@ -22,7 +24,7 @@ func TestNetnsPortBudget(t *testing.T) {
 	ns, err := netns.New()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = ns.Close() })
-	hostLo, hostHi, err := faults.EphemeralPortRange()
+	hostEph, err := probe.EphemeralRange()
 	require.NoError(t, err)
 	before, err := ns.Sysctl("net/ipv4/ip_local_port_range")
 	require.NoError(t, err)
@@ -40,17 +42,17 @@ func TestNetnsPortBudget(t *testing.T) {
 		return c.LocalAddr().(*net.TCPAddr).Port
 	}
 
-	b := faults.NetnsBudget(4)
-	assert.Equal(t, faults.PortBudget{Low: 32768, High: 32771}, b)
-	f := &faults.NetnsPortBudget{NS: ns, Budget: b}
+	b := netfault.NetnsBudget(4)
+	assert.Equal(t, netfault.PortBudget{Low: 32768, High: 32771}, b)
+	f := &netfault.NetnsPortBudget{NS: ns, Budget: b}
 	require.NoError(t, f.Inject(t.Context()))
 	require.ErrorIs(t, f.Inject(t.Context()), faults.ErrInjected)
 	for range 3 {
 		assert.True(t, b.Contains(dialPort()), "a dial inside takes its port from the budget")
 	}
-	lo, hi, err := faults.EphemeralPortRange()
+	eph, err := probe.EphemeralRange()
 	require.NoError(t, err)
-	assert.Equal(t, [2]int{hostLo, hostHi}, [2]int{lo, hi}, "the machine's range is untouched")
+	assert.Equal(t, hostEph, eph, "the machine's range is untouched")
 
 	require.NoError(t, f.Recover(t.Context()))
 	require.NoError(t, f.Recover(t.Context()), "Recover is idempotent")
@@ -58,7 +60,7 @@ func TestNetnsPortBudget(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, before, after, "Recover restores the range")
 
-	bad := &faults.NetnsPortBudget{NS: ns, Budget: faults.PortBudget{Low: 80, High: 90}}
+	bad := &netfault.NetnsPortBudget{NS: ns, Budget: netfault.PortBudget{Low: 80, High: 90}}
 	require.Error(t, bad.Inject(t.Context()))
-	require.Error(t, (&faults.NetnsPortBudget{Budget: b}).Inject(t.Context()))
+	require.Error(t, (&netfault.NetnsPortBudget{Budget: b}).Inject(t.Context()))
 }

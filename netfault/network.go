@@ -1,4 +1,4 @@
-package faults
+package netfault
 
 import (
 	"bytes"
@@ -12,9 +12,11 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/rs/zerolog"
+
+	"github.com/spiral-chaos/spiral/faults"
 )
 
-var _ Fault = (*Toxic)(nil)
+var _ faults.Fault = (*Toxic)(nil)
 
 // Toxic streams: which way the bytes a toxic acts on flow.
 const (
@@ -55,9 +57,6 @@ func NewProxy(name, upstream string) (*Proxy, error) {
 // Addr returns the proxy's host:port on 127.0.0.1.
 func (p *Proxy) Addr() string { return p.addr }
 
-// Upstream returns the backend's host:port.
-func (p *Proxy) Upstream() string { return p.p.Upstream }
-
 // Close stops accepting, closes the listener and every proxied connection,
 // and waits for the accept loop to end. Toxics go with it. It is safe to
 // call more than once.
@@ -92,13 +91,6 @@ func (p *Proxy) ResetPeer(after time.Duration) *Toxic {
 // kbPerSec KB/s (1 KB = 1000 bytes), per connection.
 func (p *Proxy) Bandwidth(kbPerSec int64) *Toxic {
 	return p.newToxic("bandwidth", Downstream, map[string]int64{"rate": kbPerSec})
-}
-
-// Timeout returns a fault that stops all data on a connection and closes it
-// after the given time (0: never closes; the client waits for its own
-// timeout), as with a backend that blackholes traffic.
-func (p *Proxy) Timeout(after time.Duration) *Toxic {
-	return p.newToxic("timeout", Upstream, map[string]int64{"timeout": after.Milliseconds()})
 }
 
 func (p *Proxy) newToxic(typ, stream string, attrs map[string]int64) *Toxic {
@@ -140,7 +132,7 @@ func (t *Toxic) Inject(ctx context.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.on {
-		return ErrInjected
+		return faults.ErrInjected
 	}
 	if t.proxy.closed.Load() {
 		return fmt.Errorf("inject %s: proxy closed", t.Name())

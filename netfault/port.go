@@ -1,9 +1,10 @@
-package faults
+package netfault
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -14,14 +15,13 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/probe"
 )
 
-var _ Fault = (*PortBudgetFault)(nil)
-
-// DialFunc dials a backend. It has the signature of gomemcache's
-// Client.DialContext and of net.Dialer.DialContext, so a method value such
-// as PortBudget.Dial or (*DialHook).Dial can be given to either.
-type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+var _ faults.Fault = (*PortBudgetFault)(nil)
 
 // PortBudget confines the source ports the kernel picks for outgoing TCP
 // connections to [Low, High], with the Linux IP_LOCAL_PORT_RANGE socket
@@ -59,14 +59,12 @@ type DialFunc func(ctx context.Context, network, address string) (net.Conn, erro
 //     sits in FIN_WAIT2, which is never reused, for net.ipv4.tcp_fin_timeout
 //     (60 s).
 //
-// The zero value is not a budget: Dial refuses it.
-type PortBudget struct {
-	// Low and High are the first and last source port, inclusive. Both must
-	// lie in the system's ephemeral range (net.ipv4.ip_local_port_range,
-	// 32768-60999 by default): the kernel silently ignores a bound outside
-	// it, so Validate refuses one.
-	Low, High uint16
-}
+// A PortBudget is a probe.PortRange: Low and High are the first and last
+// source port, inclusive. Both must lie in the system's ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default): the kernel
+// silently ignores a bound outside it, so Validate refuses one. The zero
+// value is not a budget: Dial refuses it.
+type PortBudget probe.PortRange
 
 // ipLocalPortRangeMinKernel is the first kernel with IP_LOCAL_PORT_RANGE
 // (Linux 6.3).
@@ -75,21 +73,22 @@ const ipLocalPortRangeMinKernel = "6.3"
 // errEmptyBudget is returned for a budget whose range is empty or zero.
 var errEmptyBudget = errors.New("port budget: empty range")
 
-// Size returns how many source ports the budget holds.
+// Size returns how many source ports the budget holds: the range's size,
+// or 0 for a range that starts at port 0 (the zero value among them).
 func (b PortBudget) Size() int {
-	if b.Low == 0 || b.High < b.Low {
+	if b.Low == 0 {
 		return 0
 	}
-	return int(b.High) - int(b.Low) + 1
+	return probe.PortRange(b).Size()
 }
 
 // Contains reports whether port lies in the budget.
 func (b PortBudget) Contains(port int) bool {
-	return b.Size() > 0 && port >= int(b.Low) && port <= int(b.High)
+	return b.Size() > 0 && port >= 0 && port <= math.MaxUint16 && probe.PortRange(b).Contains(uint16(port))
 }
 
 // String returns "Low-High".
-func (b PortBudget) String() string { return fmt.Sprintf("%d-%d", b.Low, b.High) }
+func (b PortBudget) String() string { return probe.PortRange(b).String() }
 
 // Validate returns an error if the budget is empty or reaches outside the
 // system's ephemeral port range. It reads one procfs file.
@@ -97,12 +96,12 @@ func (b PortBudget) Validate() error {
 	if b.Size() == 0 {
 		return fmt.Errorf("%w: %s", errEmptyBudget, b)
 	}
-	lo, hi, err := EphemeralPortRange()
+	eph, err := probe.EphemeralRange()
 	if err != nil {
 		return fmt.Errorf("port budget: %w", err)
 	}
-	if int(b.Low) < lo || int(b.High) > hi {
-		return fmt.Errorf("port budget %s: outside the ephemeral range %d-%d, where the kernel would ignore it", b, lo, hi)
+	if !eph.Contains(b.Low) || !eph.Contains(b.High) {
+		return fmt.Errorf("port budget %s: outside the ephemeral range %s, where the kernel would ignore it", b, eph)
 	}
 	return nil
 }
@@ -182,26 +181,6 @@ func IsPortExhausted(err error) bool {
 	return errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EADDRINUSE)
 }
 
-// EphemeralPortRange returns the system's ephemeral port range
-// (net.ipv4.ip_local_port_range).
-func EphemeralPortRange() (lo, hi int, err error) {
-	const path = "/proc/sys/net/ipv4/ip_local_port_range"
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, 0, fmt.Errorf("read ephemeral range: %w", err)
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return 0, 0, fmt.Errorf("read ephemeral range: unexpected %s: %q", path, b)
-	}
-	lo, err1 := strconv.Atoi(f[0])
-	hi, err2 := strconv.Atoi(f[1])
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, 0, fmt.Errorf("read ephemeral range: %w", err)
-	}
-	return lo, hi, nil
-}
-
 // budgets remembers the ranges FreePortBudget handed out in this process,
 // so that concurrent tests get disjoint budgets. The oldest are forgotten
 // once they cover more than half the ephemeral range.
@@ -254,10 +233,11 @@ const (
 // quarter of the ephemeral range and net.core.somaxconn (4096 by default),
 // the probe listener's queue.
 func FreePortBudget(size int, seed uint64) (PortBudget, error) {
-	lo, hi, err := EphemeralPortRange()
+	eph, err := probe.EphemeralRange()
 	if err != nil {
 		return PortBudget{}, fmt.Errorf("free port budget: %w", err)
 	}
+	lo, hi := int(eph.Low), int(eph.High)
 	span := hi - lo + 1
 	limit := min(span/4, somaxconn())
 	if size < 1 || size > limit {
@@ -444,12 +424,12 @@ func usablePorts(w PortBudget, lo, hi int) ([]bool, error) {
 // it does. Swapping is one atomic store; dials in progress finish with the
 // function they started with. The zero value dials with a zero net.Dialer.
 type DialHook struct {
-	fn atomic.Pointer[DialFunc]
+	fn atomic.Pointer[dataplane.DialFunc]
 }
 
 // NewDialHook returns a hook that dials with base (nil means a zero
 // net.Dialer).
-func NewDialHook(base DialFunc) *DialHook {
+func NewDialHook(base dataplane.DialFunc) *DialHook {
 	h := &DialHook{}
 	h.Swap(base)
 	return h
@@ -467,7 +447,7 @@ func (h *DialHook) Dial(ctx context.Context, network, address string) (net.Conn,
 
 // Swap makes fn the dial function (nil means a zero net.Dialer) and returns
 // the previous one.
-func (h *DialHook) Swap(fn DialFunc) DialFunc {
+func (h *DialHook) Swap(fn dataplane.DialFunc) dataplane.DialFunc {
 	prev := h.fn.Swap(&fn)
 	if prev == nil {
 		return nil
@@ -491,7 +471,7 @@ type PortBudgetFault struct {
 
 	mu   sync.Mutex
 	on   bool
-	prev DialFunc
+	prev dataplane.DialFunc
 }
 
 // NewPortBudgetFault returns a fault confining hook's dials to budget.
@@ -513,7 +493,7 @@ func (f *PortBudgetFault) Inject(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.on {
-		return ErrInjected
+		return faults.ErrInjected
 	}
 	f.prev = f.Hook.Swap(f.Budget.Dialer(f.Base).DialContext)
 	f.on = true

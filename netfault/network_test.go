@@ -1,4 +1,4 @@
-package faults_test
+package netfault_test
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/netfault"
 )
 
 // toxicLatency is the latency the toxic tests add: far above a loopback
@@ -21,10 +22,10 @@ const toxicLatency = 200 * time.Millisecond
 
 // memcachedProxy starts a proxy to the shared memcached, closed when t
 // ends, and returns it with a client of its own pointed at it.
-func memcachedProxy(tb testing.TB) (*faults.Proxy, *memcache.Client) {
+func memcachedProxy(tb testing.TB) (*netfault.Proxy, *memcache.Client) {
 	tb.Helper()
 	env := fixtures.Shared(tb)
-	p, err := faults.NewProxy("memcached", env.MemcachedAddr)
+	p, err := netfault.NewProxy("memcached", env.MemcachedAddr)
 	require.NoError(tb, err)
 	tb.Cleanup(func() { require.NoError(tb, p.Close()) })
 	mc := memcache.New(p.Addr())
@@ -34,7 +35,7 @@ func memcachedProxy(tb testing.TB) (*faults.Proxy, *memcache.Client) {
 }
 
 // injectToxic injects f and recovers it when t ends.
-func injectToxic(tb testing.TB, f *faults.Toxic) {
+func injectToxic(tb testing.TB, f *netfault.Toxic) {
 	tb.Helper()
 	require.NoError(tb, f.Inject(tb.Context()))
 	tb.Cleanup(func() { require.NoError(tb, f.Recover(context.Background())) })
@@ -113,7 +114,7 @@ func TestToxicBandwidthCapsTransfer(t *testing.T) {
 func TestToxicProxyCloseLeavesNoListener(t *testing.T) {
 	noLeaks(t)
 	upstream := newAcceptor(t)
-	p, err := faults.NewProxy("plain", upstream.addr())
+	p, err := netfault.NewProxy("plain", upstream.addr())
 	require.NoError(t, err)
 	c, err := net.Dial("tcp", p.Addr())
 	require.NoError(t, err, "the proxy accepts")

@@ -1,4 +1,4 @@
-package faults
+package netfault
 
 import (
 	"math/rand/v2"
@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // pickTrace is what one pickBudget search did: the windows it examined, in
@@ -120,8 +122,9 @@ func TestFreePortBudgetRepeatsItsChoiceForASeed(t *testing.T) {
 // The probe works at both ends of the ephemeral range, where its listener
 // takes its port from the one side of the window there is.
 func TestUsablePortsAtEitherEndOfTheRange(t *testing.T) {
-	lo, hi, err := EphemeralPortRange()
+	eph, err := probe.EphemeralRange()
 	require.NoError(t, err)
+	lo, hi := int(eph.Low), int(eph.High)
 	for _, w := range []PortBudget{
 		{Low: uint16(lo), High: uint16(lo + 1023)},
 		{Low: uint16(hi - 1023), High: uint16(hi)},

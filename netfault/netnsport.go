@@ -1,4 +1,4 @@
-package faults
+package netfault
 
 import (
 	"context"
@@ -7,10 +7,11 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/netns"
 )
 
-var _ Fault = (*NetnsPortBudget)(nil)
+var _ faults.Fault = (*NetnsPortBudget)(nil)
 
 // sysctlPortRange is the ephemeral port range, per network namespace.
 const sysctlPortRange = "net/ipv4/ip_local_port_range"
@@ -56,7 +57,7 @@ func (f *NetnsPortBudget) Inject(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.on {
-		return ErrInjected
+		return faults.ErrInjected
 	}
 	prev, err := f.NS.Sysctl(sysctlPortRange)
 	if err != nil {

@@ -1,4 +1,13 @@
-package faults
+// Package proc runs and watches the child processes a run puts under test:
+// memory-limited cgroups whose OOM kills are read from the kernel's own
+// counter (MemoryCgroup), a Supervisor that keeps one child running,
+// restarts it when it dies and records every exit (ChildExit), and the OOM
+// child, a small server any Go binary becomes on request, that allocates
+// until the kernel kills it (OOMChild, MaybeRunOOMChild).
+//
+// proc never imports testing and no other Spiral package; faults.OOM is
+// the fault built on a Supervisor.
+package proc
 
 import (
 	"bufio"
@@ -289,6 +298,10 @@ func (s *Supervisor) Addr() string {
 	return s.addr
 }
 
+// Cgroup is the cgroup that holds every child (SupervisorConfig.Cgroup), or
+// nil.
+func (s *Supervisor) Cgroup() *MemoryCgroup { return s.cfg.Cgroup }
+
 // Pid is the running child's pid, or 0 between two children.
 func (s *Supervisor) Pid() int {
 	s.mu.Lock()
@@ -327,9 +340,11 @@ func (s *Supervisor) WaitHealthy(ctx context.Context, afterStart int) (string, e
 	})
 }
 
-// waitExit blocks until more than n exits are recorded and returns the
-// first one after n.
-func (s *Supervisor) waitExit(ctx context.Context, n int) (ChildExit, error) {
+// WaitExit blocks until more than n exits are recorded and returns the
+// first one after n: pass Stats().Exits to wait for the next exit. It fails
+// when ctx is done or supervision has ended without that exit. It only
+// observes and may be called any number of times.
+func (s *Supervisor) WaitExit(ctx context.Context, n int) (ChildExit, error) {
 	var e ChildExit
 	_, err := s.waitFor(ctx, func() (string, bool) {
 		if len(s.exits) > n {

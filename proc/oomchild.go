@@ -1,4 +1,4 @@
-package faults
+package proc
 
 import (
 	"bufio"
@@ -28,7 +28,7 @@ import (
 //   - a test binary, from an init function in a _test.go file (init runs
 //     before TestMain, so the child never starts the package's fixtures):
 //
-//     func init() { faults.MaybeRunOOMChild() }
+//     func init() { proc.MaybeRunOOMChild() }
 //
 //     and OOMChild{Args: []string{"-test.run=^$"}}.Command as the factory
 //     (os.Executable is the test binary; the -test.run guard makes a binary
@@ -67,10 +67,10 @@ const OOMChildListenEnv = "SPIRAL_OOM_CHILD_LISTEN"
 const oomListenPrefix = "LISTEN "
 
 const (
-	// oomMaxAllocMiB bounds one /debug/alloc request: 4 GiB, far above the
-	// 64-128 MiB limits tests use, small enough not to take a 24 GiB
-	// machine down if the child runs outside a cgroup by mistake.
-	oomMaxAllocMiB = 4096
+	// OOMChildMaxAllocMiB bounds one /debug/alloc request: 4 GiB, far
+	// above the 64-128 MiB limits tests use, small enough not to take a
+	// 24 GiB machine down if the child runs outside a cgroup by mistake.
+	OOMChildMaxAllocMiB = 4096
 
 	// oomPageSize is the stride at which allocated memory is touched; the
 	// kernel charges a page to the cgroup when it is first written.
@@ -271,8 +271,8 @@ func (h *oomChildHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (h *oomChildHandler) alloc(w http.ResponseWriter, r *http.Request) {
 	mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
-	if err != nil || mb < 1 || mb > oomMaxAllocMiB {
-		http.Error(w, fmt.Sprintf("mb must be 1-%d", oomMaxAllocMiB), http.StatusBadRequest)
+	if err != nil || mb < 1 || mb > OOMChildMaxAllocMiB {
+		http.Error(w, fmt.Sprintf("mb must be 1-%d", OOMChildMaxAllocMiB), http.StatusBadRequest)
 		return
 	}
 	h.mu.Lock()

@@ -1,4 +1,4 @@
-package faults_test
+package proc_test
 
 import (
 	"encoding/json"
@@ -17,12 +17,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/proc"
 )
 
-// The OOM child is this test binary run again with faults.OOMChildEnv=1:
-// init runs before TestMain, so the child never starts the package's
-// fixtures.
-func init() { faults.MaybeRunOOMChild() }
+// The OOM child is this test binary run again with proc.OOMChildEnv=1,
+// from init, before any test. The tests drive the Supervisor with the
+// OOM fault built on it (faults.OOM).
+func init() { proc.MaybeRunOOMChild() }
 
 const (
 	// oomTestLimit is the child's cgroup limit: inside the 64-128 MiB a
@@ -42,7 +43,7 @@ const (
 
 // oomChild is the command factory for the OOM child: this test binary,
 // running no tests if the init hook above were ever missing.
-var oomChild = faults.OOMChild{
+var oomChild = proc.OOMChild{
 	Args:       []string{"-test.run=^$"},
 	GOMEMLIMIT: oomTestGOMEMLIMIT,
 	GOGC:       oomTestGOGC,
@@ -51,10 +52,10 @@ var oomChild = faults.OOMChild{
 // newOOMCgroup creates a memory cgroup with the given limit, removed at the
 // end of t. It skips t, saying what is missing, on a machine that can't give
 // one (not root, no memory controller, read-only cgroupfs).
-func newOOMCgroup(t *testing.T, limit int64) *faults.MemoryCgroup {
+func newOOMCgroup(t *testing.T, limit int64) *proc.MemoryCgroup {
 	t.Helper()
-	cg, err := faults.NewMemoryCgroup(limit)
-	if errors.Is(err, faults.ErrCgroupUnavailable) {
+	cg, err := proc.NewMemoryCgroup(limit)
+	if errors.Is(err, proc.ErrCgroupUnavailable) {
 		t.Skipf("needs a memory cgroup: %v", err)
 	}
 	require.NoError(t, err)
@@ -65,12 +66,12 @@ func newOOMCgroup(t *testing.T, limit int64) *faults.MemoryCgroup {
 
 // startOOMSupervisor starts a Supervisor with cfg (Command defaults to
 // oomChild) and waits for its first healthy child; Stop is registered.
-func startOOMSupervisor(t *testing.T, cfg faults.SupervisorConfig) *faults.Supervisor {
+func startOOMSupervisor(t *testing.T, cfg proc.SupervisorConfig) *proc.Supervisor {
 	t.Helper()
 	if cfg.Command == nil {
 		cfg.Command = oomChild.Command
 	}
-	sup, err := faults.NewSupervisor(cfg)
+	sup, err := proc.NewSupervisor(cfg)
 	require.NoError(t, err)
 	t.Cleanup(sup.Stop)
 	require.NoError(t, sup.Start(t.Context()))
@@ -91,7 +92,7 @@ func oomGet(t *testing.T, addr, path string) (int, string) {
 }
 
 // oomChildPid is the pid of the one process in cg.
-func oomChildPid(t *testing.T, cg *faults.MemoryCgroup) int {
+func oomChildPid(t *testing.T, cg *proc.MemoryCgroup) int {
 	t.Helper()
 	pids, err := cg.Procs()
 	require.NoError(t, err)
@@ -101,7 +102,7 @@ func oomChildPid(t *testing.T, cg *faults.MemoryCgroup) int {
 
 // requireOOMNothingLeft stops sup, closes cg and checks that no child
 // process, listener or spiral-oom-* cgroup of this process is left.
-func requireOOMNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.MemoryCgroup, pids []int, addrs []string) {
+func requireOOMNothingLeft(t *testing.T, sup *proc.Supervisor, cg *proc.MemoryCgroup, pids []int, addrs []string) {
 	t.Helper()
 	sup.Stop()
 	procs, err := cg.Procs()
@@ -120,7 +121,7 @@ func requireOOMNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.Memo
 	require.NoError(t, cg.Close())
 	_, err = os.Stat(cg.Dir())
 	require.ErrorIs(t, err, fs.ErrNotExist, "cgroup dir left")
-	left, err := faults.ListMemoryCgroups()
+	left, err := proc.ListMemoryCgroups()
 	require.NoError(t, err)
 	assert.Empty(t, left, "spiral-oom-* cgroups left")
 }
@@ -132,12 +133,12 @@ func requireOOMNothingLeft(t *testing.T, sup *faults.Supervisor, cg *faults.Memo
 func TestOOMKillCountedRestartedHealthy(t *testing.T) {
 	noLeaks(t)
 	cg := newOOMCgroup(t, oomTestLimit)
-	sup := startOOMSupervisor(t, faults.SupervisorConfig{Cgroup: cg, MaxRestarts: 3})
+	sup := startOOMSupervisor(t, proc.SupervisorConfig{Cgroup: cg, MaxRestarts: 3})
 
 	// The child runs under the tight runtime settings it was given.
 	status, body := oomGet(t, sup.Addr(), "/debug/mem")
 	require.Equal(t, http.StatusOK, status)
-	var mem faults.OOMChildMem
+	var mem proc.OOMChildMem
 	require.NoError(t, json.Unmarshal([]byte(body), &mem))
 	assert.Equal(t, int64(64<<20), mem.GOMEMLIMIT)
 	assert.Equal(t, oomTestGOGC, mem.GOGC)
@@ -200,7 +201,7 @@ func TestOOMKillCountedRestartedHealthy(t *testing.T) {
 func TestOOMNotCountedForOtherExits(t *testing.T) {
 	noLeaks(t)
 	cg := newOOMCgroup(t, oomTestLimit)
-	sup := startOOMSupervisor(t, faults.SupervisorConfig{Cgroup: cg, MaxRestarts: 3})
+	sup := startOOMSupervisor(t, proc.SupervisorConfig{Cgroup: cg, MaxRestarts: 3})
 	pids := []int{oomChildPid(t, cg)}
 	addrs := []string{sup.Addr()}
 
@@ -247,7 +248,7 @@ func TestOOMNotCountedForOtherExits(t *testing.T) {
 func TestOOMSupervisorRestartBudget(t *testing.T) {
 	noLeaks(t)
 	cg := newOOMCgroup(t, oomTestLimit)
-	sup := startOOMSupervisor(t, faults.SupervisorConfig{Cgroup: cg, MaxRestarts: 1})
+	sup := startOOMSupervisor(t, proc.SupervisorConfig{Cgroup: cg, MaxRestarts: 1})
 	pid := oomChildPid(t, cg)
 
 	status, _ := oomGet(t, sup.Addr(), "/debug/exit?code=3")
@@ -281,9 +282,9 @@ func TestOOMSupervisorRestartBudget(t *testing.T) {
 func TestOOMSupervisorWithoutChildProtocol(t *testing.T) {
 	noLeaks(t)
 	cg := newOOMCgroup(t, oomTestLimit)
-	sup, err := faults.NewSupervisor(faults.SupervisorConfig{
+	sup, err := proc.NewSupervisor(proc.SupervisorConfig{
 		Cgroup:       cg,
-		Command:      faults.OOMChild{Path: "/bin/sleep", Args: []string{"60"}}.Command,
+		Command:      proc.OOMChild{Path: "/bin/sleep", Args: []string{"60"}}.Command,
 		MaxRestarts:  -1,
 		StartTimeout: 500 * time.Millisecond,
 	})
