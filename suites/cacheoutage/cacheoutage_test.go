@@ -298,7 +298,10 @@ func TestCacheOutage(t *testing.T) {
 				t.Run("regression-limiter", func(t *testing.T) {
 					cfg := dataplane.DefaultConfig()
 					cfg.LogPolicy.PerSecond, cfg.LogPolicy.Burst = 3*dataplane.DefaultLogPerSecond, 3*dataplane.DefaultLogBurst
-					res := suite.Run(t, env, outageScenario(t, o, "regression-limiter", cfg))
+					res := suite.RunControl(t, env, outageScenario(t, o, "regression-limiter", cfg))
+					if res == nil {
+						return // caught by the abort limits
+					}
 					logFigures(t, res)
 					assert.True(t, res.Violated(scenario.MetricLogLines),
 						"a limiter three times too permissive must be caught; peaks %v", res.Peaks[scenario.MetricLogLines])
@@ -306,7 +309,10 @@ func TestCacheOutage(t *testing.T) {
 				})
 			}
 			t.Run("incident", func(t *testing.T) {
-				res := suite.Run(t, env, outageScenario(t, o, "incident", dataplane.IncidentConfig()))
+				res := suite.RunControl(t, env, outageScenario(t, o, "incident", dataplane.IncidentConfig()))
+				if res == nil {
+					return // caught by the abort limits
+				}
 				logFigures(t, res)
 				assert.True(t, res.Violated(scenario.MetricLoadErrors),
 					"FailRequest must be caught failing requests while memcached is %s; peaks %v", o.name, res.Peaks[scenario.MetricLoadErrors])

@@ -27,6 +27,30 @@ import (
 // that says 0, which skips t instead.
 func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result {
 	t.Helper()
+	res, _ := run(t, env, sc, false)
+	return res
+}
+
+// RunControl is Run for an arm that must be caught (an incident, a
+// regression: a suite's positive control), which abort limits may stop
+// (scenario.AbortLimitsFor; by default against services Spiral does not
+// own): a run they aborted is reported as caught by them (its everyday
+// traffic degraded past a limit while its floods ran, which the fixed arm
+// must never do) and RunControl returns nil, the arm's budgets not judged
+// on the part of the run that happened. An aborted arm under test fails
+// in Run.
+func RunControl(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result {
+	t.Helper()
+	res, aborted := run(t, env, sc, true)
+	if aborted {
+		t.Logf("%s: caught by the abort limits: %s; the floods were stopped to spare the services, so its budgets are not judged", sc.Name, res.Aborted)
+		return nil
+	}
+	return res
+}
+
+func run(t *testing.T, env *fixtures.Env, sc scenario.Scenario, control bool) (*scenario.Result, bool) {
+	t.Helper()
 	if err := scenario.CheckEnv(); err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +66,9 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 	}
 	if res != nil && res.Timeline != nil {
 		WriteReport(t, res)
+	}
+	if control && errors.Is(err, scenario.ErrAborted) && res != nil && res.Aborted != nil {
+		return res, true
 	}
 	if err != nil {
 		t.Fatalf("%v\nreplay: %s", err, replay(res))
@@ -64,7 +91,7 @@ func Run(t *testing.T, env *fixtures.Env, sc scenario.Scenario) *scenario.Result
 			t.Logf("replay: %s", res.Replay)
 		}
 	})
-	return res
+	return res, false
 }
 
 // RunUnderTest is Run with sc's target set by UnderTest: the arm that
