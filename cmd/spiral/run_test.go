@@ -63,20 +63,28 @@ func TestRunOneArmAgainstAChild(t *testing.T) {
 
 	dir := t.TempDir()
 	code, out, errOut = spiral(t, "run", "-target", "exec:"+bin, "-report", dir, "-progress", "2s", "batchflood/fixed")
-	require.Equal(t, 0, code, "%s\n%s", out, errOut)
+	log, err := os.ReadFile(filepath.Join(dir, "go-test.log"))
+	require.NoError(t, err, "the whole output is kept: %s%s", out, errOut)
+	assert.Contains(t, string(log), "=== RUN   TestBatchFlood/fixed")
 	assert.Contains(t, out, "spiral run: target exec:"+bin)
 	assert.Contains(t, out, "spiral: batch-flood/fixed: inject")
 	assert.Regexp(t, `spiral: batch-flood/fixed: \w+ \+\d+\.\ds threads=\d+`, out, "live figures")
-	assert.Contains(t, out, "--- PASS: TestBatchFlood/fixed")
-	assert.Contains(t, out, "1 of 1 run(s) passed")
 	assert.NotContains(t, out, "regression-pool", "the other arms did not run")
-	for _, f := range []string{"go-test.log", "index.html", "batch-flood_fixed/summary.json", "batch-flood_fixed/report.html"} {
+	for _, f := range []string{"index.html", "batch-flood_fixed/summary.json", "batch-flood_fixed/report.html"} {
 		_, err := os.Stat(filepath.Join(dir, f))
 		require.NoError(t, err, "%s written", f)
 	}
-	log, err := os.ReadFile(filepath.Join(dir, "go-test.log"))
-	require.NoError(t, err)
-	assert.Contains(t, string(log), "=== RUN   TestBatchFlood/fixed", "the whole output is kept")
+	// The exit status is the test's, whichever it was: this test is about
+	// spiral run, not the arm's verdict (the suites judge that).
+	if code == 0 {
+		assert.Contains(t, out, "--- PASS: TestBatchFlood/fixed")
+		assert.Contains(t, out, "1 of 1 run(s) passed")
+	} else {
+		assert.Equal(t, exitFailure, code, "%s", errOut)
+		assert.Contains(t, out, "--- FAIL: TestBatchFlood/fixed")
+		assert.Contains(t, errOut, "failed: batchflood/fixed")
+		assert.Contains(t, out, "replay: SPIRAL_SEED=", "a failed arm's replay command is shown")
+	}
 }
 
 // goBuild builds cmd/dataplane into bin.
