@@ -48,32 +48,53 @@ func New() (*NS, error) {
 	ns := &NS{calls: make(chan func()), done: make(chan struct{})}
 	ready := make(chan error, 1)
 	go func() {
-		// Locked and never unlocked: the thread ends with this goroutine
-		// instead of returning, inside the namespace, to the runtime's pool.
 		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			ready <- fmt.Errorf("unshare the network namespace: %w", err)
+		if unix.Gettid() != unix.Getpid() {
+			ns.serve(ready)
 			return
 		}
-		if err := loopbackUp(); err != nil {
-			ready <- err
-			return
-		}
-		ns.path = fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
-		ready <- nil
-		for {
-			select {
-			case fn := <-ns.calls:
-				fn()
-			case <-ns.done:
-				return
-			}
-		}
+		// The main thread: /proc/self/net shows its namespace, and so every
+		// census of the process's own sockets would read the new one. It
+		// is held here, locked, while a thread that can't be it unshares.
+		inner := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			ns.serve(inner)
+		}()
+		err := <-inner
+		runtime.UnlockOSThread()
+		ready <- err
 	}()
 	if err := <-ready; err != nil {
 		return nil, fmt.Errorf("new network namespace: %w", err)
 	}
 	return ns, nil
+}
+
+// serve unshares the calling goroutine's locked thread into a new network
+// namespace, brings its loopback up, reports on ready and runs Do's
+// functions until Close. The thread is never unlocked: it ends with the
+// goroutine instead of returning to the runtime's pool inside the
+// namespace.
+func (ns *NS) serve(ready chan<- error) {
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		ready <- fmt.Errorf("unshare the network namespace: %w", err)
+		return
+	}
+	if err := loopbackUp(); err != nil {
+		ready <- err
+		return
+	}
+	ns.path = fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
+	ready <- nil
+	for {
+		select {
+		case fn := <-ns.calls:
+			fn()
+		case <-ns.done:
+			return
+		}
+	}
 }
 
 // loopbackUp sets lo up in the calling thread's network namespace.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -151,7 +152,9 @@ func TestClosed(t *testing.T) {
 // and a census of the machine's does not see them.
 func TestCensusInside(t *testing.T) {
 	ns := newNS(t)
-	ln, err := ns.Listen("tcp", "127.0.0.1:0")
+	// An address of the loopback's /8 that nothing on the machine uses, so
+	// that no socket of the machine's can match the filter by chance.
+	ln, err := ns.Listen("tcp", "127.0.0.77:0")
 	require.NoError(t, err)
 	defer func() { _ = ln.Close() }()
 	const n = 5
@@ -164,7 +167,7 @@ func TestCensusInside(t *testing.T) {
 		_, _ = s.Read(make([]byte, 1))
 		_ = s.Close()
 	}
-	f := probe.Filter{RemotePort: uint16(ln.Addr().(*net.TCPAddr).Port), States: []probe.State{probe.TimeWait}}
+	f := probe.Filter{RemotePort: uint16(ln.Addr().(*net.TCPAddr).Port), RemoteAddr: netip.MustParseAddr("127.0.0.77"), States: []probe.State{probe.TimeWait}}
 	for _, m := range []probe.Method{probe.Netlink, probe.Procfs} {
 		got, err := probe.Census{Method: m, In: ns.Do}.Count(t.Context(), f)
 		require.NoError(t, err)
