@@ -3,11 +3,16 @@ package dataplane
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // logShared is the state every handler derived from one data plane shares.
@@ -115,6 +120,35 @@ func (l *limiter) allow() bool {
 	}
 	l.tokens--
 	return true
+}
+
+// FDWriter returns a writer that makes each Write its own write(2) calls on
+// the raw descriptor fd, with no lock (an *os.File would serialise writers
+// on its own): writers each make their own system call, as they do with
+// many loggers each owning a handle, so while fd is a full pipe in
+// blocking mode every writer blocks an OS thread of its own, as the
+// postmortem's did. A pipe writes a line of up to 4 KiB (PIPE_BUF) whole,
+// so lines do not interleave. Errors are *os.PathError naming fd.
+func FDWriter(fd int) io.Writer { return fdWriter(fd) }
+
+type fdWriter int
+
+func (fd fdWriter) Write(p []byte) (int, error) {
+	total := 0
+	for len(p) > 0 {
+		n, err := unix.Write(int(fd), p)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if n > 0 {
+			total += n
+			p = p[n:]
+		}
+		if err != nil {
+			return total, &os.PathError{Op: "write", Path: "fd " + strconv.Itoa(int(fd)), Err: err}
+		}
+	}
+	return total, nil
 }
 
 // SyncWriter returns a writer that serialises Write calls to w with a

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/spiral-chaos/spiral/dataplane"
 )
 
 var _ Fault = (*Sink)(nil)
@@ -222,21 +224,11 @@ func (s *Sink) Write(p []byte) (int, error) {
 
 // writeDirect writes p with write(2) on the raw descriptor, no lock taken.
 func (s *Sink) writeDirect(p []byte) (int, error) {
-	total := 0
-	for len(p) > 0 {
-		n, err := unix.Write(s.wfd, p)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if n > 0 {
-			total += n
-			p = p[n:]
-		}
-		if err != nil {
-			return total, &os.PathError{Op: "write", Path: "sink pipe", Err: err}
-		}
+	n, err := dataplane.FDWriter(s.wfd).Write(p)
+	if pe, ok := errors.AsType[*os.PathError](err); ok {
+		pe.Path = "sink pipe"
 	}
-	return total, nil
+	return n, err
 }
 
 // Stats returns the sink's counters.

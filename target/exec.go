@@ -342,7 +342,7 @@ func (t *Exec) Stop(context.Context) error {
 // into dir and returns its path, for an Exec target of it; it runs the go
 // command, which must be on PATH, from the module's root.
 func BuildDataPlane(ctx context.Context, dir string) (string, error) {
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
@@ -355,9 +355,9 @@ func BuildDataPlane(ctx context.Context, dir string) (string, error) {
 	return out, nil
 }
 
-// moduleRoot is the nearest folder at or above the working directory with
+// ModuleRoot is the nearest folder at or above the working directory with
 // a go.mod: where `go test ./suites/...` was run from.
-func moduleRoot() (string, error) {
+func ModuleRoot() (string, error) {
 	wd, err := os.Getwd()
 	if err != nil {
 		return "", err

@@ -165,7 +165,7 @@ func resolveBinary(p string) (string, error) {
 		}
 		p = found
 	} else if !filepath.IsAbs(p) {
-		root, err := moduleRoot()
+		root, err := ModuleRoot()
 		if err != nil {
 			return "", fmt.Errorf("exec: relative path %s: %w", p, err)
 		}

@@ -231,7 +231,7 @@ func withRuntimeMetrics(dp *dataplane.DataPlane, peak *probe.Peak) http.Handler 
 func openSink(name string) (io.Writer, func(), error) {
 	switch name {
 	case "stderr":
-		return fdWriter(unix.Stderr), func() {}, nil
+		return dataplane.FDWriter(unix.Stderr), func() {}, nil
 	case "discard":
 		return nil, func() {}, nil
 	case "":
@@ -249,30 +249,4 @@ func envOr(name, def string) string {
 		return v
 	}
 	return def
-}
-
-// fdWriter writes each line with write(2) on a raw descriptor and no lock
-// (os.File would serialise writers on its own lock): writers each make their
-// own system call, as they do with many loggers each owning a handle, so
-// while stderr is a full pipe every writer blocks an OS thread of its own,
-// as the postmortem's did. A pipe writes a line of up to 4 KiB (PIPE_BUF)
-// whole, so lines do not interleave.
-type fdWriter int
-
-func (fd fdWriter) Write(p []byte) (int, error) {
-	total := 0
-	for len(p) > 0 {
-		n, err := unix.Write(int(fd), p)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if n > 0 {
-			total += n
-			p = p[n:]
-		}
-		if err != nil {
-			return total, &os.PathError{Op: "write", Path: "stderr", Err: err}
-		}
-	}
-	return total, nil
 }

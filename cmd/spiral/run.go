@@ -210,21 +210,14 @@ func listSuites(root string) ([]string, error) {
 // spiralRoot is the module root at or above the working directory, which
 // must be Spiral's: spiral run drives its suites' tests.
 func spiralRoot() (string, error) {
-	wd, err := os.Getwd()
+	dir, err := target.ModuleRoot()
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w: run spiral run from Spiral's source tree", err)
 	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil {
-			if !strings.Contains(string(b), "module github.com/spiral-chaos/spiral\n") {
-				return "", fmt.Errorf("%s is not Spiral's source tree: spiral run drives its suites' tests from there", dir)
-			}
-			return dir, nil
-		}
-		if dir == filepath.Dir(dir) {
-			return "", fmt.Errorf("no go.mod at or above %s: run spiral run from Spiral's source tree", wd)
-		}
+	if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err != nil || !strings.Contains(string(b), "module github.com/spiral-chaos/spiral\n") {
+		return "", fmt.Errorf("%s is not Spiral's source tree: spiral run drives its suites' tests from there", dir)
 	}
+	return dir, nil
 }
 
 // shownLine tells which lines of go test -v reach the terminal: the runner's

@@ -161,9 +161,7 @@ func underTest(t *testing.T, cfg dataplane.Config) scenario.Scenario {
 	case target.KindInProcess:
 		return sc
 	case target.KindExec:
-		w, err := sink.WriteEnd()
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = w.Close() }) // after the run has stopped every child
+		w := suite.SinkStderr(t, sink)
 		tgt := suite.ExecUnderTest(t, spec, func(ec *target.ExecConfig) { ec.Netns, ec.Stderr = true, w })
 		sc.Target = tgt
 		sc.Faults[1] = func(scenario.Harness) (faults.Fault, error) {

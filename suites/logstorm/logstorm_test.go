@@ -312,9 +312,7 @@ func underTest(t *testing.T, sc scenario.Scenario, sink *faults.Sink) scenario.S
 	case target.KindInProcess:
 		return sc
 	case target.KindExec:
-		w, err := sink.WriteEnd()
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = w.Close() }) // after the run has stopped every child
+		w := suite.SinkStderr(t, sink)
 		sc.Target = suite.ExecUnderTest(t, spec, func(ec *target.ExecConfig) { ec.Stderr = w })
 		return sc
 	}

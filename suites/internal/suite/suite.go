@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/scenario/report"
@@ -122,6 +123,19 @@ func UnderTest(t *testing.T, cfg dataplane.Config) target.Target {
 		t.Fatal(err)
 	}
 	return tgt
+}
+
+// SinkStderr returns a new descriptor on sink's write end, for a child
+// target's stderr (target.ExecConfig.Stderr), closed when t ends, after the
+// run has stopped every child.
+func SinkStderr(t *testing.T, sink *faults.Sink) *os.File {
+	t.Helper()
+	w, err := sink.WriteEnd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	return w
 }
 
 // ExecUnderTest builds the child-process target spec names (KindExec),
