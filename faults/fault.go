@@ -1,6 +1,7 @@
-// Package faults holds Spiral's Fault interface, its load generators and the
-// fault injectors that act on containers, memory, a supervised child
-// (proc.Supervisor) and log sinks; network faults are in package netfault.
+// Package faults holds Spiral's Fault interface and the fault injectors that
+// act on containers, memory, a supervised child (proc.Supervisor) and log
+// sinks; network faults are in package netfault, load generators and
+// floods in package load.
 // Each acts through the kernel, the Go runtime or the container engine,
 // never a mock; each is bounded in count and time and aims at loopback only.
 //

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 )
 
@@ -24,15 +24,15 @@ const (
 	// says.
 	EnvAllowExternalFlood = "SPIRAL_ALLOW_EXTERNAL_FLOOD"
 	// EnvAbortErrorRate sets the abort's everyday error-rate limit
-	// (faults.AbortLimits.ErrorRate): a share above 0 and below 1, as 5%
+	// (load.AbortLimits.ErrorRate): a share above 0 and below 1, as 5%
 	// or 0.05, or off.
 	EnvAbortErrorRate = "SPIRAL_ABORT_ERROR_RATE"
 	// EnvAbortP99 sets the abort's everyday p99 latency limit
-	// (faults.AbortLimits.P99): a duration such as 3s, or off.
+	// (load.AbortLimits.P99): a duration such as 3s, or off.
 	EnvAbortP99 = "SPIRAL_ABORT_P99"
 	// EnvAbortWindow sets how far back the abort looks
-	// (faults.AbortLimits.Window): a duration of at least
-	// faults.AbortCheckInterval, such as 5s.
+	// (load.AbortLimits.Window): a duration of at least
+	// load.AbortCheckInterval, such as 5s.
 	EnvAbortWindow = "SPIRAL_ABORT_WINDOW"
 )
 
@@ -49,22 +49,22 @@ var errTripped = errors.New("abort tripped")
 // past AbortLimitsFor's limits on the everyday loads among bg; nil when the
 // limits check nothing or there is no flood. Armed limits with floods and
 // no everyday load to watch are an error: the floods would run unguarded.
-func newRunAbort(env *fixtures.Env, sc Scenario, bg, floods []*faults.Load) (*faults.Abort, error) {
+func newRunAbort(env *fixtures.Env, sc Scenario, bg, floods []*load.Load) (*load.Abort, error) {
 	limits, err := AbortLimitsFor(env, sc)
 	if err != nil || !limits.Armed() || len(floods) == 0 {
 		return nil, err
 	}
-	var everyday []*faults.Load
+	var everyday []*load.Load
 	for _, l := range bg {
-		if l.Profile().Traffic == faults.TrafficEveryday {
+		if l.Profile().Traffic == load.TrafficEveryday {
 			everyday = append(everyday, l)
 		}
 	}
 	if len(everyday) == 0 {
 		return nil, fmt.Errorf("abort limits (%v) apply but no everyday load is there to watch, so the floods would run unguarded: add a Background load of traffic %q, or turn the abort off (Scenario.Abort, or %s and %s set to off)",
-			limits, faults.TrafficEveryday, EnvAbortErrorRate, EnvAbortP99)
+			limits, load.TrafficEveryday, EnvAbortErrorRate, EnvAbortP99)
 	}
-	return faults.NewAbort(limits, everyday, floods)
+	return load.NewAbort(limits, everyday, floods)
 }
 
 // ExternalFloodError is Run's error for a scenario whose floods would reach
@@ -91,10 +91,10 @@ func (e *ExternalFloodError) Error() string {
 		floods, backends, EnvAllowExternalFlood, EnvAbortErrorRate, EnvAbortP99, EnvAbortWindow, EnvAllowExternalFlood)
 }
 
-// Aborted is an abort that tripped during a run: why (faults.Trip), when
+// Aborted is an abort that tripped during a run: why (load.Trip), when
 // and in which phase.
 type Aborted struct {
-	faults.Trip
+	load.Trip
 	// After is when it tripped, from the start of the timeline (the t of
 	// the report's charts).
 	After time.Duration `json:"after_ns"`
@@ -113,7 +113,7 @@ func (a Aborted) String() string {
 }
 
 // newAborted places trip on tl: its time from tl's start and its phase.
-func newAborted(trip faults.Trip, tl *probe.Timeline) *Aborted {
+func newAborted(trip load.Trip, tl *probe.Timeline) *Aborted {
 	a := &Aborted{Trip: trip, After: trip.At.Sub(tl.Start), Phase: "set-up"}
 	for _, p := range tl.Phases {
 		if !trip.At.Before(p.Start) {
@@ -124,20 +124,20 @@ func newAborted(trip faults.Trip, tl *probe.Timeline) *Aborted {
 }
 
 // AbortLimitsFor returns the limits a run of sc in env holds its floods
-// to: sc.Abort when set; else faults.ExternalAbort when a backend of env is
+// to: sc.Abort when set; else load.ExternalAbort when a backend of env is
 // not Spiral's own (fixtures.Env.External), and none for Spiral's own
 // containers, where the incident arms must be free to melt down. Then each
 // of EnvAbortErrorRate, EnvAbortP99 and EnvAbortWindow that is set
 // overrides its field, so the user running the suites has the last word,
 // as k6's environment variables override a script's options. A malformed
 // variable is an error.
-func AbortLimitsFor(env *fixtures.Env, sc Scenario) (faults.AbortLimits, error) {
-	var l faults.AbortLimits
+func AbortLimitsFor(env *fixtures.Env, sc Scenario) (load.AbortLimits, error) {
+	var l load.AbortLimits
 	switch {
 	case sc.Abort != nil:
 		l = *sc.Abort
 	case env.External():
-		l = faults.ExternalAbort
+		l = load.ExternalAbort
 	}
 	l, err := abortFromEnv(l)
 	if err != nil {
@@ -151,7 +151,7 @@ func AbortLimitsFor(env *fixtures.Env, sc Scenario) (faults.AbortLimits, error) 
 
 // abortFromEnv returns l with the fields the abort variables set replaced,
 // and every malformed variable.
-func abortFromEnv(l faults.AbortLimits) (faults.AbortLimits, error) {
+func abortFromEnv(l load.AbortLimits) (load.AbortLimits, error) {
 	var errs []error
 	if v, ok := os.LookupEnv(EnvAbortErrorRate); ok {
 		r, err := parseShare(v)
@@ -169,8 +169,8 @@ func abortFromEnv(l faults.AbortLimits) (faults.AbortLimits, error) {
 	}
 	if v, ok := os.LookupEnv(EnvAbortWindow); ok {
 		d, err := parseDuration(v, false)
-		if err != nil || d < faults.AbortCheckInterval {
-			errs = append(errs, fmt.Errorf("%s=%q: want a duration of at least %v, such as 5s", EnvAbortWindow, v, faults.AbortCheckInterval))
+		if err != nil || d < load.AbortCheckInterval {
+			errs = append(errs, fmt.Errorf("%s=%q: want a duration of at least %v, such as 5s", EnvAbortWindow, v, load.AbortCheckInterval))
 		}
 		l.Window = d
 	}
@@ -231,7 +231,7 @@ func externalFloodConsent() (allowed, set bool, err error) {
 // checkFloods refuses floods against env's backends Spiral does not own
 // unless EnvAllowExternalFlood allows them. floods are the loads the run
 // would flood with.
-func checkFloods(env *fixtures.Env, floods []*faults.Load) error {
+func checkFloods(env *fixtures.Env, floods []*load.Load) error {
 	if len(floods) == 0 || !env.External() {
 		return nil
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/scenario/report"
 	"github.com/spiral-chaos/spiral/target"
@@ -29,7 +30,7 @@ func ownedEnv() *fixtures.Env {
 }
 
 // floodTarget is a fake target that counts the batches of each kind of
-// client and fails the everyday ones (faults.Background's client) while
+// client and fails the everyday ones (load.Background's client) while
 // broken is set.
 type floodTarget struct {
 	*fakeTarget
@@ -41,7 +42,7 @@ func newFloodTarget() *floodTarget {
 	ft := &floodTarget{}
 	ft.fakeTarget = &fakeTarget{pid: target.Self, log: &events{}, xrpc: func(w http.ResponseWriter, r *http.Request) {
 		switch r.Header.Get(dataplane.ClientHeader) {
-		case faults.Background.Client:
+		case load.Background.Client:
 			ft.everyday.Add(1)
 			if ft.broken.Load() {
 				http.Error(w, `{"error":"store unavailable"}`, http.StatusServiceUnavailable)
@@ -70,8 +71,8 @@ func floodFault(h scenario.Harness) (faults.Fault, error) { return h.Flood(flood
 
 // floodProfile is a batch flood of tiny batches, 100 a second: a request
 // sent after the abort would show at once.
-var floodProfile = func() faults.LoadProfile {
-	p := faults.InternalBatch
+var floodProfile = func() load.Profile {
+	p := load.InternalBatch
 	p.BatchMin, p.BatchMax, p.Rate, p.MaxInFlight = 5, 5, 100, 16
 	p.Duration, p.MaxRequests = 10*time.Second, 10_000
 	return p
@@ -95,7 +96,7 @@ func unsetAbortEnv(t *testing.T) {
 	}
 }
 
-// Against backends Spiral does not own, a flood (a faults.Flood, or a
+// Against backends Spiral does not own, a flood (a load.Flood, or a
 // batch load among the background ones) is refused before anything is
 // sent unless the user said 1; the error names the variable, the floods
 // and the backends, and says whether the refusal was the user's own (0).
@@ -165,24 +166,24 @@ func TestMalformedFloodAndAbortVariables(t *testing.T) {
 }
 
 func TestAbortLimitsFor(t *testing.T) {
-	ext := faults.ExternalAbort
+	ext := load.ExternalAbort
 	for _, tc := range []struct {
 		name    string
 		owned   bool
-		abort   *faults.AbortLimits
+		abort   *load.AbortLimits
 		env     map[string]string
-		want    faults.AbortLimits
+		want    load.AbortLimits
 		wantErr string
 	}{
 		{name: "owned: off", owned: true},
 		{name: "external: ExternalAbort", want: ext},
-		{name: "owned, a rate set", owned: true, env: map[string]string{scenario.EnvAbortErrorRate: "10%"}, want: faults.AbortLimits{ErrorRate: 0.1}},
-		{name: "external, p99 off", env: map[string]string{scenario.EnvAbortP99: "off"}, want: faults.AbortLimits{ErrorRate: 0.05, Window: ext.Window, MinRequests: ext.MinRequests}},
+		{name: "owned, a rate set", owned: true, env: map[string]string{scenario.EnvAbortErrorRate: "10%"}, want: load.AbortLimits{ErrorRate: 0.1}},
+		{name: "external, p99 off", env: map[string]string{scenario.EnvAbortP99: "off"}, want: load.AbortLimits{ErrorRate: 0.05, Window: ext.Window, MinRequests: ext.MinRequests}},
 		{name: "external, every variable", env: map[string]string{scenario.EnvAbortErrorRate: " 0.02 ", scenario.EnvAbortP99: "500ms", scenario.EnvAbortWindow: "2s"},
-			want: faults.AbortLimits{ErrorRate: 0.02, P99: 500 * time.Millisecond, Window: 2 * time.Second, MinRequests: ext.MinRequests}},
-		{name: "scenario's own", abort: &faults.AbortLimits{P99: time.Second}, want: faults.AbortLimits{P99: time.Second}},
-		{name: "scenario's off, external", abort: &faults.AbortLimits{}},
-		{name: "variable over the scenario's", abort: &faults.AbortLimits{P99: time.Second}, env: map[string]string{scenario.EnvAbortP99: "2s"}, want: faults.AbortLimits{P99: 2 * time.Second}},
+			want: load.AbortLimits{ErrorRate: 0.02, P99: 500 * time.Millisecond, Window: 2 * time.Second, MinRequests: ext.MinRequests}},
+		{name: "scenario's own", abort: &load.AbortLimits{P99: time.Second}, want: load.AbortLimits{P99: time.Second}},
+		{name: "scenario's off, external", abort: &load.AbortLimits{}},
+		{name: "variable over the scenario's", abort: &load.AbortLimits{P99: time.Second}, env: map[string]string{scenario.EnvAbortP99: "2s"}, want: load.AbortLimits{P99: 2 * time.Second}},
 		{name: "rate 0", env: map[string]string{scenario.EnvAbortErrorRate: "0"}, wantErr: `SPIRAL_ABORT_ERROR_RATE="0": want a share of requests above 0 and below 1`},
 		{name: "rate 100%", env: map[string]string{scenario.EnvAbortErrorRate: "100%"}, wantErr: `SPIRAL_ABORT_ERROR_RATE="100%"`},
 		{name: "rate 1.5", env: map[string]string{scenario.EnvAbortErrorRate: "1.5"}, wantErr: `SPIRAL_ABORT_ERROR_RATE="1.5"`},
@@ -233,12 +234,12 @@ func TestRunAbortStopsTheFloodsAndGoesOnToRecover(t *testing.T) {
 	assert.Contains(t, err.Error(), "(inject); stopped internal-batch")
 	assert.Equal(t, err.Error(), res.Error)
 
-	want := faults.ExternalAbort
+	want := load.ExternalAbort
 	want.Window = time.Second
 	assert.Equal(t, want, res.AbortLimits)
 	require.NotNil(t, res.Aborted)
 	assert.Equal(t, scenario.PhaseInject, res.Aborted.Phase)
-	assert.Equal(t, faults.AbortErrorRate, res.Aborted.Condition)
+	assert.Equal(t, load.AbortErrorRate, res.Aborted.Condition)
 	assert.Equal(t, []string{floodProfile.Client}, res.Aborted.Stopped)
 	assert.False(t, res.Held(), "an aborted run is not held")
 	assert.True(t, res.Validated, res.ValidateError)
@@ -252,7 +253,7 @@ func TestRunAbortStopsTheFloodsAndGoesOnToRecover(t *testing.T) {
 	assert.Equal(t, []string{scenario.PhaseBaseline, scenario.PhaseInject, scenario.PhaseRecover, scenario.PhaseValidate}, phases,
 		"observe is skipped: the run went on to recover")
 
-	var flood *faults.LoadReport
+	var flood *load.Report
 	for i := range res.Loads {
 		if res.Loads[i].Profile.Client == floodProfile.Client {
 			flood = &res.Loads[i]
@@ -280,7 +281,7 @@ func TestRunAbortStopsTheFloodsAndGoesOnToRecover(t *testing.T) {
 	recoverEnd := res.Timeline.Phases[len(res.Timeline.Phases)-1].Start // validate's
 	everydayAfter := 0
 	for _, rep := range res.Loads {
-		if rep.Profile.Traffic != faults.TrafficEveryday {
+		if rep.Profile.Traffic != load.TrafficEveryday {
 			continue
 		}
 		for _, r := range rep.Requests {

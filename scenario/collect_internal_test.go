@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/dataplane"
-	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/target"
 )
@@ -40,12 +40,12 @@ func heldServer(t *testing.T) (url string, release func()) {
 }
 
 // oneRequestFlood is a batch flood of a single small request.
-func oneRequestFlood(t *testing.T, url, client string) *faults.Flood {
+func oneRequestFlood(t *testing.T, url, client string) *load.Flood {
 	t.Helper()
-	p := faults.InternalBatch
+	p := load.InternalBatch
 	p.Client, p.BatchMin, p.BatchMax = client, 1, 1
 	p.Rate, p.MaxRequests, p.Duration, p.Timeout = 1, 1, time.Second, 10*time.Second
-	f, err := faults.NewFlood(url, p)
+	f, err := load.NewFlood(url, p)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = f.Recover(context.Background()) })
 	return f
@@ -74,10 +74,10 @@ func TestCollectLoadsKeepsAFailedFlood(t *testing.T) {
 	require.Eventually(t, func() bool { return stuck.Load().Stats().InFlight == 1 }, 5*time.Second, 10*time.Millisecond,
 		"the stuck flood's request is out")
 
-	bgRep := faults.LoadReport{Profile: faults.Background, Stats: faults.LoadStats{Sent: 5, OK: 5}}
+	bgRep := load.Report{Profile: load.Background, Stats: load.Stats{Sent: 5, OK: 5}}
 	ended, cancel := context.WithCancel(t.Context())
 	cancel() // the run's context has ended: the stuck flood's Wait fails
-	reports, sums := collectLoads(ended, []faults.LoadReport{bgRep}, []error{nil}, []*faults.Flood{finished, stuck, never})
+	reports, sums := collectLoads(ended, []load.Report{bgRep}, []error{nil}, []*load.Flood{finished, stuck, never})
 
 	require.Len(t, reports, 4, "every load, failed or not, is reported")
 	require.Len(t, sums, 4, "every load, failed or not, is summarized")
@@ -86,9 +86,9 @@ func TestCollectLoadsKeepsAFailedFlood(t *testing.T) {
 		byClient[s.Client] = s
 	}
 
-	bg := byClient[faults.Background.Client]
+	bg := byClient[load.Background.Client]
 	assert.False(t, bg.Failed, bg.Error)
-	assert.Equal(t, faults.TrafficEveryday, bg.Traffic)
+	assert.Equal(t, load.TrafficEveryday, bg.Traffic)
 	assert.Equal(t, int64(5), bg.Stats.OK)
 
 	fin := byClient["batch-finished"]
@@ -99,7 +99,7 @@ func TestCollectLoadsKeepsAFailedFlood(t *testing.T) {
 	require.True(t, ok, "the stuck flood is in the summary: %+v", sums)
 	assert.True(t, st.Failed)
 	assert.Contains(t, st.Error, "context canceled")
-	assert.Equal(t, faults.TrafficBatch, st.Traffic)
+	assert.Equal(t, load.TrafficBatch, st.Traffic)
 	assert.Equal(t, int64(1), st.Stats.Sent, "what it had done so far")
 	assert.Equal(t, int64(1), st.Stats.InFlight)
 	assert.Zero(t, st.Stats.OK, "a flood that was not answered reads as such to a check on OK")
@@ -108,13 +108,13 @@ func TestCollectLoadsKeepsAFailedFlood(t *testing.T) {
 	require.True(t, ok, "the flood never injected is in the summary: %+v", sums)
 	assert.True(t, nv.Failed)
 	assert.Contains(t, nv.Error, "not injected")
-	assert.Equal(t, faults.TrafficBatch, nv.Traffic)
+	assert.Equal(t, load.TrafficBatch, nv.Traffic)
 }
 
 // A background load ended by its context is reported failed too.
 func TestCollectLoadsMarksABackgroundLoadEndedByItsContext(t *testing.T) {
-	rep := faults.LoadReport{Profile: faults.Background, Stats: faults.LoadStats{Sent: 2, OK: 1}}
-	reports, sums := collectLoads(t.Context(), []faults.LoadReport{rep}, []error{context.Canceled}, nil)
+	rep := load.Report{Profile: load.Background, Stats: load.Stats{Sent: 2, OK: 1}}
+	reports, sums := collectLoads(t.Context(), []load.Report{rep}, []error{context.Canceled}, nil)
 	require.Len(t, reports, 1)
 	require.Len(t, sums, 1)
 	assert.True(t, sums[0].Failed)
@@ -131,21 +131,21 @@ func TestAddEverydayLatency(t *testing.T) {
 		tl.Samples = append(tl.Samples, probe.Sample{At: t0.Add(time.Duration(i) * time.Second), Values: []float64{0}})
 	}
 	ms := time.Millisecond
-	everyday := faults.LoadReport{
-		Profile: faults.LoadProfile{Traffic: faults.TrafficEveryday},
+	everyday := load.Report{
+		Profile: load.Profile{Traffic: load.TrafficEveryday},
 		Began:   t0.Add(100 * ms),
-		Requests: []faults.Request{
-			{Start: 400 * ms, Latency: 10 * ms, Outcome: faults.OutcomeOK},               // at 0.5 s
-			{Start: 1400 * ms, Latency: 20 * ms, Outcome: faults.OutcomeOK},              // at 1.5 s
-			{Start: 1500 * ms, Latency: 2 * time.Second, Outcome: faults.OutcomeTimeout}, // at 1.6 s: stalled
+		Requests: []load.Request{
+			{Start: 400 * ms, Latency: 10 * ms, Outcome: load.OutcomeOK},
+			{Start: 1400 * ms, Latency: 20 * ms, Outcome: load.OutcomeOK},
+			{Start: 1500 * ms, Latency: 2 * time.Second, Outcome: load.OutcomeTimeout},
 		},
 	}
-	batch := faults.LoadReport{
-		Profile:  faults.LoadProfile{Traffic: faults.TrafficBatch},
+	batch := load.Report{
+		Profile:  load.Profile{Traffic: load.TrafficBatch},
 		Began:    t0,
-		Requests: []faults.Request{{Start: 2500 * ms, Latency: 5 * time.Second, Outcome: faults.OutcomeOK}},
+		Requests: []load.Request{{Start: 2500 * ms, Latency: 5 * time.Second, Outcome: load.OutcomeOK}},
 	}
-	require.NoError(t, addEverydayLatency(tl, []faults.LoadReport{batch, everyday}))
+	require.NoError(t, addEverydayLatency(tl, []load.Report{batch, everyday}))
 	got := tl.Series(MetricEverydayLatencyP99)
 	require.Len(t, got, 3)
 	assert.InDelta(t, 0.010, got[0], 1e-9)

@@ -6,7 +6,7 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/load"
 )
 
 // The environment a run reads its mode and seed from; ReplayCommand sets
@@ -51,7 +51,7 @@ func CheckEnv() error {
 	if _, err := parseProgress(os.Getenv(EnvProgress)); err != nil {
 		errs = append(errs, err)
 	}
-	if _, err := abortFromEnv(faults.AbortLimits{}); err != nil {
+	if _, err := abortFromEnv(load.AbortLimits{}); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -8,22 +8,22 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 )
 
 // fakeLoad is a load's profile and counters, set by the test.
 type fakeLoad struct {
-	profile faults.LoadProfile
-	stats   faults.LoadStats
+	profile load.Profile
+	stats   load.Stats
 }
 
-func (l *fakeLoad) Profile() faults.LoadProfile { return l.profile }
-func (l *fakeLoad) Stats() faults.LoadStats     { return l.stats }
+func (l *fakeLoad) Profile() load.Profile { return l.profile }
+func (l *fakeLoad) Stats() load.Stats     { return l.stats }
 
-func fake(p faults.LoadProfile, ok, errs int64) *fakeLoad {
-	return &fakeLoad{profile: p, stats: faults.LoadStats{Sent: ok + errs, OK: ok, Errors: errs}}
+func fake(p load.Profile, ok, errs int64) *fakeLoad {
+	return &fakeLoad{profile: p, stats: load.Stats{Sent: ok + errs, OK: ok, Errors: errs}}
 }
 
 // sampleLoads takes one sample of scenario.LoadSource(loads...) and returns
@@ -48,8 +48,8 @@ func sampleLoads(t *testing.T, loads ...scenario.LoadCounters) (map[string]float
 // everyday traffic (as in the cache-outage suite) counts as batch, and an
 // everyday profile run as a flood as everyday.
 func TestLoadSourceCountsFailuresByTraffic(t *testing.T) {
-	everyday, batch := faults.Background, faults.InternalBatch
-	renamed := faults.InternalBatch
+	everyday, batch := load.Background, load.InternalBatch
+	renamed := load.InternalBatch
 	renamed.Client = "appview-2" // a name that reads as everyday: the Traffic decides
 	got, err := sampleLoads(t,
 		fake(everyday, 100, 3),
@@ -67,7 +67,7 @@ func TestLoadSourceCountsFailuresByTraffic(t *testing.T) {
 }
 
 func TestLoadSourceWithOnlyEverydayTraffic(t *testing.T) {
-	got, err := sampleLoads(t, fake(faults.Background, 50, 2))
+	got, err := sampleLoads(t, fake(load.Background, 50, 2))
 	require.NoError(t, err)
 	assert.InDelta(t, 2, got[scenario.MetricEverydayErrors], 0)
 	assert.InDelta(t, 0, got[scenario.MetricBatchErrors], 0, "no batch load, no batch errors")
@@ -77,9 +77,9 @@ func TestLoadSourceWithOnlyEverydayTraffic(t *testing.T) {
 // A load of no known traffic is not counted as either: the sample's load
 // figures are missing and the sample says why.
 func TestLoadSourceRefusesUnknownTraffic(t *testing.T) {
-	odd := faults.Background
+	odd := load.Background
 	odd.Client, odd.Traffic = "odd", ""
-	got, err := sampleLoads(t, fake(faults.Background, 50, 2), fake(odd, 1, 1))
+	got, err := sampleLoads(t, fake(load.Background, 50, 2), fake(odd, 1, 1))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `load odd: traffic ""`)
 	for m, v := range got {
@@ -88,10 +88,10 @@ func TestLoadSourceRefusesUnknownTraffic(t *testing.T) {
 }
 
 func TestNewLoadSummary(t *testing.T) {
-	rep := faults.LoadReport{Profile: faults.InternalBatch, Stats: faults.LoadStats{Sent: 3, OK: 2, Errors: 1}, Outcomes: map[string]int{faults.OutcomeOK: 2, faults.OutcomeFailed: 1}}
+	rep := load.Report{Profile: load.InternalBatch, Stats: load.Stats{Sent: 3, OK: 2, Errors: 1}, Outcomes: map[string]int{load.OutcomeOK: 2, load.OutcomeFailed: 1}}
 	s := scenario.NewLoadSummary(rep, nil)
-	assert.Equal(t, faults.InternalBatch.Client, s.Client)
-	assert.Equal(t, faults.TrafficBatch, s.Traffic)
+	assert.Equal(t, load.InternalBatch.Client, s.Client)
+	assert.Equal(t, load.TrafficBatch, s.Traffic)
 	assert.Equal(t, rep.Stats, s.Stats)
 	assert.False(t, s.Failed)
 	assert.Empty(t, s.Error)
@@ -103,9 +103,9 @@ func TestNewLoadSummary(t *testing.T) {
 }
 
 func TestValidateRefusesALoadOfNoTraffic(t *testing.T) {
-	bg := faults.Background
+	bg := load.Background
 	bg.Traffic = ""
-	sc := scenario.Scenario{Name: "x", Background: []faults.LoadProfile{bg}}
+	sc := scenario.Scenario{Name: "x", Background: []load.Profile{bg}}
 	err := sc.Validate()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), `background: load: Traffic is ""`)

@@ -24,6 +24,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/scenario/report"
@@ -169,7 +170,7 @@ func stubScenario(name string, tgt target.Target, fs ...*stubFault) scenario.Sce
 		Name:       name,
 		Config:     dataplane.DefaultConfig(),
 		Target:     tgt,
-		Background: []faults.LoadProfile{faults.Background},
+		Background: []load.Profile{load.Background},
 		Phases:     scenario.Phases{Baseline: 300 * time.Millisecond, Inject: 300 * time.Millisecond, Observe: 200 * time.Millisecond, Recover: 300 * time.Millisecond},
 	}
 	for _, f := range fs {

@@ -27,6 +27,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/netns"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/target"
@@ -91,17 +92,17 @@ const (
 	// batch, cumulative: MetricEverydayErrors plus MetricBatchErrors.
 	MetricLoadErrors = "load_errors"
 	// MetricEverydayErrors is failed requests of the loads whose profile's
-	// Traffic is faults.TrafficEveryday, cumulative: everyday requests
+	// Traffic is load.TrafficEveryday, cumulative: everyday requests
 	// failing, the outage users see.
 	MetricEverydayErrors = "load_errors_everyday"
 	// MetricBatchErrors is failed requests of the loads whose profile's
-	// Traffic is faults.TrafficBatch (a flood or a batch load beside the
+	// Traffic is load.TrafficBatch (a flood or a batch load beside the
 	// everyday traffic), cumulative.
 	MetricBatchErrors = "load_errors_batch"
 	// MetricLoadOK is answered requests of every load, cumulative.
 	MetricLoadOK = "load_ok"
 	// MetricEverydayLatencyP99 is, at each sample, the 99th percentile
-	// latency of the everyday requests (Traffic faults.TrafficEveryday)
+	// latency of the everyday requests (Traffic load.TrafficEveryday)
 	// that left in the LatencyWindow before it, answered or failed, in
 	// seconds; missing where none left. It is computed from the loads'
 	// records after the run, so it costs the sampler nothing and a request
@@ -139,9 +140,9 @@ type Harness struct {
 }
 
 // Flood returns a flood of p aimed at the target, in its request shape.
-func (h Harness) Flood(p faults.LoadProfile) (*faults.Flood, error) {
+func (h Harness) Flood(p load.Profile) (*load.Flood, error) {
 	p.Shape = h.Shape
-	return faults.NewFlood(h.URL, p)
+	return load.NewFlood(h.URL, p)
 }
 
 // FaultFunc builds a fault for a run, once the target is up.
@@ -171,8 +172,8 @@ type Scenario struct {
 	// Background loads run from baseline to the end of recover. Each
 	// profile's Traffic says whose requests they are, and so which of
 	// MetricEverydayErrors and MetricBatchErrors counts their failures (a
-	// faults.Flood among Faults is counted by its profile's Traffic too).
-	Background []faults.LoadProfile
+	// load.Flood among Faults is counted by its profile's Traffic too).
+	Background []load.Profile
 	// Faults are injected at the start of inject and recovered at the start
 	// of recover, in order (recovered in reverse order).
 	Faults []FaultFunc
@@ -192,12 +193,12 @@ type Scenario struct {
 	ValidateTimeout time.Duration
 	// Abort, when set, are the limits on the everyday loads' failures and
 	// latency past which the run's floods stop by themselves (see Run).
-	// Nil: faults.ExternalAbort when a backend is not Spiral's own
+	// Nil: load.ExternalAbort when a backend is not Spiral's own
 	// (fixtures.Env.External), none for Spiral's own containers;
-	// &faults.AbortLimits{} turns the abort off everywhere. The
+	// &load.AbortLimits{} turns the abort off everywhere. The
 	// $SPIRAL_ABORT_* variables override it field by field
 	// (AbortLimitsFor).
-	Abort *faults.AbortLimits
+	Abort *load.AbortLimits
 }
 
 // Result is what a run saw.
@@ -215,8 +216,8 @@ type Result struct {
 	// child process's goroutine high-water mark, an endpoint's threads
 	// without a pid to probe): neither held nor violated, and never
 	// counted as held.
-	NotJudged probe.Violations    `json:"not_judged,omitempty"`
-	Loads     []faults.LoadReport `json:"-"`
+	NotJudged probe.Violations `json:"not_judged,omitempty"`
+	Loads     []load.Report    `json:"-"`
 	// LoadSummary is Loads without per-request records.
 	LoadSummary []LoadSummary `json:"loads"`
 	// Faults names the faults injected.
@@ -244,7 +245,7 @@ type Result struct {
 	Unreliable []string `json:"unreliable,omitempty"`
 	// AbortLimits are the limits the run's floods were held to
 	// (AbortLimitsFor); zero when none were, or the run had no flood.
-	AbortLimits faults.AbortLimits `json:"abort_limits,omitzero"`
+	AbortLimits load.AbortLimits `json:"abort_limits,omitzero"`
 	// Aborted says why and when the abort tripped, or is nil: the floods
 	// were stopped at once, the run went on to recover and validate, and
 	// Run returned an error wrapping ErrAborted.
@@ -280,26 +281,26 @@ func unreliable(tl *probe.Timeline) []string {
 
 // LoadSummary is a load's report without per-request records.
 type LoadSummary struct {
-	Client   string           `json:"client"`
-	Traffic  faults.Traffic   `json:"traffic"`
-	Stats    faults.LoadStats `json:"stats"`
-	Outcomes map[string]int   `json:"outcomes"`
-	P50      time.Duration    `json:"p50_ns"`
-	P99      time.Duration    `json:"p99_ns"`
-	Max      time.Duration    `json:"max_ns"`
+	Client   string         `json:"client"`
+	Traffic  load.Traffic   `json:"traffic"`
+	Stats    load.Stats     `json:"stats"`
+	Outcomes map[string]int `json:"outcomes"`
+	P50      time.Duration  `json:"p50_ns"`
+	P99      time.Duration  `json:"p99_ns"`
+	Max      time.Duration  `json:"max_ns"`
 	// Failed says the load did not finish (a flood whose Wait failed, a
 	// load ended by its context), and Error why; Stats and Outcomes are
 	// then what it had done so far.
 	Failed bool   `json:"failed"`
 	Error  string `json:"error,omitempty"`
 	// Stopped is why the load was stopped part-way (an abort that
-	// tripped, faults.LoadReport.Stopped), or empty.
+	// tripped, load.Report.Stopped), or empty.
 	Stopped string `json:"stopped,omitempty"`
 }
 
 // NewLoadSummary returns rep without its per-request records; err is what
 // ended the load (Load.Run's or Flood.Wait's error), nil if it finished.
-func NewLoadSummary(rep faults.LoadReport, err error) LoadSummary {
+func NewLoadSummary(rep load.Report, err error) LoadSummary {
 	s := LoadSummary{
 		Client: rep.Profile.Client, Traffic: rep.Profile.Traffic, Stats: rep.Stats, Outcomes: rep.Outcomes,
 		P50: rep.P50, P99: rep.P99, Max: rep.Max, Stopped: rep.Stopped,
@@ -423,11 +424,11 @@ func Prepare(ctx context.Context, env *fixtures.Env, sc Scenario) error {
 // seen so far and Result.Error set, so that its report can be written. It
 // blocks for the sum of the phases plus set-up (seconds).
 //
-// The run's floods are its loads of faults.TrafficBatch among Background
-// and every faults.Flood among Faults. Where a backend is not Spiral's
+// The run's floods are its loads of load.TrafficBatch among Background
+// and every load.Flood among Faults. Where a backend is not Spiral's
 // own (fixtures.Env.External), Run refuses them, before any load starts,
 // with an *ExternalFloodError unless EnvAllowExternalFlood is 1. Where
-// abort limits apply (AbortLimitsFor), a faults.Abort watches the
+// abort limits apply (AbortLimitsFor), a load.Abort watches the
 // everyday loads from the start of baseline: once their error rate or p99
 // passes a limit, it stops every flood at once, the run skips what is
 // left of baseline, inject and observe and goes on to recover (the
@@ -496,31 +497,31 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		}
 	}()
 
-	var bgLoads []*faults.Load
+	var bgLoads []*load.Load
 	for i, p := range sc.Background {
 		p.Seed, p.Shape = sc.Seed+uint64(i), h.Shape
 		p.Duration = sc.Phases.Baseline + sc.Phases.Inject + sc.Phases.Observe + sc.Phases.Recover
-		l, err := faults.NewLoad(h.URL, p)
+		l, err := load.New(h.URL, p)
 		if err != nil {
 			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
 		}
 		bgLoads = append(bgLoads, l)
 	}
 	// Every load is sampled: the background loads, then the floods.
-	var floods []*faults.Flood
+	var floods []*load.Flood
 	var loads []LoadCounters
 	for _, l := range bgLoads {
 		loads = append(loads, l)
 	}
 	for _, f := range injected {
-		if fl, ok := f.(*faults.Flood); ok {
+		if fl, ok := f.(*load.Flood); ok {
 			floods = append(floods, fl)
 			loads = append(loads, fl.Load())
 		}
 	}
-	var floodLoads []*faults.Load
+	var floodLoads []*load.Load
 	for _, l := range bgLoads {
-		if l.Profile().Traffic == faults.TrafficBatch {
+		if l.Profile().Traffic == load.TrafficBatch {
 			floodLoads = append(floodLoads, l)
 		}
 	}
@@ -584,7 +585,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		g.Go(func() error { liveProgress(gctx, sc.Name, sampler, res.Started, every); return nil })
 	}
 	bgDone := make(chan struct{})
-	reports := make([]faults.LoadReport, len(sc.Background))
+	reports := make([]load.Report, len(sc.Background))
 	reportErrs := make([]error, len(sc.Background))
 	loadCtx, stopLoads := context.WithCancel(ctx)
 	defer stopLoads()
@@ -729,8 +730,8 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 // as Flood.Wait returns it. A flood whose Wait fails is kept, marked failed
 // with what it had done so far: a flood missing from the summary would read
 // as one that never ran.
-func collectLoads(ctx context.Context, reports []faults.LoadReport, errs []error, floods []*faults.Flood) ([]faults.LoadReport, []LoadSummary) {
-	all := append([]faults.LoadReport(nil), reports...)
+func collectLoads(ctx context.Context, reports []load.Report, errs []error, floods []*load.Flood) ([]load.Report, []LoadSummary) {
+	all := append([]load.Report(nil), reports...)
 	allErrs := append([]error(nil), errs...)
 	for _, fl := range floods {
 		rep, err := fl.Wait(ctx)
@@ -815,14 +816,14 @@ func ClientsBetween(before, after dataplane.Snapshot) []ClientFigures {
 
 // addEverydayLatency adds MetricEverydayLatencyP99 to tl from the everyday
 // loads' request records.
-func addEverydayLatency(tl *probe.Timeline, reports []faults.LoadReport) error {
+func addEverydayLatency(tl *probe.Timeline, reports []load.Report) error {
 	type req struct {
 		at      time.Time
 		latency time.Duration
 	}
 	var reqs []req
 	for _, rep := range reports {
-		if rep.Profile.Traffic != faults.TrafficEveryday {
+		if rep.Profile.Traffic != load.TrafficEveryday {
 			continue
 		}
 		for _, r := range rep.Requests {
@@ -938,10 +939,10 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 }
 
 // LoadCounters is what LoadSource reads of a load: its profile (for its
-// Traffic) and its live counters. *faults.Load is one.
+// Traffic) and its live counters. *load.Load is one.
 type LoadCounters interface {
-	Profile() faults.LoadProfile
-	Stats() faults.LoadStats
+	Profile() load.Profile
+	Stats() load.Stats
 }
 
 // LoadSource returns a source of the loads' figures: MetricLoadOK,
@@ -949,7 +950,7 @@ type LoadCounters interface {
 // MetricBatchErrors, each load counted by its profile's Traffic. A Read
 // takes each load's counters once, so the total is always the sum of the
 // two; it fails (the sample's load figures missing) if a load's Traffic is
-// neither, which faults.NewLoad refuses.
+// neither, which load.New refuses.
 func LoadSource(loads ...LoadCounters) probe.Source { return loadSource(loads) }
 
 type loadSource []LoadCounters
@@ -964,12 +965,12 @@ func (s loadSource) Read(_ context.Context, dst []float64) error {
 		st := l.Stats()
 		ok += st.OK
 		switch p := l.Profile(); p.Traffic {
-		case faults.TrafficEveryday:
+		case load.TrafficEveryday:
 			everyday += st.Errors
-		case faults.TrafficBatch:
+		case load.TrafficBatch:
 			batch += st.Errors
 		default:
-			return fmt.Errorf("load %s: traffic %q is neither %q nor %q", p.Client, p.Traffic, faults.TrafficEveryday, faults.TrafficBatch)
+			return fmt.Errorf("load %s: traffic %q is neither %q nor %q", p.Client, p.Traffic, load.TrafficEveryday, load.TrafficBatch)
 		}
 	}
 	dst[0], dst[1], dst[2], dst[3] = float64(ok), float64(everyday+batch), float64(everyday), float64(batch)

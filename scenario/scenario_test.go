@@ -8,14 +8,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/dataplane"
-	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/scenario"
 )
 
 func TestValidateReportsEveryProblem(t *testing.T) {
-	bad := faults.Background
+	bad := load.Background
 	bad.Rate = 0
-	sc := scenario.Scenario{Config: dataplane.Config{}, Background: []faults.LoadProfile{bad}}
+	sc := scenario.Scenario{Config: dataplane.Config{}, Background: []load.Profile{bad}}
 	err := sc.Validate()
 	require.Error(t, err)
 	for _, want := range []string{"Name is empty", "config:", "phases", "background: load: Rate is 0"} {
@@ -27,7 +27,7 @@ func TestValidateAcceptsAWellFormedScenario(t *testing.T) {
 	sc := scenario.Scenario{
 		Name:       "ok",
 		Config:     dataplane.DefaultConfig(),
-		Background: []faults.LoadProfile{faults.Background},
+		Background: []load.Profile{load.Background},
 		Phases:     scenario.Phases{Baseline: time.Second, Inject: time.Second, Recover: time.Second},
 	}
 	assert.NoError(t, sc.Validate())

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/scenario/report"
@@ -88,8 +88,8 @@ func TestWriteShowsAFailedLoad(t *testing.T) {
 	dir := t.TempDir()
 	res := result(t, "flood/fixed")
 	res.LoadSummary = []scenario.LoadSummary{
-		scenario.NewLoadSummary(faults.LoadReport{Profile: faults.Background, Stats: faults.LoadStats{Sent: 9, OK: 9}}, nil),
-		scenario.NewLoadSummary(faults.LoadReport{Profile: faults.InternalBatch, Stats: faults.LoadStats{Sent: 2, OK: 1, InFlight: 1}},
+		scenario.NewLoadSummary(load.Report{Profile: load.Background, Stats: load.Stats{Sent: 9, OK: 9}}, nil),
+		scenario.NewLoadSummary(load.Report{Profile: load.InternalBatch, Stats: load.Stats{Sent: 2, OK: 1, InFlight: 1}},
 			errors.New("wait flood internal-batch: context canceled")),
 	}
 	page, err := report.Write(dir, res)
@@ -116,7 +116,7 @@ func TestWriteShowsAFailedLoad(t *testing.T) {
 	require.Len(t, sum.Loads, 2)
 	assert.Equal(t, "everyday", sum.Loads[0].Traffic)
 	assert.False(t, sum.Loads[0].Failed)
-	assert.Equal(t, faults.InternalBatch.Client, sum.Loads[1].Client)
+	assert.Equal(t, load.InternalBatch.Client, sum.Loads[1].Client)
 	assert.Equal(t, "batch", sum.Loads[1].Traffic)
 	assert.True(t, sum.Loads[1].Failed)
 	assert.Equal(t, "wait flood internal-batch: context canceled", sum.Loads[1].Error)

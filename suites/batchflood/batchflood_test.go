@@ -16,6 +16,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
@@ -71,10 +72,10 @@ var budgets = []probe.Budget{
 }
 
 func floodScenario(name string, cfg dataplane.Config) scenario.Scenario {
-	flood := faults.InternalBatch
+	flood := load.InternalBatch
 	flood.BatchMin, flood.BatchMax, flood.KeySpace = floodBatch, floodBatch, posts
 	flood.Rate, flood.MaxInFlight = 1, 2
-	bg := faults.Background
+	bg := load.Background
 	bg.Rate, bg.KeySpace = 50, posts
 	phases := scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: 2 * time.Second, Recover: 3 * time.Second}
 	flood.MaxRequests = 4
@@ -95,7 +96,7 @@ func floodScenario(name string, cfg dataplane.Config) scenario.Scenario {
 		Seed:       seed,
 		Data:       fixtures.SeedSpec{Posts: posts},
 		WarmPosts:  posts,
-		Background: []faults.LoadProfile{bg},
+		Background: []load.Profile{bg},
 		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
 			return h.Flood(flood)
 		}},
@@ -150,7 +151,7 @@ func TestBatchFlood(t *testing.T) {
 		// Who did it: the report names the flooding client first, from the
 		// data plane's own per-client figures (the postmortem's lesson).
 		if assert.NotEmpty(t, res.Clients, "per-client figures of the fault window") {
-			assert.Equal(t, faults.InternalBatch.Client, res.Clients[0].Client, "the flooding client asked for the most keys: %+v", res.Clients)
+			assert.Equal(t, load.InternalBatch.Client, res.Clients[0].Client, "the flooding client asked for the most keys: %+v", res.Clients)
 		}
 	})
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
@@ -148,9 +149,9 @@ func budgets(o outage) []probe.Budget {
 // the data plane while the run samples.
 func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) scenario.Scenario {
 	t.Helper()
-	bg := faults.Background
+	bg := load.Background
 	bg.Rate, bg.KeySpace = 50, posts
-	batch := faults.InternalBatch
+	batch := load.InternalBatch
 	batch.BatchMin, batch.BatchMax, batch.KeySpace = batchKeys, batchKeys, posts
 	batch.Rate, batch.MaxInFlight = batchRate, 4
 	phases := scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: 2 * time.Second, Recover: 4 * time.Second}
@@ -173,7 +174,7 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 		Seed:       scenario.SeedFromEnv(1),
 		Data:       fixtures.SeedSpec{Posts: posts},
 		WarmPosts:  posts,
-		Background: []faults.LoadProfile{bg, batch},
+		Background: []load.Profile{bg, batch},
 		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
 			f := faults.NewContainerFault(h.Env.Memcached, o.action)
 			if o.action == faults.ContainerKill && h.Env.MemcachedUpstreams != nil {

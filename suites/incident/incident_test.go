@@ -30,6 +30,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/netfault"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
@@ -111,11 +112,11 @@ func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.S
 	cfg.DialContext = hook.Dial
 
 	phases := scenario.Phases{Baseline: 5 * time.Second, Inject: 15 * time.Second, Observe: 5 * time.Second, Recover: 10 * time.Second}
-	flood := faults.InternalBatch
+	flood := load.InternalBatch
 	flood.BatchMin, flood.BatchMax, flood.KeySpace = floodBatch, floodBatch, posts
 	flood.Rate, flood.MaxInFlight, flood.MaxRequests = 1, floodInFlight, 10
 	flood.Duration, flood.Timeout = phases.Inject, phases.Inject+phases.Observe+phases.Recover
-	bg := faults.Background
+	bg := load.Background
 	bg.Rate, bg.BatchMax, bg.KeySpace, bg.MaxInFlight = 25, 20, posts, 32
 	seed := scenario.SeedFromEnv(21)
 	flood.Seed = seed + 100
@@ -123,7 +124,7 @@ func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.S
 	return scenario.Scenario{
 		Name: "incident-replay/" + name, Config: cfg, Seed: seed,
 		Data: fixtures.SeedSpec{Posts: posts}, WarmPosts: posts,
-		Background: []faults.LoadProfile{bg},
+		Background: []load.Profile{bg},
 		// Recovered in reverse: the flood stops, ports come back, then the
 		// sink drains freely.
 		Faults: []scenario.FaultFunc{

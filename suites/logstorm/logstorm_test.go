@@ -36,6 +36,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
@@ -105,7 +106,7 @@ const blockedWritersBudget = dataplane.DefaultLogPerSecond + dataplane.DefaultLo
 // profile is one mode's load and phases.
 type profile struct {
 	phases scenario.Phases
-	load   faults.LoadProfile
+	load   load.Profile
 }
 
 // newProfile returns the mode's everyday load. The load bounds the storm:
@@ -118,7 +119,7 @@ type profile struct {
 func newProfile(mode string) profile {
 	p := profile{
 		phases: scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: 2 * time.Second, Recover: 3 * time.Second},
-		load:   faults.Background,
+		load:   load.Background,
 	}
 	p.load.Rate, p.load.BatchMin, p.load.BatchMax, p.load.KeySpace = 25, 1, 20, posts
 	p.load.MaxInFlight, p.load.MaxRequests = 64, 5_000
@@ -285,7 +286,7 @@ func stormScenario(name string, cfg dataplane.Config, sink *faults.Sink, p profi
 		Seed:       scenario.SeedFromEnv(3),
 		Data:       fixtures.SeedSpec{Posts: posts},
 		WarmPosts:  posts,
-		Background: []faults.LoadProfile{p.load},
+		Background: []load.Profile{p.load},
 		// Injected in order, recovered in reverse: memcached comes back,
 		// then the sink drains freely.
 		Faults: []scenario.FaultFunc{

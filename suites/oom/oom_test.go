@@ -50,6 +50,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/proc"
 	"github.com/spiral-chaos/spiral/scenario"
@@ -149,16 +150,16 @@ var budgets = []probe.Budget{
 // profile is one mode's load and phases.
 type profile struct {
 	phases      scenario.Phases
-	background  faults.LoadProfile
-	flood       faults.LoadProfile
+	background  load.Profile
+	flood       load.Profile
 	maxRestarts int
 }
 
 func newProfile(mode string, seed uint64) profile {
 	p := profile{
 		phases:     scenario.Phases{Baseline: 2 * time.Second, Inject: 6 * time.Second, Observe: 2 * time.Second, Recover: 3 * time.Second},
-		background: faults.Background,
-		flood:      faults.InternalBatch,
+		background: load.Background,
+		flood:      load.InternalBatch,
 	}
 	p.background.Rate, p.background.KeySpace = 20, posts
 	// The postmortem's internal client: under 3 requests a second of
@@ -292,7 +293,7 @@ func runArm(t *testing.T, env *fixtures.Env, arm string, cfg dataplane.Config, e
 		Seed:       seed,
 		Data:       fixtures.SeedSpec{Posts: posts},
 		WarmPosts:  posts,
-		Background: []faults.LoadProfile{p.background},
+		Background: []load.Profile{p.background},
 		Faults: []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) {
 			return h.Flood(flood)
 		}},

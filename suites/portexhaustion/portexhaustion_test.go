@@ -53,6 +53,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/netfault"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
@@ -168,10 +169,10 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 	}
 	cfg.DialContext = hook.Dial
 
-	flood := faults.InternalBatch
+	flood := load.InternalBatch
 	flood.BatchMin, flood.BatchMax, flood.KeySpace = floodBatch, floodBatch, posts
 	flood.Rate, flood.MaxInFlight = 2, floodInFlight
-	bg := faults.Background
+	bg := load.Background
 	bg.Rate, bg.KeySpace = 50, posts
 	phases := scenario.Phases{Baseline: 2 * time.Second, Inject: 4 * time.Second, Observe: 2 * time.Second, Recover: 3 * time.Second}
 	flood.MaxRequests = 6
@@ -190,7 +191,7 @@ func newArm(name string, cfg dataplane.Config, bandAid bool) *arm {
 		Seed:       seed,
 		Data:       fixtures.SeedSpec{Posts: posts},
 		WarmPosts:  posts,
-		Background: []faults.LoadProfile{bg},
+		Background: []load.Profile{bg},
 		Faults: []scenario.FaultFunc{
 			// The budget is drawn when the run builds its faults, by
 			// asking the kernel which ports are usable then.

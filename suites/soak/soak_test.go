@@ -26,6 +26,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
@@ -85,7 +86,7 @@ type kind struct {
 }
 
 func kinds(phases scenario.Phases, seed uint64) []kind {
-	flood := faults.InternalBatch
+	flood := load.InternalBatch
 	flood.BatchMin, flood.BatchMax, flood.KeySpace = 15_000, 15_000, posts
 	flood.Rate, flood.MaxInFlight, flood.MaxRequests = 1, 2, 1_000
 	flood.Duration, flood.Seed = phases.Inject, seed
@@ -125,7 +126,7 @@ func TestSoak(t *testing.T) {
 		cycles, until, interval = 1<<30, time.Now().Add(d), time.Second
 		t.Logf("soak: cycling faults for %v (until %s)", d, until.Format(time.TimeOnly))
 	}
-	bg := faults.Background
+	bg := load.Background
 	bg.Rate, bg.KeySpace = 50, posts
 
 	var first map[string]float64
@@ -152,7 +153,7 @@ func TestSoak(t *testing.T) {
 			res := suite.RunUnderTest(t, env, scenario.Scenario{
 				Name: name, Config: dataplane.DefaultConfig(), Seed: seed + uint64(c),
 				Data: fixtures.SeedSpec{Posts: posts}, WarmPosts: posts,
-				Background: []faults.LoadProfile{bg},
+				Background: []load.Profile{bg},
 				Faults:     []scenario.FaultFunc{k.fault},
 				Phases:     phases, Interval: interval,
 				Budgets: append(slices.Clip(budgets),

@@ -13,6 +13,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/target"
 )
@@ -74,8 +75,8 @@ func TestRunSkipsAFloodTheUserDeclined(t *testing.T) {
 	}
 	sc := scenario.Scenario{
 		Name: "declined", Target: tgt,
-		Background: []faults.LoadProfile{faults.Background},
-		Faults:     []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) { return h.Flood(faults.InternalBatch) }},
+		Background: []load.Profile{load.Background},
+		Faults:     []scenario.FaultFunc{func(h scenario.Harness) (faults.Fault, error) { return h.Flood(load.InternalBatch) }},
 		Phases:     scenario.Phases{Baseline: time.Second, Inject: time.Second, Recover: time.Second},
 	}
 	var arm *testing.T

@@ -1,4 +1,4 @@
-package faults_test
+package load_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
 )
 
 // loadSeedPosts is how many posts the flood tests seed; keys past it miss.
@@ -46,13 +47,13 @@ func serveDataPlane(tb testing.TB, cfg dataplane.Config) (*dataplane.DataPlane, 
 }
 
 func TestFloodProfileValidation(t *testing.T) {
-	bad := faults.LoadProfile{Rate: -1, BatchMin: 10, BatchMax: 5}
-	_, err := faults.NewLoad("http://127.0.0.1:1", bad)
+	bad := load.Profile{Rate: -1, BatchMin: 10, BatchMax: 5}
+	_, err := load.New("http://127.0.0.1:1", bad)
 	require.Error(t, err)
 	for _, want := range []string{"Client is empty", `Traffic is ""`, "Rate is -1", "batch 10-5", "Duration", "MaxRequests"} {
 		assert.Contains(t, err.Error(), want)
 	}
-	for _, p := range []faults.LoadProfile{faults.Background, faults.InternalBatch} {
+	for _, p := range []load.Profile{load.Background, load.InternalBatch} {
 		assert.NoError(t, p.Validate(), p.Client)
 	}
 }
@@ -64,9 +65,9 @@ func TestFloodOpenLoopAndRecover(t *testing.T) {
 	noLeaks(t)
 	dp, srv := serveDataPlane(t, dataplane.DefaultConfig())
 
-	p := faults.Background
+	p := load.Background
 	p.Rate, p.Duration, p.MaxRequests, p.KeySpace, p.Seed = 100, time.Minute, 1_000, loadSeedPosts, 7
-	f, err := faults.NewFlood(srv.URL, p)
+	f, err := load.NewFlood(srv.URL, p)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = f.Recover(context.Background()) })
 
@@ -80,7 +81,7 @@ func TestFloodOpenLoopAndRecover(t *testing.T) {
 
 	// A Poisson process of rate 100/s over 2 s: 200 requests, sd ~14.
 	assert.InDelta(t, 200, float64(rep.Stats.Sent), 80, "sent at the profile's rate")
-	if !assert.Equal(t, int(rep.Stats.Sent), rep.Outcomes[faults.OutcomeOK], "every request answered: %v", rep.Outcomes) {
+	if !assert.Equal(t, int(rep.Stats.Sent), rep.Outcomes[load.OutcomeOK], "every request answered: %v", rep.Outcomes) {
 		for _, r := range rep.Requests[:min(5, len(rep.Requests))] {
 			t.Logf("%+v", r)
 		}
@@ -103,9 +104,9 @@ func TestFloodHardCap(t *testing.T) {
 	fixtures.Shared(t)
 	noLeaks(t)
 	_, srv := serveDataPlane(t, dataplane.DefaultConfig())
-	p := faults.Background
+	p := load.Background
 	p.Rate, p.Duration, p.MaxRequests, p.KeySpace, p.Seed = 2_000, 10*time.Second, 50, loadSeedPosts, 1
-	l, err := faults.NewLoad(srv.URL, p)
+	l, err := load.New(srv.URL, p)
 	require.NoError(t, err)
 	began := time.Now()
 	rep, err := l.Run(t.Context())

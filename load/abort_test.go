@@ -1,4 +1,4 @@
-package faults_test
+package load_test
 
 import (
 	"context"
@@ -13,12 +13,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/dataplane"
-	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/load"
 )
 
 // backend is an HTTP server standing in for a data plane in front of a
 // backend that can go wrong on demand: it answers every batch with an
-// empty answer, the everyday client's (faults.Background's) with a 500
+// empty answer, the everyday client's (load.Background's) with a 500
 // while failing is set and not at all while hanging is set (until
 // release, called when the test ends at the latest), and counts the
 // requests of each client.
@@ -40,7 +40,7 @@ func newBackend(t *testing.T) *backend {
 	var once sync.Once
 	b.release = func() { once.Do(func() { close(release) }) }
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get(dataplane.ClientHeader) != faults.Background.Client {
+		if r.Header.Get(dataplane.ClientHeader) != load.Background.Client {
 			b.other.Add(1)
 			_, _ = w.Write([]byte("{}"))
 			return
@@ -69,20 +69,20 @@ func newBackend(t *testing.T) *backend {
 // enough to be stopped: the everyday one at 200 a second, the flood at 100
 // a second of tiny batches, so that a request sent after the abort would
 // show at once.
-func everydayLoad(t *testing.T, b *backend) *faults.Load {
+func everydayLoad(t *testing.T, b *backend) *load.Load {
 	t.Helper()
-	p := faults.Background
+	p := load.Background
 	p.Rate, p.BatchMax, p.Duration, p.MaxRequests, p.Timeout, p.Seed = 200, 5, 30*time.Second, 100_000, 5*time.Second, 1
-	l, err := faults.NewLoad(b.url, p)
+	l, err := load.New(b.url, p)
 	require.NoError(t, err)
 	return l
 }
 
-func floodLoad(t *testing.T, b *backend) *faults.Load {
+func floodLoad(t *testing.T, b *backend) *load.Load {
 	t.Helper()
-	p := faults.InternalBatch
+	p := load.InternalBatch
 	p.Rate, p.BatchMin, p.BatchMax, p.MaxInFlight, p.Duration, p.MaxRequests, p.Seed = 100, 5, 5, 16, 30*time.Second, 100_000, 2
-	l, err := faults.NewLoad(b.url, p)
+	l, err := load.New(b.url, p)
 	require.NoError(t, err)
 	return l
 }
@@ -90,13 +90,13 @@ func floodLoad(t *testing.T, b *backend) *faults.Load {
 // running is a load's Run in the background.
 type running struct {
 	done chan struct{}
-	rep  faults.LoadReport
+	rep  load.Report
 	err  error
 }
 
 // start runs l in the background until ctx ends or it stops by itself;
 // the test waits for it before it ends.
-func start(t *testing.T, ctx context.Context, l *faults.Load) *running {
+func start(t *testing.T, ctx context.Context, l *load.Load) *running {
 	t.Helper()
 	r := &running{done: make(chan struct{})}
 	go func() { defer close(r.done); r.rep, r.err = l.Run(ctx) }()
@@ -106,14 +106,14 @@ func start(t *testing.T, ctx context.Context, l *faults.Load) *running {
 
 // wait returns the load's report and Run's error, failing t at once if
 // Run has not returned within d.
-func (r *running) wait(t *testing.T, d time.Duration) (faults.LoadReport, error) {
+func (r *running) wait(t *testing.T, d time.Duration) (load.Report, error) {
 	t.Helper()
 	select {
 	case <-r.done:
 		return r.rep, r.err
 	case <-time.After(d):
 		t.Fatalf("the load still runs %v later", d)
-		return faults.LoadReport{}, nil
+		return load.Report{}, nil
 	}
 }
 
@@ -132,8 +132,8 @@ func TestAbortStopsTheFloodWhenEverydayRequestsFail(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	everyday, flood := everydayLoad(t, b), floodLoad(t, b)
-	limits := faults.AbortLimits{ErrorRate: 0.05, Window: time.Second, MinRequests: 20}
-	a, err := faults.NewAbort(limits, []*faults.Load{everyday}, []*faults.Load{flood})
+	limits := load.AbortLimits{ErrorRate: 0.05, Window: time.Second, MinRequests: 20}
+	a, err := load.NewAbort(limits, []*load.Load{everyday}, []*load.Load{flood})
 	require.NoError(t, err)
 	runEveryday, runFlood := start(t, ctx, everyday), start(t, ctx, flood)
 	abortDone := make(chan struct{})
@@ -156,12 +156,12 @@ func TestAbortStopsTheFloodWhenEverydayRequestsFail(t *testing.T) {
 	}
 	trip, ok := a.Trip()
 	require.True(t, ok)
-	assert.Equal(t, faults.AbortErrorRate, trip.Condition)
+	assert.Equal(t, load.AbortErrorRate, trip.Condition)
 	assert.Greater(t, trip.Observed, 0.05)
 	assert.InDelta(t, 0.05, trip.Limit, 0)
 	assert.GreaterOrEqual(t, trip.Requests, 20)
-	assert.Equal(t, faults.TrafficEveryday, trip.Traffic)
-	assert.Equal(t, []string{faults.InternalBatch.Client}, trip.Stopped)
+	assert.Equal(t, load.TrafficEveryday, trip.Traffic)
+	assert.Equal(t, []string{load.InternalBatch.Client}, trip.Stopped)
 	assert.False(t, trip.At.Before(failedAt))
 	assert.Contains(t, trip.String(), "everyday error rate ")
 	assert.Contains(t, trip.String(), "% > 5% (")
@@ -206,8 +206,8 @@ func TestAbortTripsOnP99FromRequestsInFlight(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	everyday, flood := everydayLoad(t, b), floodLoad(t, b)
-	limits := faults.AbortLimits{P99: 300 * time.Millisecond, Window: time.Second, MinRequests: 20}
-	a, err := faults.NewAbort(limits, []*faults.Load{everyday}, []*faults.Load{flood})
+	limits := load.AbortLimits{P99: 300 * time.Millisecond, Window: time.Second, MinRequests: 20}
+	a, err := load.NewAbort(limits, []*load.Load{everyday}, []*load.Load{flood})
 	require.NoError(t, err)
 	start(t, ctx, everyday)
 	runFlood := start(t, ctx, flood)
@@ -224,7 +224,7 @@ func TestAbortTripsOnP99FromRequestsInFlight(t *testing.T) {
 		t.Fatalf("no abort %v after the backend stopped answering", tripWithin)
 	}
 	trip, _ := a.Trip()
-	assert.Equal(t, faults.AbortP99, trip.Condition)
+	assert.Equal(t, load.AbortP99, trip.Condition)
 	assert.Greater(t, trip.Observed, 0.3)
 	assert.Positive(t, trip.InFlight, "counted from requests still in flight")
 	assert.Zero(t, everyday.Stats().Errors, "no everyday request had timed out yet (5 s)")
@@ -245,8 +245,8 @@ func TestAbortHoldsWithinItsLimits(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	everyday, flood := everydayLoad(t, b), floodLoad(t, b)
-	limits := faults.AbortLimits{ErrorRate: 0.05, P99: 2 * time.Second, Window: time.Second}
-	a, err := faults.NewAbort(limits, []*faults.Load{everyday}, []*faults.Load{flood})
+	limits := load.AbortLimits{ErrorRate: 0.05, P99: 2 * time.Second, Window: time.Second}
+	a, err := load.NewAbort(limits, []*load.Load{everyday}, []*load.Load{flood})
 	require.NoError(t, err)
 	start(t, ctx, everyday)
 	runFlood := start(t, ctx, flood)
@@ -274,14 +274,14 @@ func TestAbortEndsWhenTheFloodsAreDone(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	everyday := everydayLoad(t, b)
-	p := faults.InternalBatch
+	p := load.InternalBatch
 	p.BatchMin, p.BatchMax, p.MaxRequests = 1, 1, 1
-	flood, err := faults.NewLoad(b.url, p)
+	flood, err := load.New(b.url, p)
 	require.NoError(t, err)
 	rep, err := flood.Run(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, rep.Stats.Sent)
-	a, err := faults.NewAbort(faults.AbortLimits{ErrorRate: 0.05, Window: time.Second}, []*faults.Load{everyday}, []*faults.Load{flood})
+	a, err := load.NewAbort(load.AbortLimits{ErrorRate: 0.05, Window: time.Second}, []*load.Load{everyday}, []*load.Load{flood})
 	require.NoError(t, err)
 	start(t, ctx, everyday)
 	done := make(chan struct{})
@@ -316,18 +316,18 @@ func TestLoadStopBeforeRun(t *testing.T) {
 func TestNewAbortRefusesWhatCanNotGuard(t *testing.T) {
 	b := newBackend(t)
 	l := everydayLoad(t, b)
-	_, err := faults.NewAbort(faults.AbortLimits{}, []*faults.Load{l}, nil)
+	_, err := load.NewAbort(load.AbortLimits{}, []*load.Load{l}, nil)
 	require.ErrorContains(t, err, "no limit set")
-	_, err = faults.NewAbort(faults.ExternalAbort, nil, []*faults.Load{l})
+	_, err = load.NewAbort(load.ExternalAbort, nil, []*load.Load{l})
 	require.ErrorContains(t, err, "no load to watch")
-	err = faults.AbortLimits{ErrorRate: 1.5, P99: -time.Second, Window: time.Millisecond, MinRequests: -1}.Validate()
+	err = load.AbortLimits{ErrorRate: 1.5, P99: -time.Second, Window: time.Millisecond, MinRequests: -1}.Validate()
 	require.Error(t, err)
 	for _, want := range []string{"ErrorRate is 1.5", "P99 is -1s", "Window is 1ms", "MinRequests is -1"} {
 		assert.Contains(t, err.Error(), want)
 	}
-	require.NoError(t, faults.ExternalAbort.Validate())
-	assert.True(t, faults.ExternalAbort.Armed())
-	assert.False(t, faults.AbortLimits{}.Armed())
-	assert.Equal(t, "error rate > 5%, p99 > 3s over 5s (at least 20 requests)", faults.ExternalAbort.String())
-	assert.Equal(t, "off", faults.AbortLimits{}.String())
+	require.NoError(t, load.ExternalAbort.Validate())
+	assert.True(t, load.ExternalAbort.Armed())
+	assert.False(t, load.AbortLimits{}.Armed())
+	assert.Equal(t, "error rate > 5%, p99 > 3s over 5s (at least 20 requests)", load.ExternalAbort.String())
+	assert.Equal(t, "off", load.AbortLimits{}.String())
 }

@@ -1,4 +1,4 @@
-package faults
+package load
 
 import (
 	"cmp"
@@ -15,12 +15,13 @@ import (
 	"time"
 
 	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 )
 
 // LoadProfile is an open-loop load shape: requests leave on a seeded Poisson
 // schedule whether or not earlier ones have answered, as real clients do.
-type LoadProfile struct {
+type Profile struct {
 	// Client is the client name every request carries.
 	Client string
 	// Traffic is whose requests these are: the data plane's everyday
@@ -74,14 +75,14 @@ var (
 	// Background is the data plane's everyday traffic: hundreds of requests a
 	// second of 1-50 URIs ("typically ... between 1-50 post lookups per
 	// request").
-	Background = LoadProfile{
+	Background = Profile{
 		Client: "appview", Traffic: TrafficEveryday, Rate: 200, BatchMin: 1, BatchMax: 50,
 		Duration: 30 * time.Second, MaxRequests: 20_000, MaxInFlight: 256, Timeout: 5 * time.Second,
 	}
 	// InternalBatch is the postmortem's new internal service: "less than
 	// three GetPostRecords requests per second, but ... batches of 15-20
 	// thousand URIs at a time".
-	InternalBatch = LoadProfile{
+	InternalBatch = Profile{
 		Client: "internal-batch", Traffic: TrafficBatch, Rate: 2, BatchMin: 15_000, BatchMax: 20_000,
 		Duration: 30 * time.Second, MaxRequests: 100, MaxInFlight: 8, Timeout: 30 * time.Second,
 	}
@@ -94,7 +95,7 @@ const (
 	loadMaxBatch = 50_000
 )
 
-func (p LoadProfile) withDefaults() LoadProfile {
+func (p Profile) withDefaults() Profile {
 	if p.Method == "" {
 		p.Method = dataplane.MethodGetPostRecords
 	}
@@ -111,7 +112,7 @@ func (p LoadProfile) withDefaults() LoadProfile {
 }
 
 // Validate reports every problem with p, or nil.
-func (p LoadProfile) Validate() error {
+func (p Profile) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if p.Client == "" {
@@ -170,7 +171,7 @@ type Request struct {
 }
 
 // LoadStats are a load's live counters.
-type LoadStats struct {
+type Stats struct {
 	Sent     int64 `json:"sent"`
 	OK       int64 `json:"ok"`
 	Errors   int64 `json:"errors"`
@@ -179,11 +180,11 @@ type LoadStats struct {
 }
 
 // LoadReport is what a finished load saw.
-type LoadReport struct {
-	Profile LoadProfile `json:"profile"`
+type Report struct {
+	Profile Profile `json:"profile"`
 	// Began is when the load started: each Request's Start counts from it.
 	Began    time.Time      `json:"began"`
-	Stats    LoadStats      `json:"stats"`
+	Stats    Stats          `json:"stats"`
 	Outcomes map[string]int `json:"outcomes"`
 	// P50, P99 and Max are latency quantiles of every answered request.
 	P50 time.Duration `json:"p50_ns"`
@@ -199,7 +200,7 @@ type LoadReport struct {
 // Load is an open-loop load generator against a data plane's HTTP
 // endpoint. Its counters can be read while it runs.
 type Load struct {
-	profile LoadProfile
+	profile Profile
 	client  *dataplane.Client
 
 	sent, ok, errs, skipped, inflight atomic.Int64
@@ -219,7 +220,7 @@ type Load struct {
 
 // NewLoad returns a load of profile p against the data plane at baseURL
 // (dataplane.Server.URL). Bad profiles are refused with every problem named.
-func NewLoad(baseURL string, p LoadProfile) (*Load, error) {
+func New(baseURL string, p Profile) (*Load, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
@@ -238,12 +239,12 @@ func NewLoad(baseURL string, p LoadProfile) (*Load, error) {
 }
 
 // Profile returns the profile the load runs, defaults applied.
-func (l *Load) Profile() LoadProfile { return l.profile }
+func (l *Load) Profile() Profile { return l.profile }
 
 // Stats returns the live counters. Safe to call from any goroutine; it does
 // not block.
-func (l *Load) Stats() LoadStats {
-	return LoadStats{
+func (l *Load) Stats() Stats {
+	return Stats{
 		Sent: l.sent.Load(), OK: l.ok.Load(), Errors: l.errs.Load(),
 		Skipped: l.skipped.Load(), InFlight: l.inflight.Load(),
 	}
@@ -287,7 +288,7 @@ func (l *Load) stoppedBy() string {
 // Stop is called or ctx is done, then waits for outstanding requests (each
 // bounded by Timeout) and returns the report. It returns ctx's error only
 // if ctx ended the run; request failures are outcomes, not errors.
-func (l *Load) Run(ctx context.Context) (LoadReport, error) {
+func (l *Load) Run(ctx context.Context) (Report, error) {
 	p := l.profile
 	rng := rand.New(rand.NewPCG(p.Seed, 0x5a1a1))
 	began := time.Now()
@@ -441,12 +442,12 @@ func classify(err error) string {
 	}
 }
 
-func (l *Load) report() LoadReport {
+func (l *Load) report() Report {
 	l.mu.Lock()
 	reqs, began := append([]Request(nil), l.requests...), l.began
 	l.mu.Unlock()
 	sort.Slice(reqs, func(i, j int) bool { return reqs[i].Start < reqs[j].Start })
-	rep := LoadReport{Profile: l.profile, Began: began, Stats: l.Stats(), Outcomes: map[string]int{}, Stopped: l.stoppedBy(), Requests: reqs}
+	rep := Report{Profile: l.profile, Began: began, Stats: l.Stats(), Outcomes: map[string]int{}, Stopped: l.stoppedBy(), Requests: reqs}
 	lat := make([]time.Duration, 0, len(reqs))
 	for _, r := range reqs {
 		rep.Outcomes[r.Outcome]++
@@ -473,13 +474,13 @@ type Flood struct {
 	mu     sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
-	report LoadReport
+	report Report
 	err    error
 }
 
 // NewFlood returns a flood of profile p against the data plane at baseURL.
-func NewFlood(baseURL string, p LoadProfile) (*Flood, error) {
-	l, err := NewLoad(baseURL, p)
+func NewFlood(baseURL string, p Profile) (*Flood, error) {
+	l, err := New(baseURL, p)
 	if err != nil {
 		return nil, err
 	}
@@ -498,7 +499,7 @@ func (f *Flood) Inject(context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.done != nil {
-		return ErrInjected
+		return faults.ErrInjected
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel, f.done = cancel, make(chan struct{})
@@ -536,7 +537,7 @@ func (f *Flood) Recover(ctx context.Context) error {
 // requests answered so far, so that a caller can report the flood as failed
 // rather than lose it. A flood that has stopped returns its report even
 // once ctx has ended.
-func (f *Flood) Wait(ctx context.Context) (LoadReport, error) {
+func (f *Flood) Wait(ctx context.Context) (Report, error) {
 	f.mu.Lock()
 	done := f.done
 	f.mu.Unlock()

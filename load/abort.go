@@ -1,4 +1,4 @@
-package faults
+package load
 
 import (
 	"context"
@@ -177,7 +177,7 @@ func seconds(s float64) time.Duration {
 // load is still sending (or yet to start); the loads it stopped stay
 // stopped.
 //
-//	a, err := faults.NewAbort(faults.ExternalAbort, []*faults.Load{everyday}, []*faults.Load{flood.Load()})
+//	a, err := load.NewAbort(load.ExternalAbort, []*load.Load{everyday}, []*load.Load{flood.Load()})
 //	go a.Run(ctx) // until ctx ends or it trips
 //	<-a.Tripped()
 type Abort struct {
