@@ -143,6 +143,7 @@ func TestBatchFlood(t *testing.T) {
 		if res == nil {
 			return // caught by the abort limits
 		}
+		suite.AssertTopClient(t, res, load.InternalBatch.Client)
 		assert.True(t, res.Violated(scenario.MetricMemcachedTimeWaitAdded),
 			"the incident data plane must be caught leaving sockets in TIME_WAIT toward memcached; peaks %v", res.Peaks[scenario.MetricMemcachedTimeWaitAdded])
 		assert.True(t, res.Violated(probe.MetricGoroutinesPeak),

@@ -454,6 +454,7 @@ func TestPortExhaustion(t *testing.T) {
 			return // caught by the abort limits
 		}
 		logPeaks(t, res)
+		suite.AssertTopClient(t, res, load.InternalBatch.Client)
 		a.logCacheErrors(t)
 		assert.True(t, res.Violated(metricPortErrors),
 			"the incident data plane must be caught failing memcached dials for want of a source port (EADDRNOTAVAIL); peaks %v", res.Peaks[metricPortErrors])
@@ -481,6 +482,7 @@ func TestPortExhaustion(t *testing.T) {
 			return // caught by the abort limits
 		}
 		logPeaks(t, res)
+		suite.AssertTopClient(t, res, load.InternalBatch.Client)
 		a.logCacheErrors(t)
 		// "That got us out of the death loop because it expands the client
 		// ip+port space": no dial runs out of ports, though the budget

@@ -45,6 +45,21 @@ func TestGrowth(t *testing.T) {
 	}
 }
 
+func TestAssertTopClient(t *testing.T) {
+	res := &scenario.Result{Scenario: "s", Clients: []scenario.ClientFigures{
+		{Client: "internal-batch", Keys: 30_000}, {Client: "appview", Keys: 7_974},
+	}}
+	assert.True(t, AssertTopClient(t, res, "internal-batch"))
+	for _, tc := range []struct {
+		res    *scenario.Result
+		client string
+	}{{res, "appview"}, {&scenario.Result{Scenario: "empty"}, "internal-batch"}} {
+		var r recorder
+		assert.False(t, AssertTopClient(&r, tc.res, tc.client), tc.client)
+		assert.Equal(t, 1, r.errors, "%s: a failed check is reported", tc.client)
+	}
+}
+
 // recorder is a Reporter that counts errors.
 type recorder struct{ errors int }
 
