@@ -629,14 +629,29 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		}
 	}
 	runErr := func() error {
-		var atInject dataplane.Snapshot
-		atInjectErr := errors.New("not injected")
+		// The client table counts across the target's restarts: the
+		// per-client counters are read from inject to recover, each read's
+		// increase kept even when a killed child's successor counts anew.
+		var clients Increase
+		watching := false
+		clientsCtx, stopClients := context.WithCancel(ctx)
+		clientsDone := make(chan struct{})
+		defer func() {
+			stopClients()
+			if watching {
+				<-clientsDone // closed; or the run stopped before recover
+			}
+		}()
 		err := func() error {
 			if err := phase(PhaseBaseline, sc.Phases.Baseline, tripped); err != nil {
 				return err
 			}
 			sampler.Mark(PhaseInject)
-			atInject, atInjectErr = tgt.Metrics(ctx)
+			if atInject, err := tgt.Metrics(target.WithFamilies(ctx, clientFamilies...)); err == nil {
+				clients.Add(atInject)
+				watching = true
+				go func() { defer close(clientsDone); watchClients(clientsCtx, tgt, &clients) }()
+			}
 			for _, f := range injected {
 				progress("%s: inject %s", sc.Name, f.Name())
 				if err := f.Inject(ctx); err != nil {
@@ -655,8 +670,13 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			return err
 		}
 		sampler.Mark(PhaseRecover)
-		if atRecover, err := tgt.Metrics(ctx); err == nil && atInjectErr == nil {
-			res.Clients = ClientsBetween(atInject, atRecover)
+		if watching {
+			stopClients()
+			<-clientsDone
+			if atRecover, err := tgt.Metrics(target.WithFamilies(ctx, clientFamilies...)); err == nil {
+				clients.Add(atRecover)
+			}
+			res.Clients = ClientsBetween(nil, clients.Snapshot())
 		}
 		if err := recoverAll(ctx, ""); err != nil {
 			return err
