@@ -268,3 +268,33 @@ func TestTargetSeedsTheInProcessDataPlane(t *testing.T) {
 	assert.Same(t, given, sc.target())
 	assert.Equal(t, uint64(99), given.Config().Seed)
 }
+
+// The client table adds the keys each load sent between the first inject
+// and the first recover, from the load generator's own records, and names
+// a client the data plane never counted (a child killed while serving its
+// batch) when it sent the most.
+func TestWithKeysSent(t *testing.T) {
+	t0 := time.Now()
+	tl := &probe.Timeline{Phases: []probe.Phase{
+		{Name: PhaseBaseline, Start: t0},
+		{Name: PhaseInject, Start: t0.Add(2 * time.Second)},
+		{Name: PhaseObserve, Start: t0.Add(6 * time.Second)},
+		{Name: PhaseRecover, Start: t0.Add(8 * time.Second)},
+	}}
+	flood := load.Report{Profile: load.Profile{Client: "internal-batch"}, Began: t0.Add(time.Second), Requests: []load.Request{
+		{Start: 500 * time.Millisecond, Batch: 15_000}, // before inject
+		{Start: 2 * time.Second, Batch: 15_000},
+		{Start: 4 * time.Second, Batch: 15_000},
+		{Start: 7 * time.Second, Batch: 15_000}, // at recover: after the window
+	}}
+	everyday := load.Report{Profile: load.Profile{Client: "appview"}, Began: t0, Requests: []load.Request{
+		{Start: 3 * time.Second, Batch: 20}, {Start: 5 * time.Second, Batch: 5},
+	}}
+	counted := []ClientFigures{{Client: "appview", Keys: 25, Requests: 2}}
+	got := withKeysSent(counted, []load.Report{everyday, flood}, tl)
+	require.Len(t, got, 2)
+	assert.Equal(t, ClientFigures{Client: "internal-batch", KeysSent: 30_000}, got[0], "sent the most, though never counted")
+	assert.Equal(t, ClientFigures{Client: "appview", Keys: 25, Requests: 2, KeysSent: 25}, got[1])
+
+	assert.Equal(t, counted, withKeysSent(counted, []load.Report{flood}, &probe.Timeline{}), "no fault window: nothing added")
+}

@@ -723,6 +723,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	// A run that stopped part-way keeps what it saw, for its report.
 	res.Loads, res.LoadSummary = collectLoads(ctx, reports, reportErrs, floods)
 	res.Timeline = sampler.Timeline()
+	res.Clients = withKeysSent(res.Clients, res.Loads, res.Timeline)
 	if abort != nil {
 		if trip, ok := abort.Trip(); ok {
 			res.Aborted = newAborted(trip, res.Timeline)
@@ -779,7 +780,15 @@ type ClientFigures struct {
 	Keys          float64 `json:"keys"`
 	KeysFailed    float64 `json:"keys_failed"`
 	KeysFromStore float64 `json:"keys_from_store"`
+	// KeysSent counts the keys this client's load sent in the same window,
+	// as Spiral's load generator recorded them: known even where the data
+	// plane never counted them (a child killed while it served them).
+	KeysSent float64 `json:"keys_sent"`
 }
+
+// asked is the most a client is known to have asked for: the keys the data
+// plane counted, or those its load sent.
+func (f ClientFigures) asked() float64 { return max(f.Keys, f.KeysSent) }
 
 // ClientsBetween returns each client's figures between two snapshots of a
 // data plane's metrics, most keys first (then most failed requests, then
@@ -822,16 +831,59 @@ func ClientsBetween(before, after dataplane.Snapshot) []ClientFigures {
 			out = append(out, *f)
 		}
 	}
+	sortClients(out)
+	return out
+}
+
+// sortClients orders the client table: most keys asked first (asked), then
+// most failed requests, then by name.
+func sortClients(out []ClientFigures) {
 	slices.SortFunc(out, func(a, b ClientFigures) int {
 		switch {
-		case a.Keys != b.Keys:
-			return cmp.Compare(b.Keys, a.Keys)
+		case a.asked() != b.asked():
+			return cmp.Compare(b.asked(), a.asked())
 		case a.FailedRequests != b.FailedRequests:
 			return cmp.Compare(b.FailedRequests, a.FailedRequests)
 		}
 		return strings.Compare(a.Client, b.Client)
 	})
-	return out
+}
+
+// withKeysSent adds to clients each load's keys sent between the first
+// inject and the first recover mark of tl, adding clients the data plane
+// did not count, and sorts the table again.
+func withKeysSent(clients []ClientFigures, reports []load.Report, tl *probe.Timeline) []ClientFigures {
+	var from, to time.Time
+	for _, ph := range tl.Phases {
+		switch {
+		case ph.Name == PhaseInject && from.IsZero():
+			from = ph.Start
+		case ph.Name == PhaseRecover && to.IsZero():
+			to = ph.Start
+		}
+	}
+	if from.IsZero() || to.IsZero() {
+		return clients
+	}
+	sent := map[string]float64{}
+	for _, rep := range reports {
+		for _, r := range rep.Requests {
+			if at := rep.Began.Add(r.Start); !at.Before(from) && at.Before(to) {
+				sent[rep.Profile.Client] += float64(r.Batch)
+			}
+		}
+	}
+	for i := range clients {
+		clients[i].KeysSent = sent[clients[i].Client]
+		delete(sent, clients[i].Client)
+	}
+	for c, n := range sent {
+		if n > 0 {
+			clients = append(clients, ClientFigures{Client: c, KeysSent: n})
+		}
+	}
+	sortClients(clients)
+	return clients
 }
 
 // addEverydayLatency adds MetricEverydayLatencyP99 to tl from the everyday

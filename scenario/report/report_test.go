@@ -510,14 +510,14 @@ func TestWriteShowsWho(t *testing.T) {
 	dir := t.TempDir()
 	res := result(t, "flood/incident")
 	res.Clients = []scenario.ClientFigures{
-		{Client: "internal-batch", Requests: 3, FailedRequests: 3, Keys: 60000, KeysFailed: 45000},
-		{Client: "appview", Requests: 55, FailedRequests: 5, Keys: 540, KeysFailed: 40},
+		{Client: "internal-batch", Requests: 3, FailedRequests: 3, Keys: 60000, KeysFailed: 45000, KeysSent: 60000},
+		{Client: "appview", Requests: 55, FailedRequests: 5, Keys: 540, KeysFailed: 40, KeysSent: 545},
 	}
 	page, err := report.Write(dir, res)
 	require.NoError(t, err)
 	html, err := os.ReadFile(page)
 	require.NoError(t, err)
-	assert.Regexp(t, `(?s)<h2>Who</h2>.*<td>internal-batch</td><td>60000</td><td>45000</td>.*<td>appview</td><td>540</td>`, string(html))
+	assert.Regexp(t, `(?s)<h2>Who</h2>.*<td>internal-batch</td><td>60000</td><td>60000</td><td>45000</td>.*<td>appview</td><td>545</td><td>540</td>`, string(html))
 
 	var sum struct {
 		Clients []scenario.ClientFigures `json:"clients"`

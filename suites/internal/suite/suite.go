@@ -238,7 +238,8 @@ func WriteReport(t *testing.T, res *scenario.Result) {
 }
 
 // AssertTopClient fails t unless client is the first of res.Clients, the
-// client that asked for the most keys while the faults acted: the
+// client that asked for the most keys while the faults acted (counted by
+// the data plane, or sent by its load): the
 // postmortem's lesson that per-client figures would have named the new
 // internal client at once, checked on the report's own table. It logs the
 // table's first rows either way.
@@ -249,7 +250,7 @@ func AssertTopClient(t Reporter, res *scenario.Result, client string) bool {
 		return false
 	}
 	for i, c := range res.Clients[:min(3, len(res.Clients))] {
-		t.Logf("  client %d: %s keys %.0f (failed %.0f, from the store %.0f), requests %.0f (failed %.0f)", i+1, c.Client, c.Keys, c.KeysFailed, c.KeysFromStore, c.Requests, c.FailedRequests)
+		t.Logf("  client %d: %s keys sent %.0f, counted %.0f (failed %.0f, from the store %.0f), requests %.0f (failed %.0f)", i+1, c.Client, c.KeysSent, c.Keys, c.KeysFailed, c.KeysFromStore, c.Requests, c.FailedRequests)
 	}
 	if res.Clients[0].Client != client {
 		t.Errorf("%s: the report names %s as the top source of keys while the faults acted, not the flooding client %s", res.Scenario, res.Clients[0].Client, client)
