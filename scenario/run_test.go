@@ -212,6 +212,12 @@ func TestRunPhasesInOrderAndLeavesNothingBehind(t *testing.T) {
 	}
 	assert.Equal(t, []string{scenario.PhaseBaseline, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover, scenario.PhaseValidate}, phases,
 		"every phase sampled, once each, in order")
+	var marked []string
+	for _, ph := range res.Timeline.Phases {
+		marked = append(marked, ph.Name)
+	}
+	assert.Equal(t, []string{scenario.PhaseBaseline, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover, scenario.PhaseValidate}, marked,
+		"every phase marked once, in order")
 	assert.InDelta(t, 3.0, res.Peaks[scenario.MetricLookupsInFlight][scenario.PhaseInject], 0, "the target's metrics are sampled")
 	require.NotEmpty(t, res.LoadSummary)
 	assert.Positive(t, res.LoadSummary[0].Stats.OK, "the background load reached the target")

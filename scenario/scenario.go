@@ -20,6 +20,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -507,26 +508,23 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		}
 		bgLoads = append(bgLoads, l)
 	}
-	// Every load is sampled: the background loads, then the floods.
+	// Every load is sampled: the background loads, then the floods. The
+	// run's floods are its batch loads among both.
 	var floods []*load.Flood
 	var loads []LoadCounters
+	var floodLoads []*load.Load
 	for _, l := range bgLoads {
 		loads = append(loads, l)
+		if l.Profile().Traffic == load.TrafficBatch {
+			floodLoads = append(floodLoads, l)
+		}
 	}
 	for _, f := range injected {
 		if fl, ok := f.(*load.Flood); ok {
 			floods = append(floods, fl)
 			loads = append(loads, fl.Load())
+			floodLoads = append(floodLoads, fl.Load())
 		}
-	}
-	var floodLoads []*load.Load
-	for _, l := range bgLoads {
-		if l.Profile().Traffic == load.TrafficBatch {
-			floodLoads = append(floodLoads, l)
-		}
-	}
-	for _, fl := range floods {
-		floodLoads = append(floodLoads, fl.Load())
 	}
 	if err := checkFloods(env, floodLoads); err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
@@ -610,12 +608,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	endAbort := func() { stopAbort(); <-abortDone }
 	defer endAbort()
 
-	// phase waits out a phase; with cut, it returns errTripped as soon as
-	// the abort trips.
+	// phase waits out a phase, marked by the caller; with cut, it returns
+	// errTripped as soon as the abort trips.
 	phase := func(name string, d time.Duration, cut <-chan struct{}) error {
-		if name != PhaseBaseline {
-			sampler.Mark(name)
-		}
 		progress("%s: %s for %v", sc.Name, name, d)
 		t := time.NewTimer(d)
 		defer t.Stop()
@@ -633,15 +628,10 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		// per-client counters are read from inject to recover, each read's
 		// increase kept even when a killed child's successor counts anew.
 		var clients Increase
-		watching := false
+		var watching sync.WaitGroup
 		clientsCtx, stopClients := context.WithCancel(ctx)
-		clientsDone := make(chan struct{})
-		defer func() {
-			stopClients()
-			if watching {
-				<-clientsDone // closed; or the run stopped before recover
-			}
-		}()
+		defer func() { stopClients(); watching.Wait() }()
+		watched := false
 		err := func() error {
 			if err := phase(PhaseBaseline, sc.Phases.Baseline, tripped); err != nil {
 				return err
@@ -649,8 +639,8 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			sampler.Mark(PhaseInject)
 			if atInject, err := tgt.Metrics(target.WithFamilies(ctx, clientFamilies...)); err == nil {
 				clients.Add(atInject)
-				watching = true
-				go func() { defer close(clientsDone); watchClients(clientsCtx, tgt, &clients) }()
+				watched = true
+				watching.Go(func() { watchClients(clientsCtx, tgt, &clients) })
 			}
 			for _, f := range injected {
 				progress("%s: inject %s", sc.Name, f.Name())
@@ -661,6 +651,7 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			if err := phase(PhaseInject, sc.Phases.Inject, tripped); err != nil {
 				return err
 			}
+			sampler.Mark(PhaseObserve)
 			return phase(PhaseObserve, sc.Phases.Observe, tripped)
 		}()
 		if errors.Is(err, errTripped) {
@@ -670,9 +661,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 			return err
 		}
 		sampler.Mark(PhaseRecover)
-		if watching {
+		if watched {
 			stopClients()
-			<-clientsDone
+			watching.Wait()
 			if atRecover, err := tgt.Metrics(target.WithFamilies(ctx, clientFamilies...)); err == nil {
 				clients.Add(atRecover)
 			}

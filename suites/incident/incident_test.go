@@ -19,7 +19,6 @@
 package incident
 
 import (
-	"math"
 	"net"
 	"testing"
 	"time"
@@ -138,11 +137,7 @@ func replayWithSink(t *testing.T, name string, cfg dataplane.Config) (scenario.S
 			},
 			func(h scenario.Harness) (faults.Fault, error) { return h.Flood(flood) },
 		},
-		Probes: func(h scenario.Harness) []probe.Source {
-			return []probe.Source{
-				probe.Func("sink_blocked_writers", func() float64 { return float64(sink.Stats().InFlight) }),
-			}
-		},
+		Probes: suite.SinkProbes(sink),
 		Phases: phases, Budgets: budgets,
 	}, sink
 }
@@ -168,20 +163,7 @@ func underTest(t *testing.T, cfg dataplane.Config) scenario.Scenario {
 		sc.Faults[1] = func(scenario.Harness) (faults.Fault, error) {
 			return &netfault.NetnsPortBudget{NS: tgt.Netns(), Budget: netfault.NetnsBudget(budgetPorts)}, nil
 		}
-		sc.Probes = func(scenario.Harness) []probe.Source {
-			return []probe.Source{probe.Func("sink_blocked_writers", func() float64 {
-				pid := tgt.PID()
-				if pid <= 0 {
-					return math.NaN()
-				}
-				n, err := faults.ThreadsInWriteOf(pid, 2)
-				if err != nil {
-					return math.NaN()
-				}
-				return float64(n)
-			})}
-		}
-		return sc
+		return sc // suite.SinkProbes reads the child's writers
 	}
 	t.Skipf("%s=%s: a running service can be neither confined to a port budget nor wired to the slow sink from here; give the binary (exec:)", target.EnvTarget, spec)
 	return sc
