@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -198,21 +200,19 @@ func TestPortBudgetServerCloseFreesPorts(t *testing.T) {
 // TestPortBudgetTimeWait measures what TIME_WAIT does to the budget when
 // the client closes first, as the postmortem's data plane did: the ports
 // stay taken until the kernel may reuse them.
+//
+// Not every close ends in TIME_WAIT. Now and then the client's socket
+// leaves FIN_WAIT without entering it, with one RST more on the
+// namespace's counters for each: in 260 runs here (Linux 6.18, 2 cores,
+// half of them with both cores busy), none of the 16 closes in most, 1 to
+// 11 in about one run in twelve, all 16 once. So the test first lets
+// the closes settle, then judges the ports that are in TIME_WAIT; the
+// others are free at once and say nothing about reuse. A dial reused a
+// TIME_WAIT when its port was in TIME_WAIT just before and the kernel
+// counted a TIME_WAIT recycled during it (TcpExt TWRecycled, counted in
+// __inet_check_established).
 func TestPortBudgetTimeWait(t *testing.T) {
 	noLeaks(t)
-	srv := newAcceptor(t)
-	b := freeBudget(t, portBudgetSize)
-	conns, err := exhaust(t, b.Dial, srv.addr(), b, portBudgetSize)
-	require.ErrorIs(t, err, syscall.EADDRNOTAVAIL)
-	for _, c := range conns {
-		require.NoError(t, c.Close())
-	}
-	closed := time.Now()
-
-	_, err = b.Dial(t.Context(), "tcp", srv.addr())
-	t.Logf("dial right after the client closed %d connections: %v", len(conns), err)
-	require.ErrorIs(t, err, syscall.EADDRNOTAVAIL, "TIME_WAIT holds every port of the budget")
-
 	reuse := sysctl(t, "net/ipv4/tcp_tw_reuse")
 	delay := sysctl(t, "net/ipv4/tcp_tw_reuse_delay")
 	t.Logf("net.ipv4.tcp_tw_reuse=%s tcp_tw_reuse_delay=%s ms", reuse, delay)
@@ -220,37 +220,143 @@ func TestPortBudgetTimeWait(t *testing.T) {
 		t.Skip("tcp_tw_reuse=0: TIME_WAIT ports come back only after 60 s")
 	}
 	// tcp_tw_reuse 1 or 2 (2 = loopback only): a TIME_WAIT port may be
-	// reused once its last timestamp is older than tcp_tw_reuse_delay.
-	var c net.Conn
-	require.Eventually(t, func() bool {
-		c, err = b.Dial(t.Context(), "tcp", srv.addr())
-		return err == nil
-	}, 5*time.Second, 50*time.Millisecond, "a TIME_WAIT port is reused on loopback: last error %v", err)
-	t.Cleanup(func() { _ = c.Close() })
-	t.Logf("a port of the budget came back %v after the close (TIME_WAIT reused)", time.Since(closed).Round(10*time.Millisecond))
-	assert.True(t, b.Contains(localPort(c)))
-	assert.GreaterOrEqual(t, time.Since(closed), 500*time.Millisecond, "reuse waits for tcp_tw_reuse_delay")
+	// reused once the TIME_WAIT is older than tcp_tw_reuse_delay.
+	const attempts = 3 // closes that all skip TIME_WAIT: about 1 run in 200
+	for attempt := 1; ; attempt++ {
+		if timeWaitReuse(t) {
+			return
+		}
+		require.Less(t, attempt, attempts, "no close of %d attempts left a TIME_WAIT", attempts)
+	}
+}
 
-	// Every TIME_WAIT port of the budget comes back, each once its own last
-	// timestamp is older than the delay: the closes above are spread over
-	// some milliseconds, so a port may lag the first by that much.
-	var more []net.Conn
+// timeWaitReuse is one run of TestPortBudgetTimeWait. It returns false,
+// having judged nothing, when none of the closes left a TIME_WAIT.
+func timeWaitReuse(t *testing.T) bool {
+	srv := newAcceptor(t)
+	b := freeBudget(t, portBudgetSize)
+	conns, err := exhaust(t, b.Dial, srv.addr(), b, portBudgetSize)
+	require.ErrorIs(t, err, syscall.EADDRNOTAVAIL)
+	srvPort := uint16(srv.ln.Addr().(*net.TCPAddr).Port)
+	for _, c := range conns {
+		require.NoError(t, c.Close())
+	}
+	closed := time.Now()
+
+	// Settled: no socket of the budget to srv is still closing.
+	var states map[int]probe.State
+	require.Eventually(t, func() bool {
+		states = budgetStates(t, srvPort, b)
+		for _, st := range states {
+			if st != probe.TimeWait {
+				return false
+			}
+		}
+		return true
+	}, 500*time.Millisecond, time.Millisecond, "the closes settle: %v", states)
+	settled := time.Since(closed)
+	free := len(conns) - len(states)
+	t.Logf("%d of %d closes left a TIME_WAIT, settled %v after the close; %d port(s) are free at once", len(states), len(conns), settled.Round(time.Millisecond), free)
+	if len(states) == 0 {
+		return false
+	}
+
+	var back []net.Conn // every connection the budget gave back
 	t.Cleanup(func() {
-		for _, c := range more {
+		for _, c := range back {
 			_ = c.Close()
 		}
 	})
-	deadline := time.Now().Add(2 * time.Second)
-	for len(more) < len(conns)-1 {
+	// The free ports first: then the TIME_WAIT holds the rest.
+	for range free {
+		c, err := b.Dial(t.Context(), "tcp", srv.addr())
+		require.NoError(t, err, "a port whose close left no TIME_WAIT is free")
+		back = append(back, c)
+		p := localPort(c)
+		require.True(t, b.Contains(p), "source port %d outside the budget %s", p, b)
+		require.NotContains(t, states, p, "port %d in TIME_WAIT reused %v after the close", p, time.Since(closed))
+	}
+	_, err = b.Dial(t.Context(), "tcp", srv.addr())
+	t.Logf("dial with %d ports of the budget in TIME_WAIT: %v", len(states), err)
+	require.ErrorIs(t, err, syscall.EADDRNOTAVAIL, "TIME_WAIT holds its ports")
+
+	var reused time.Duration // when the first TIME_WAIT was reused
+	deadline := closed.Add(5 * time.Second)
+	for reused == 0 {
+		require.True(t, time.Now().Before(deadline), "no TIME_WAIT port of the budget reused 5 s after the close")
+		before := netstat(t, "TcpExt", "TWRecycled")
+		c, err := b.Dial(t.Context(), "tcp", srv.addr())
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		require.NoError(t, err)
+		back = append(back, c)
+		p := localPort(c)
+		require.Contains(t, states, p, "only TIME_WAIT ports are left in the budget")
+		require.Greater(t, netstat(t, "TcpExt", "TWRecycled"), before, "port %d came back as a TIME_WAIT reused", p)
+		reused = time.Since(closed)
+	}
+	t.Logf("a TIME_WAIT port of the budget was reused %v after the close", reused.Round(10*time.Millisecond))
+	assert.GreaterOrEqual(t, reused, 500*time.Millisecond, "reuse waits for tcp_tw_reuse_delay")
+
+	// Every TIME_WAIT port of the budget comes back, each once its own
+	// TIME_WAIT is older than the delay: the closes above are spread over
+	// some milliseconds, so a port may lag the first by that much.
+	deadline = time.Now().Add(2 * time.Second)
+	for len(back) < len(conns) {
 		c, err := b.Dial(t.Context(), "tcp", srv.addr())
 		if errors.Is(err, syscall.EADDRNOTAVAIL) && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
-		require.NoError(t, err, "dial %d of the %d ports left in TIME_WAIT", len(more)+1, len(conns)-1)
-		more = append(more, c)
+		require.NoError(t, err, "dial %d of the %d ports left in TIME_WAIT", len(back)-free+1, len(states))
+		back = append(back, c)
 	}
 	t.Logf("every port of the budget came back %v after the close", time.Since(closed).Round(10*time.Millisecond))
+	return true
+}
+
+// budgetStates returns the state of each socket from a port of b to
+// 127.0.0.1:port, by local port.
+func budgetStates(tb testing.TB, port uint16, b netfault.PortBudget) map[int]probe.State {
+	tb.Helper()
+	socks, err := probe.Census{}.List(tb.Context(), probe.Filter{
+		RemotePort: port,
+		RemoteAddr: netip.MustParseAddr("127.0.0.1"),
+	})
+	require.NoError(tb, err)
+	states := make(map[int]probe.State, len(socks))
+	for _, s := range socks {
+		if p := int(s.Local.Port()); b.Contains(p) {
+			states[p] = s.State
+		}
+	}
+	return states
+}
+
+// netstat returns one counter of /proc/net/netstat (the calling thread's
+// network namespace), as nstat names it: group "TcpExt", name "TWRecycled".
+func netstat(tb testing.TB, group, name string) int64 {
+	tb.Helper()
+	b, err := os.ReadFile("/proc/thread-self/net/netstat")
+	require.NoError(tb, err)
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != group+":" || len(values) != len(names) {
+			continue
+		}
+		for j, n := range names {
+			if n == name {
+				v, err := strconv.ParseInt(values[j], 10, 64)
+				require.NoError(tb, err)
+				return v
+			}
+		}
+	}
+	require.FailNow(tb, "no such counter", "%s %s in /proc/net/netstat", group, name)
+	return 0
 }
 
 func sysctl(tb testing.TB, name string) string {
