@@ -222,6 +222,15 @@ func IncidentConfig() Config {
 	}
 }
 
+// PostmortemFixConfig returns the postmortem's own fix alone: the incident
+// configuration with each batch's lookups bounded (errgroup.SetLimit,
+// DefaultBatchConcurrency) and nothing else changed.
+func PostmortemFixConfig() Config {
+	c := IncidentConfig()
+	c.BatchConcurrency = DefaultBatchConcurrency
+	return c
+}
+
 // DefaultConfig returns the fixed data plane: the postmortem's fix (bounded
 // concurrency per request, errgroup.SetLimit) plus chunked GetMulti, a cap
 // on memcached operations below the idle pool size, a bounded CQL fallback,

@@ -45,43 +45,74 @@ type NS struct {
 // namespace, brings its loopback up and stays there, running NS.Do's
 // functions, until Close.
 func New() (*NS, error) {
+	ns, err := hold(func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("unshare the network namespace: %w", err)
+		}
+		return loopbackUp()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("new network namespace: %w", err)
+	}
+	return ns, nil
+}
+
+// Join holds the existing namespace that path names (/proc/PID/ns/net of
+// a process in it, a container's among them): a locked OS thread enters it
+// and stays there, as New's does. Close lets the thread go; the namespace
+// lives on as long as its processes do.
+func Join(path string) (*NS, error) {
+	ns, err := hold(func() error {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open %s: %w", path, err)
+		}
+		defer func() { _ = unix.Close(fd) }()
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("enter %s: %w", path, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("join network namespace: %w", err)
+	}
+	return ns, nil
+}
+
+// hold starts the thread that holds a namespace: enter moves it in.
+func hold(enter func() error) (*NS, error) {
 	ns := &NS{calls: make(chan func()), done: make(chan struct{})}
 	ready := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		if unix.Gettid() != unix.Getpid() {
-			ns.serve(ready)
+			ns.serve(enter, ready)
 			return
 		}
 		// The main thread: /proc/self/net shows its namespace, and so every
 		// census of the process's own sockets would read the new one. It
-		// is held here, locked, while a thread that can't be it unshares.
+		// is held here, locked, while a thread that can't be it enters.
 		inner := make(chan error, 1)
 		go func() {
 			runtime.LockOSThread()
-			ns.serve(inner)
+			ns.serve(enter, inner)
 		}()
 		err := <-inner
 		runtime.UnlockOSThread()
 		ready <- err
 	}()
 	if err := <-ready; err != nil {
-		return nil, fmt.Errorf("new network namespace: %w", err)
+		return nil, err
 	}
 	return ns, nil
 }
 
-// serve unshares the calling goroutine's locked thread into a new network
-// namespace, brings its loopback up, reports on ready and runs Do's
-// functions until Close. The thread is never unlocked: it ends with the
-// goroutine instead of returning to the runtime's pool inside the
-// namespace.
-func (ns *NS) serve(ready chan<- error) {
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		ready <- fmt.Errorf("unshare the network namespace: %w", err)
-		return
-	}
-	if err := loopbackUp(); err != nil {
+// serve moves the calling goroutine's locked thread into a namespace
+// (enter), reports on ready and runs Do's functions until Close. The
+// thread is never unlocked: it ends with the goroutine instead of
+// returning to the runtime's pool inside the namespace.
+func (ns *NS) serve(enter func() error, ready chan<- error) {
+	if err := enter(); err != nil {
 		ready <- err
 		return
 	}

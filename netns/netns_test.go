@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -192,4 +193,27 @@ func TestForwarderResetsWhenTheDialFails(t *testing.T) {
 		_ = c.Close()
 	}
 	require.ErrorIs(t, err, syscall.ECONNRESET)
+}
+
+// Join enters a namespace that already exists: a listener made in it
+// through one NS is dialled through the other, and not from the machine.
+func TestJoin(t *testing.T) {
+	ns := newNS(t)
+	joined, err := netns.Join(ns.Path())
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, joined.Close()) })
+
+	ln, err := ns.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { _ = ln.Close() }()
+	c, err := joined.DialContext(t.Context(), "tcp", ln.Addr().String())
+	require.NoError(t, err, "the joined namespace is the same")
+	require.NoError(t, c.Close())
+	_, err = net.Dial("tcp", ln.Addr().String())
+	require.Error(t, err, "not the machine's loopback")
+
+	_, err = netns.Join(filepath.Join(t.TempDir(), "none"))
+	require.ErrorContains(t, err, "join network namespace: open")
+	_, err = netns.Join("/proc/self/ns/mnt")
+	require.ErrorContains(t, err, "join network namespace: enter", "a namespace of another kind is refused")
 }

@@ -183,6 +183,11 @@ type Scenario struct {
 	// *probe.Peak among them is started by Run when sampling starts and
 	// stopped when it ends: Probes must not start it.
 	Probes func(h Harness) []probe.Source
+	// Events, if set, reads what happened, in order, from the finished
+	// run (its timeline, peaks and loads): the links of a chain of
+	// failures, each with its time. Result.Events holds them, and the
+	// report lists them.
+	Events func(res *Result) []Event
 	// Phases are the phase durations.
 	Phases Phases
 	// Budgets must hold; every violation is reported.
@@ -244,6 +249,8 @@ type Result struct {
 	// them. Reported beside the verdict, not yet failing the run: the
 	// incident arms' samplers still go blind on this 2-core machine.
 	Unreliable []string `json:"unreliable,omitempty"`
+	// Events are what Scenario.Events read from the run, in order.
+	Events []Event `json:"events,omitempty"`
 	// AbortLimits are the limits the run's floods were held to
 	// (AbortLimitsFor); zero when none were, or the run had no flood.
 	AbortLimits load.AbortLimits `json:"abort_limits,omitzero"`
@@ -252,6 +259,17 @@ type Result struct {
 	// Run returned an error wrapping ErrAborted.
 	Aborted *Aborted `json:"aborted,omitempty"`
 }
+
+// Event is one thing that happened in a run, when it did, and the
+// figures that show it.
+type Event struct {
+	Name   string    `json:"name"`
+	At     time.Time `json:"at"`
+	Detail string    `json:"detail"`
+}
+
+// String is "name: detail".
+func (e Event) String() string { return e.Name + ": " + e.Detail }
 
 // Observer limits during inject and observe, what the faults are judged
 // on: a sample's median cost may take ObserverShare of the interval, and
@@ -727,6 +745,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 	res.Violations, res.NotJudged = judge(res.Timeline, tgt, sc.Budgets)
 	res.Peaks = Peaks(res.Timeline)
 	res.Unreliable = unreliable(res.Timeline)
+	if sc.Events != nil {
+		res.Events = sc.Events(res)
+	}
 	if runErr != nil {
 		err = fmt.Errorf("scenario %s: %w", sc.Name, runErr)
 		res.Error = err.Error()

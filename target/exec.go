@@ -67,6 +67,16 @@ type ExecConfig struct {
 	// namespace's sockets, which are the child's alone (Exec.Netns).
 	// Backends must be on loopback.
 	Netns bool
+	// NS, with Netns, is the namespace the children run in instead of one
+	// made for them: one that holds a backend already, such as memcached
+	// in a container of its own (fixtures.StartIsolatedMemcached), with
+	// the kernel settings its test chose. The target neither makes nor
+	// closes it.
+	NS *netns.NS
+	// Memcached, if set, are the memcached servers the children use
+	// instead of the backends': addresses inside NS, reached there as
+	// they are, not forwarded.
+	Memcached []string
 	// Stderr, if set, is every child's stderr, where services write their
 	// log lines: a slow log sink (faults.Sink.WriteEnd) makes them block
 	// in write(2). The child's stdout alone is then kept for the message
@@ -107,6 +117,17 @@ func NewExec(cfg ExecConfig) (*Exec, error) {
 	}
 	if err := cfg.Shape.Validate(); err != nil {
 		return nil, fmt.Errorf("exec target: %w", err)
+	}
+	if (cfg.NS != nil || len(cfg.Memcached) > 0) && !cfg.Netns {
+		return nil, errors.New("exec target: NS and Memcached need Netns")
+	}
+	if len(cfg.Memcached) > 0 && cfg.NS == nil {
+		return nil, errors.New("exec target: Memcached names servers inside NS: give NS")
+	}
+	for _, a := range cfg.Memcached {
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			return nil, fmt.Errorf("exec target: memcached address %q: %w", a, err)
+		}
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 20 * time.Second
@@ -149,9 +170,13 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 	for i, a := range t.cfg.Args {
 		args[i] = strings.ReplaceAll(a, AddrArg, addr)
 	}
+	mc := b.MemcachedAddrs
+	if len(t.cfg.Memcached) > 0 {
+		mc = t.cfg.Memcached
+	}
 	env := append(os.Environ(),
 		EnvListen+"="+addr,
-		fixtures.EnvMemcachedAddrs+"="+strings.Join(b.MemcachedAddrs, ","),
+		fixtures.EnvMemcachedAddrs+"="+strings.Join(mc, ","),
 		fixtures.EnvCQLHosts+"="+strings.Join(b.CQLHosts, ","),
 		fixtures.EnvKeyspace+"="+b.Keyspace,
 	)
@@ -187,17 +212,25 @@ func (t *Exec) Start(ctx context.Context, b Backends) error {
 	return nil
 }
 
-// startNetns makes the children's network namespace, forwards each
-// backend into it at its own address, and the child's address out of it:
+// startNetns makes the children's network namespace (or takes
+// ExecConfig.NS), forwards each backend into it at its own address (but
+// ExecConfig.Memcached's, inside already), and the child's address out of it:
 // addr on the machine's loopback (a free port if ""), where the child
 // listens inside too. t.mu must be held.
 func (t *Exec) startNetns(addr string, b Backends) (string, error) {
-	ns, err := netns.New()
-	if err != nil {
-		return "", err
+	ns := t.cfg.NS
+	if ns == nil {
+		var err error
+		if ns, err = netns.New(); err != nil {
+			return "", err
+		}
 	}
 	t.ns = ns
-	for _, a := range append(slices.Clone(b.MemcachedAddrs), b.CQLHosts...) {
+	forward := b.CQLHosts
+	if len(t.cfg.Memcached) == 0 {
+		forward = append(slices.Clone(b.MemcachedAddrs), forward...)
+	}
+	for _, a := range forward {
 		ap, err := netip.ParseAddrPort(a)
 		if err != nil || !ap.Addr().IsLoopback() {
 			return "", fmt.Errorf("backend %s: a child in a network namespace of its own reaches backends on loopback only", a)
@@ -232,10 +265,10 @@ func (t *Exec) closeNetns() {
 		_ = f.Close()
 	}
 	t.fwd = nil
-	if t.ns != nil {
+	if t.ns != nil && t.ns != t.cfg.NS {
 		_ = t.ns.Close()
-		t.ns = nil
 	}
+	t.ns = nil
 }
 
 // Netns is the children's network namespace (ExecConfig.Netns) once

@@ -79,6 +79,7 @@ type options struct {
 var configs = map[string]func() dataplane.Config{
 	"fixed":    dataplane.DefaultConfig,
 	"incident": dataplane.IncidentConfig,
+	"setlimit": dataplane.PostmortemFixConfig,
 }
 
 // parseFlags parses args; a bad flag is an error to print with the usage.
@@ -93,7 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	memcached := envOr(fixtures.EnvMemcachedAddrs, "")
 	cql := envOr(fixtures.EnvCQLHosts, "")
 	fs.StringVar(&o.listen, "listen", envOr(target.EnvListen, "127.0.0.1:0"), "`address` to serve on (port 0: any free port, printed once listening; default $"+target.EnvListen+" or 127.0.0.1:0)")
-	fs.StringVar(&o.config, "config", "fixed", "data plane configuration: fixed (dataplane.DefaultConfig) or incident (dataplane.IncidentConfig)")
+	fs.StringVar(&o.config, "config", "fixed", "data plane configuration: fixed (dataplane.DefaultConfig), incident (dataplane.IncidentConfig) or setlimit (dataplane.PostmortemFixConfig: the incident with the postmortem's SetLimit alone)")
 	fs.StringVar(&memcached, "memcached", memcached, "memcached servers, comma-separated `host:port` (default $"+fixtures.EnvMemcachedAddrs+")")
 	fs.StringVar(&cql, "cql", cql, "CQL store contact points, comma-separated `host:port` (default $"+fixtures.EnvCQLHosts+")")
 	fs.StringVar(&o.keyspace, "keyspace", envOr(fixtures.EnvKeyspace, fixtures.DefaultKeyspace), "CQL `keyspace` holding the tables (default $"+fixtures.EnvKeyspace+")")
@@ -107,7 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		errs = append(errs, fmt.Errorf("unexpected arguments %q", fs.Args()))
 	}
 	if _, ok := configs[o.config]; !ok {
-		errs = append(errs, fmt.Errorf("-config %q: want fixed or incident", o.config))
+		errs = append(errs, fmt.Errorf("-config %q: want fixed, incident or setlimit", o.config))
 	}
 	o.memcached, o.cql = fixtures.SplitList(memcached), fixtures.SplitList(cql)
 	if len(o.memcached) == 0 {

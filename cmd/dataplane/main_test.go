@@ -35,7 +35,7 @@ func TestBadFlags(t *testing.T) {
 		want []string
 	}{
 		{"no backends", nil, []string{"no memcached server", "no CQL contact point"}},
-		{"bad config", append([]string{"-config", "fast"}, backends...), []string{`-config "fast": want fixed or incident`}},
+		{"bad config", append([]string{"-config", "fast"}, backends...), []string{`-config "fast": want fixed, incident or setlimit`}},
 		{"bad address", []string{"-memcached", "localhost", "-cql", "127.0.0.1:2"}, []string{`address "localhost"`}},
 		{"extra argument", append(backends, "serve"), []string{"unexpected arguments"}},
 		{"bad timeout", append([]string{"-shutdown-timeout", "0s"}, backends...), []string{"-shutdown-timeout 0s"}},

@@ -112,6 +112,13 @@ type pageData struct {
 	// Observer is the sampler's cost per phase, Sources per source.
 	Observer []probe.PhaseCost
 	Sources  []probe.SourceCost
+	// Events are Result.Events with their time from the run's start and
+	// the phase they fell in.
+	Events []eventRow
+}
+
+type eventRow struct {
+	Name, At, Phase, Detail string
 }
 
 func newPageData(res *scenario.Result) pageData {
@@ -121,6 +128,17 @@ func newPageData(res *scenario.Result) pageData {
 	}
 	for _, v := range res.Violations {
 		d.Violations = append(d.Violations, v.String())
+	}
+	for _, e := range res.Events {
+		row := eventRow{Name: e.Name, At: fmt.Sprintf("%.1f s", e.At.Sub(res.Started).Seconds()), Detail: e.Detail}
+		if res.Timeline != nil {
+			for _, ph := range res.Timeline.Phases {
+				if !e.At.Before(ph.Start) && (ph.End.IsZero() || e.At.Before(ph.End)) {
+					row.Phase = ph.Name
+				}
+			}
+		}
+		d.Events = append(d.Events, row)
 	}
 	// Budgeted metrics no panel draws come first, one chart each: they
 	// are what the scenario is judged on.
@@ -267,7 +285,7 @@ func safe(name string) string {
 	}, name)
 }
 
-var pageTmpl = template.Must(template.New("report").Funcs(template.FuncMap{"pct": func(f float64) float64 { return 100 * f }}).Parse(`<!doctype html>
+var pageTmpl = template.Must(template.New("report").Funcs(template.FuncMap{"pct": func(f float64) float64 { return 100 * f }, "inc": func(i int) int { return i + 1 }}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Spiral: {{.Res.Scenario}}</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:20px;color:#222}
@@ -282,6 +300,7 @@ code{background:#f4f4f4;padding:2px 4px}
 {{if .Res.Aborted}}<p class="failed">aborted: {{.Res.Aborted}}; the floods were stopped at once and the run went on to recover</p>{{end}}
 {{if .Res.Error}}<p class="failed">the run failed: {{.Res.Error}}</p>{{end}}
 {{if .Res.Unreliable}}<p class="failed">the observer may have distorted or missed what it judged: {{range .Res.Unreliable}}{{.}}; {{end}}</p>{{end}}
+{{if .Events}}<h2>What happened</h2><p>In order, from the kernel's and the runtime's own records, each at the first sample that showed it.</p><table class="events"><tr><th>#</th><th>what</th><th>when (from the run's start)</th><th>phase</th><th>seen</th></tr>{{range $i, $e := .Events}}<tr><td>{{inc $i}}</td><td>{{$e.Name}}</td><td>{{$e.At}}</td><td>{{$e.Phase}}</td><td>{{$e.Detail}}</td></tr>{{end}}</table>{{end}}
 {{if .Violations}}<h2>Violations</h2><ul>{{range .Violations}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.NotJudged}}<h2>Not judged</h2><p>The target does not expose what these budgets read; they are neither held nor violated.</p><ul>{{range .Res.NotJudged}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.ValidateError}}<p class="failed">{{.Res.ValidateError}}</p>{{end}}

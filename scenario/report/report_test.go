@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -526,6 +527,33 @@ func TestWriteShowsWho(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(b, &sum))
 	assert.Equal(t, res.Clients, sum.Clients)
+}
+
+// The page lists what happened in order, each with its time from the
+// run's start and its phase, and summary.json carries it.
+func TestWriteShowsEvents(t *testing.T) {
+	dir := t.TempDir()
+	res := result(t, "death-spiral/incident")
+	at := func(s float64) time.Time { return res.Started.Add(time.Duration(s * float64(time.Second))) }
+	res.Events = []scenario.Event{
+		{Name: "ports exhausted", At: at(1.5), Detail: "12 dials found no free port"},
+		{Name: "OOM kill", At: at(2.5), Detail: "1 OOM kill(s)"},
+	}
+	page, err := report.Write(dir, res)
+	require.NoError(t, err)
+	html, err := os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Regexp(t, `(?s)<h2>What happened</h2>.*<td>1</td><td>ports exhausted</td><td>1.5 s</td><td>[a-z]*</td><td>12 dials found no free port</td>.*<td>2</td><td>OOM kill</td><td>2.5 s</td>`, string(html))
+
+	var sum struct {
+		Events []scenario.Event `json:"events"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "summary.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &sum))
+	require.Len(t, sum.Events, 2)
+	assert.Equal(t, "OOM kill", sum.Events[1].Name)
+	assert.True(t, sum.Events[1].At.Equal(at(2.5)))
 }
 
 // The page states what the observer cost, per phase and per source.

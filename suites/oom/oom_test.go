@@ -34,11 +34,8 @@ package oom
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -273,8 +270,8 @@ type armRun struct {
 // bundled configuration exe serves, for the report.
 func runArm(t *testing.T, env *fixtures.Env, arm string, cfg dataplane.Config, exe target.ExecConfig, p profile, seed uint64) armRun {
 	t.Helper()
-	cg := newCgroup(t)
-	exe.Cgroup, exe.Addr = cg, listenAddr(t)
+	cg := suite.MemoryCgroup(t, cgroupLimit)
+	exe.Cgroup, exe.Addr = cg, suite.ListenAddr(t)
 	exe.MaxRestarts, exe.StartTimeout = p.maxRestarts, restartBound
 	gomemlimit := fmt.Sprintf("%dMiB", childGOMEMLIMIT>>20)
 	exe.Env = append(exe.Env, "GOMEMLIMIT="+gomemlimit, "GOGC="+childGOGC)
@@ -359,76 +356,6 @@ func (s *childSource) Read(_ context.Context, dst []float64) error {
 	}
 	dst[0], dst[1], dst[2], dst[3] = float64(kills), down, float64(usage), float64(peak)
 	return nil
-}
-
-// newCgroup creates the child's memory cgroup, closed when t ends. Where
-// the machine can't give one it skips t, unless this process runs as root
-// on a kernel with a cgroup v1 memory hierarchy: there a cgroup must be
-// had, and failing to get one fails t.
-func newCgroup(t *testing.T) *proc.MemoryCgroup {
-	t.Helper()
-	cg, err := proc.NewMemoryCgroup(cgroupLimit)
-	if errors.Is(err, proc.ErrCgroupUnavailable) {
-		if os.Geteuid() == 0 && hasV1Memory() {
-			t.Fatalf("memory cgroup: this process runs as root with a cgroup v1 memory hierarchy (/proc/self/cgroup), so the OOM suite must get one: %v", err)
-		}
-		t.Skipf("the OOM suite needs a memory cgroup: %v", err)
-	}
-	require.NoError(t, err, "memory cgroup")
-	t.Cleanup(func() { assert.NoError(t, cg.Close(), "remove the cgroup") })
-	return cg
-}
-
-// hasV1Memory reports whether this process sits in a cgroup v1 memory
-// hierarchy: a line "ID:...memory...:path" of /proc/self/cgroup.
-func hasV1Memory() bool {
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return false
-	}
-	for line := range strings.Lines(string(b)) {
-		parts := strings.SplitN(strings.TrimSpace(line), ":", 3)
-		if len(parts) == 3 && parts[1] != "" {
-			for c := range strings.SplitSeq(parts[1], ",") {
-				if c == "memory" {
-					return true
-				}
-			}
-		}
-	}
-	return false
-}
-
-// listenAddr returns a free loopback address for the child, on a port
-// outside the ephemeral range: each restarted child listens there again,
-// and no client socket (the incident's thousands of memcached connections
-// among them) can be holding it as its local port.
-func listenAddr(t *testing.T) string {
-	t.Helper()
-	eph, err := probe.EphemeralRange()
-	require.NoError(t, err)
-	const first = 1024 // above the privileged ports
-	below := max(int(eph.Low)-first, 0)
-	n := below + 65535 - int(eph.High)
-	require.Positive(t, n, "no port outside the ephemeral range %v", eph)
-	// Start from a point that differs between concurrent test binaries.
-	start := os.Getpid() * 7919
-	for i := range min(n, 1000) {
-		k := (start + i) % n
-		port := first + k
-		if k >= below {
-			port = int(eph.High) + 1 + (k - below)
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		require.NoError(t, ln.Close())
-		return addr
-	}
-	t.Fatalf("no free port outside the ephemeral range %v", eph)
-	return ""
 }
 
 // requireNothingLeft stops the supervisor and checks that no child process

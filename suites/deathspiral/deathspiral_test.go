@@ -1,0 +1,346 @@
+// Package deathspiral replays the postmortem's whole spiral on the
+// kernel's own settings: a batch flood dials memcached until TIME_WAIT
+// holds every ephemeral port, each failed dial is logged into a sink
+// whose write(2) blocks, every blocked write holds an OS thread, memory
+// and the collector climb to the cgroup's limit, the kernel OOM-kills the
+// service, and the restarted service can't dial memcached while its
+// predecessor's TIME_WAIT sockets still hold the ports: it goes up and
+// down until they expire.
+//
+// Elsewhere Spiral confines dials to a narrow port budget on a loopback
+// where tcp_tw_reuse=2 hands a TIME_WAIT port back after a second, so a
+// restart always dials. Here nothing is narrowed: memcached runs in a
+// container with a network namespace of its own, with the kernel's default
+// TCP settings (fixtures.KernelDefaults: tcp_tw_reuse=0, the 28,232-port
+// ephemeral range), made for each arm and removed after it, and the
+// service under test, the bundled data plane's binary as a supervised child
+// in a memory cgroup, joins that namespace (target.ExecConfig.NS). Its load
+// reaches it through a forwarder from the machine's loopback; its CQL
+// store is forwarded in. Every figure comes from the kernel's or the
+// runtime's own records: the namespace's TIME_WAIT sockets (sock_diag),
+// the child's failed dials (its dp_memcached_port_errors_total), its OS
+// threads (/proc), its GC share (its /metrics), the cgroup's OOM kills and
+// the supervisor's restarts.
+//
+//   - incident (dataplane.IncidentConfig): must show the chain, in order:
+//     ports exhausted, OS threads at least spiralThreads times the
+//     baseline's, GC share up, an OOM kill, a restart, and a restarted
+//     child failing to dial memcached while the namespace still holds
+//     thousands of TIME_WAIT sockets. The report lists each link with its
+//     time (Result.Events).
+//   - fixed (dataplane.DefaultConfig): the same load and faults: no port
+//     error, no OOM kill, no restart, threads and TIME_WAIT within budget.
+//
+// It runs in full mode (make chaos) only: a restart into TIME_WAIT needs
+// the minute TIME_WAIT lasts.
+package deathspiral
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/proc"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
+	"github.com/spiral-chaos/spiral/target"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+// Metrics this suite adds to the runner's.
+const (
+	// metricTimeWait counts the namespace's TIME_WAIT sockets toward
+	// memcached: the ports they hold.
+	metricTimeWait = "ns_memcached_time_wait"
+	// metricOOMKills is the kernel's count of OOM kills in the child's
+	// cgroup.
+	metricOOMKills = "oom_kills"
+	// metricStarts counts the children the supervisor started.
+	metricStarts = "child_starts"
+)
+
+const (
+	// posts are seeded and cached in the namespace's memcached: every
+	// lookup is a cache hit while memcached can be dialled.
+	posts = 2_000
+	// cgroupLimit is the child's memory limit: room for the fixed data
+	// plane's batches and for the incident's first, not for what the
+	// incident keeps live once its dials fail and its writers block.
+	cgroupLimit = 256 << 20
+	// childGOMEMLIMIT: the collector works harder as memory nears it.
+	childGOMEMLIMIT = cgroupLimit - 32<<20
+	// The sink: about 50 lines fit in its pipe, drained at about 25 lines
+	// a second while injected (as the incident suite's).
+	sinkPipeBytes        = 16 << 10
+	sinkDrainBytesPerSec = 8 << 10
+	// spiralThreads is how many times its baseline OS threads the
+	// incident's must reach: the "at least 5x".
+	spiralThreads = 5
+	// startTimeout bounds a restarted child's wait for health: a child
+	// that can't dial memcached is killed and started again after it, so
+	// the crash loop shows within TIME_WAIT's minute.
+	startTimeout = 5 * time.Second
+)
+
+// budgets must all hold for the fixed data plane.
+var budgets = []probe.Budget{
+	probe.Limit(scenario.MetricPortErrors, 0),
+	probe.Limit(metricOOMKills, 0),
+	probe.Limit(metricStarts, 1),
+	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
+	// The fixed data plane reuses its pooled connections: it closes
+	// none into TIME_WAIT (measured: see the test's log).
+	probe.Limit(metricTimeWait, 100),
+}
+
+func TestDeathSpiral(t *testing.T) {
+	if scenario.Mode() == "quick" {
+		t.Skip("the death spiral runs in full mode (make chaos, SPIRAL_MODE=full): a restart into TIME_WAIT needs TIME_WAIT's minute")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("the death spiral needs root: a memory cgroup and a child in memcached's network namespace")
+	}
+	env := fixtures.Shared(t)
+	bin, err := target.BuildDataPlane(t.Context(), t.TempDir())
+	require.NoError(t, err)
+	seed := scenario.SeedFromEnv(34)
+
+	t.Run("incident", func(t *testing.T) {
+		a := runArm(t, env, bin, "incident", dataplane.IncidentConfig(), seed)
+		res := a.res
+		if res == nil {
+			return // caught by the abort limits
+		}
+		chain := res.Events
+		for _, e := range chain {
+			t.Logf("  %s", e)
+		}
+		for _, m := range []string{scenario.MetricPortErrors, metricOOMKills, metricStarts} {
+			assert.True(t, res.Violated(m), "the incident data plane must be caught by %s; peaks %v", m, res.Peaks[m])
+		}
+		want := []string{linkPorts, linkThreads, linkGC, linkOOM, linkRestart, linkRedial}
+		var last time.Time
+		for _, name := range want {
+			e, ok := find(chain, name)
+			if !assert.True(t, ok, "the chain's link %q was seen; chain %v", name, chain) {
+				continue
+			}
+			if name != linkGC { // the collector's share rises with the flood's allocations, before or after the ports
+				assert.False(t, e.At.Before(last), "%s at %v comes after the links before it (%v)", name, e.At.Sub(res.Started), last.Sub(res.Started))
+				last = e.At
+			}
+		}
+		var unhealthy int
+		for _, e := range a.exits {
+			if e.Unhealthy {
+				unhealthy++
+			}
+		}
+		t.Logf("exits: %d, of them %d not healthy in %v (the crash loop)", len(a.exits), unhealthy, startTimeout)
+	})
+
+	t.Run("fixed", func(t *testing.T) {
+		a := runArm(t, env, bin, "fixed", dataplane.DefaultConfig(), seed)
+		res := a.res
+		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget through the whole spiral")
+		assert.True(t, res.Validated, res.ValidateError)
+		assert.Zero(t, a.kills, "no OOM kill")
+		for _, l := range res.LoadSummary {
+			assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+		}
+	})
+}
+
+// arm is what one arm saw.
+type arm struct {
+	res   *scenario.Result
+	exits []proc.ChildExit
+	kills uint64
+}
+
+// runArm runs one arm: a fresh memcached namespace, sink and cgroup; the
+// bundled binary serving config as a supervised child joined to the
+// namespace; the flood and the slow sink injected.
+func runArm(t *testing.T, env *fixtures.Env, bin, config string, cfg dataplane.Config, seed uint64) arm {
+	t.Helper()
+	mc, err := fixtures.StartIsolatedMemcached(t.Context(), fixtures.KernelDefaults)
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, mc.Close(context.Background())) })
+	for name, want := range map[string]string{"net/ipv4/tcp_tw_reuse": "0", "net/ipv4/ip_local_port_range": "32768\t60999"} {
+		got, err := mc.NS.Sysctl(name)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "%s inside memcached's namespace", name)
+	}
+	require.NoError(t, warm(t.Context(), env, mc))
+
+	sink, err := faults.NewSink(faults.SinkConfig{DrainBytesPerSec: sinkDrainBytesPerSec, PipeBytes: sinkPipeBytes, Mode: faults.SinkDirect})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, sink.Close(), "close the sink") })
+	cg := suite.MemoryCgroup(t, cgroupLimit)
+
+	phases := scenario.Phases{Baseline: 5 * time.Second, Inject: 20 * time.Second, Observe: 15 * time.Second, Recover: 10 * time.Second}
+	tgt, err := target.NewExec(target.ExecConfig{
+		Path: bin, Args: []string{"-listen", target.AddrArg, "-config", config, "-log", "stderr"},
+		Env:    []string{fmt.Sprintf("GOMEMLIMIT=%dMiB", childGOMEMLIMIT>>20)},
+		Netns:  true, NS: mc.NS, Memcached: []string{mc.Addr},
+		Cgroup: cg, Addr: suite.ListenAddr(t), Stderr: suite.SinkStderr(t, sink),
+		MaxRestarts: 30, StartTimeout: startTimeout,
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tgt.Stop(context.Background()) })
+
+	flood := load.InternalBatch
+	flood.BatchMin, flood.BatchMax, flood.KeySpace = dataplane.PostmortemBatchSize, dataplane.PostmortemBatchSize, posts
+	flood.Rate, flood.MaxInFlight, flood.MaxRequests = 2, 2, 20
+	flood.Duration, flood.Timeout = phases.Inject, 30*time.Second
+	flood.Seed = seed + 100
+	bg := load.Background
+	bg.Rate, bg.BatchMax, bg.KeySpace, bg.MaxInFlight = 20, 20, posts, 32
+
+	runner := suite.RunControl
+	if config == "fixed" {
+		runner = suite.Run
+	}
+	census := probe.Census{In: mc.NS.Do}
+	res := runner(t, env, scenario.Scenario{
+		Name: "death-spiral/" + config, Config: cfg, Target: tgt, Seed: seed,
+		Background: []load.Profile{bg},
+		Faults: []scenario.FaultFunc{
+			func(scenario.Harness) (faults.Fault, error) { return sink, nil },
+			func(h scenario.Harness) (faults.Fault, error) { return h.Flood(flood) },
+		},
+		Probes: func(h scenario.Harness) []probe.Source {
+			return append(suite.SinkProbes(sink)(h),
+				probe.FuncErr(metricTimeWait, func(ctx context.Context) (float64, error) {
+					c, err := census.Count(ctx, probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: 11211})
+					return float64(c.Get(probe.TimeWait)), err
+				}),
+				probe.FuncErr(metricOOMKills, func(context.Context) (float64, error) {
+					n, err := cg.OOMKills()
+					return float64(n), err
+				}),
+				probe.Func(metricStarts, func() float64 { return float64(tgt.Supervisor().Stats().Starts) }),
+			)
+		},
+		Events: spiral,
+		Phases: phases, Budgets: budgets,
+		ValidateTimeout: 90 * time.Second, // TIME_WAIT's minute, then a healthy child
+	})
+	a := arm{res: res, exits: tgt.Supervisor().Exits()}
+	a.kills, err = cg.OOMKills()
+	require.NoError(t, err)
+	if res != nil {
+		t.Logf("%s: peaks: port errors %v; TIME_WAIT %v; threads %v; GC %v; OOM kills %v; starts %v",
+			res.Scenario, res.Peaks[scenario.MetricPortErrors], res.Peaks[metricTimeWait], res.Peaks[probe.MetricThreads],
+			res.Peaks[probe.MetricGCCPUFraction], res.Peaks[metricOOMKills], res.Peaks[metricStarts])
+	}
+	for _, e := range a.exits {
+		t.Logf("  %s", e)
+	}
+	return a
+}
+
+// warm reads every post once through a fixed data plane that dials
+// memcached inside its namespace, so that the arm's lookups are cache
+// hits while memcached can be dialled.
+func warm(ctx context.Context, env *fixtures.Env, mc *fixtures.IsolatedMemcached) error {
+	session, err := env.NewCluster().CreateSession()
+	if err != nil {
+		return fmt.Errorf("warm: cql session: %w", err)
+	}
+	defer session.Close()
+	if err := fixtures.Seed(ctx, session, env.Keyspace, fixtures.SeedSpec{Posts: posts}); err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	cfg := dataplane.DefaultConfig()
+	cfg.DialContext = mc.NS.DialContext
+	dp, err := dataplane.New(cfg, dataplane.Backends{MemcachedAddrs: []string{mc.Addr}, Session: session, Keyspace: env.Keyspace})
+	if err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	defer func() { _ = dp.Close() }()
+	if _, err := dp.GetPostRecords(ctx, "warmup", fixtures.PostURIs(0, posts)); err != nil {
+		return fmt.Errorf("warm: %w", err)
+	}
+	return nil
+}
+
+// The links of the chain, in the postmortem's order.
+const (
+	linkPorts   = "ports exhausted"
+	linkThreads = "threads up"
+	linkGC      = "GC share up"
+	linkOOM     = "OOM kill"
+	linkRestart = "restart"
+	linkRedial  = "restart can't dial"
+)
+
+// spiral finds each link of the chain in res's timeline: the first sample
+// where it holds.
+func spiral(res *scenario.Result) []scenario.Event {
+	tl := res.Timeline
+	col := func(m string) []float64 { return tl.Series(m) }
+	base := func(m string) float64 { return res.Peaks[m][scenario.PhaseBaseline] }
+	portErrs, tw, threads, gc, kills, starts := col(scenario.MetricPortErrors), col(metricTimeWait), col(probe.MetricThreads), col(probe.MetricGCCPUFraction), col(metricOOMKills), col(metricStarts)
+	at := func(i int) time.Time { return tl.Samples[i].At }
+	var out []scenario.Event
+	first := func(name string, from int, cond func(i int) bool, detail func(i int) string) int {
+		for i := from; i < len(tl.Samples); i++ {
+			if cond(i) {
+				out = append(out, scenario.Event{Name: name, At: at(i), Detail: detail(i)})
+				return i
+			}
+		}
+		return -1
+	}
+	ok := func(s []float64, i int) bool { return s != nil && !math.IsNaN(s[i]) }
+	first(linkPorts, 0, func(i int) bool { return ok(portErrs, i) && portErrs[i] > 0 }, func(i int) string {
+		return fmt.Sprintf("%.0f dials found no free port; %.0f TIME_WAIT sockets toward memcached", portErrs[i], tw[i])
+	})
+	first(linkThreads, 0, func(i int) bool { return ok(threads, i) && threads[i] >= spiralThreads*base(probe.MetricThreads) }, func(i int) string {
+		return fmt.Sprintf("%.0f OS threads, %.1fx the baseline's %.0f", threads[i], threads[i]/base(probe.MetricThreads), base(probe.MetricThreads))
+	})
+	gcBase := base(probe.MetricGCCPUFraction)
+	first(linkGC, 0, func(i int) bool { return ok(gc, i) && gc[i] >= max(3*gcBase, 0.05) }, func(i int) string {
+		return fmt.Sprintf("GC share %.3f, baseline %.3f", gc[i], gcBase)
+	})
+	oom := first(linkOOM, 0, func(i int) bool { return ok(kills, i) && kills[i] > 0 }, func(i int) string {
+		return fmt.Sprintf("%.0f OOM kill(s) in the child's cgroup", kills[i])
+	})
+	if oom < 0 {
+		return out
+	}
+	restart := first(linkRestart, oom, func(i int) bool { return ok(starts, i) && starts[i] > starts[oom-1] }, func(i int) string {
+		return fmt.Sprintf("child %.0f started", starts[i])
+	})
+	if restart < 0 {
+		return out
+	}
+	// The restarted child is a new process: its counter starts at 0, so any
+	// failed dial it counts is its own.
+	first(linkRedial, restart, func(i int) bool { return ok(portErrs, i) && portErrs[i] > 0 && starts[i] > starts[oom-1] && tw[i] > 1000 }, func(i int) string {
+		return fmt.Sprintf("the restarted child's %.0f dials found no free port; %.0f TIME_WAIT sockets still hold them", portErrs[i], tw[i])
+	})
+	return out
+}
+
+func find(events []scenario.Event, name string) (scenario.Event, bool) {
+	for _, e := range events {
+		if e.Name == name {
+			return e, true
+		}
+	}
+	return scenario.Event{}, false
+}
