@@ -69,6 +69,11 @@ const (
 	// cumulative: the postmortem's "cannot assign requested address" and
 	// "bind: address already in use".
 	MetricPortErrors = "dp_cache_errors_port_exhausted"
+	// MetricDialPortErrors is the data plane's memcached dials that found
+	// no free source port, cumulative: those of its lookups and of its
+	// health checks alike (a restarted service that can't dial memcached
+	// fails its health check before it serves a lookup).
+	MetricDialPortErrors = "dp_memcached_dials_port_exhausted"
 	// MetricLogDropped is log lines not written (rate limit), cumulative.
 	MetricLogDropped = "dp_log_lines_dropped"
 	// MetricStoreInFlight is the data plane's CQL queries in flight.
@@ -1157,7 +1162,7 @@ type targetSource struct {
 }
 
 // dataPlaneMetrics are the data plane's figures targetSource fills first.
-var dataPlaneMetrics = []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns, MetricPortErrors, MetricCacheHits, MetricStoreReads, MetricStorePeak}
+var dataPlaneMetrics = []string{MetricLookupsInFlight, MetricCacheErrors, MetricLogLines, MetricLogDropped, MetricStoreInFlight, MetricMemcachedConns, MetricPortErrors, MetricCacheHits, MetricStoreReads, MetricStorePeak, MetricDialPortErrors}
 
 // runtimeFromMetrics are the runtime figures targetSource fills after them,
 // for another process, and the exported metric each comes from.
@@ -1214,6 +1219,7 @@ func (s *targetSource) Read(ctx context.Context, dst []float64) error {
 		dst[3], dst[4], dst[5] = m.Sum("log_lines_dropped_total"), m.Sum("store_queries_in_flight"), m.Sum("memcached_conns_open")
 		dst[6] = m.Sum("cache_errors_total", "kind", "addr_not_avail") + m.Sum("cache_errors_total", "kind", "addr_in_use")
 		dst[7], dst[8] = m.Sum("lookups_total", "source", "cache"), m.Sum("lookups_total", "source", "store")
+		dst[10] = m.Sum("memcached_dials_total", "result", "addr_not_avail") + m.Sum("memcached_dials_total", "result", "addr_in_use")
 		dst[9] = math.NaN()
 		if dp := target.DataPlaneOf(s.t); dp != nil {
 			dst[9] = float64(dp.StoreInFlightPeak())
@@ -1272,6 +1278,7 @@ var TargetFamilies = func() []string {
 		"spiral_dataplane_store_queries_in_flight",
 		"spiral_dataplane_memcached_conns_open",
 		"spiral_dataplane_lookups_total",
+		"spiral_dataplane_memcached_dials_total",
 		exportedGCCPU, exportedTotalCPU,
 	}
 	for _, r := range runtimeFromMetrics {

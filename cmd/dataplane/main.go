@@ -44,6 +44,7 @@ import (
 	"regexp"
 	"runtime"
 	"syscall"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +69,7 @@ func main() {
 type options struct {
 	listen          string
 	config          string
+	ablate          string
 	memcached       []string
 	cql             []string
 	keyspace        string
@@ -95,6 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	cql := envOr(fixtures.EnvCQLHosts, "")
 	fs.StringVar(&o.listen, "listen", envOr(target.EnvListen, "127.0.0.1:0"), "`address` to serve on (port 0: any free port, printed once listening; default $"+target.EnvListen+" or 127.0.0.1:0)")
 	fs.StringVar(&o.config, "config", "fixed", "data plane configuration: fixed (dataplane.DefaultConfig), incident (dataplane.IncidentConfig) or setlimit (dataplane.PostmortemFixConfig: the incident with the postmortem's SetLimit alone)")
+	fs.StringVar(&o.ablate, "ablate", "", "with -config fixed, turn this `knob` back to the incident's value, the rest kept fixed: "+strings.Join(dataplane.KnobNames(), ", "))
 	fs.StringVar(&memcached, "memcached", memcached, "memcached servers, comma-separated `host:port` (default $"+fixtures.EnvMemcachedAddrs+")")
 	fs.StringVar(&cql, "cql", cql, "CQL store contact points, comma-separated `host:port` (default $"+fixtures.EnvCQLHosts+")")
 	fs.StringVar(&o.keyspace, "keyspace", envOr(fixtures.EnvKeyspace, fixtures.DefaultKeyspace), "CQL `keyspace` holding the tables (default $"+fixtures.EnvKeyspace+")")
@@ -109,6 +112,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if _, ok := configs[o.config]; !ok {
 		errs = append(errs, fmt.Errorf("-config %q: want fixed, incident or setlimit", o.config))
+	}
+	if o.ablate != "" {
+		if o.config != "fixed" {
+			errs = append(errs, fmt.Errorf("-ablate %q: only with -config fixed", o.ablate))
+		} else if _, err := dataplane.Ablate(dataplane.DefaultConfig(), o.ablate); err != nil {
+			errs = append(errs, fmt.Errorf("-ablate: %w", err))
+		}
 	}
 	o.memcached, o.cql = fixtures.SplitList(memcached), fixtures.SplitList(cql)
 	if len(o.memcached) == 0 {
@@ -148,6 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // serve builds the data plane, serves it until ctx ends, then shuts down.
 func serve(ctx context.Context, o options, stdout io.Writer) error {
 	cfg := configs[o.config]()
+	if o.ablate != "" {
+		cfg, _ = dataplane.Ablate(cfg, o.ablate) // checked by parseFlags
+	}
 	sink, closeSink, err := openSink(o.logSink)
 	if err != nil {
 		return err

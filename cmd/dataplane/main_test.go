@@ -36,6 +36,8 @@ func TestBadFlags(t *testing.T) {
 	}{
 		{"no backends", nil, []string{"no memcached server", "no CQL contact point"}},
 		{"bad config", append([]string{"-config", "fast"}, backends...), []string{`-config "fast": want fixed, incident or setlimit`}},
+		{"unknown knob", append([]string{"-ablate", "turbo"}, backends...), []string{`-ablate: no knob "turbo": want one of batch-concurrency`}},
+		{"knob of the incident", append([]string{"-config", "incident", "-ablate", "lookup"}, backends...), []string{`-ablate "lookup": only with -config fixed`}},
 		{"bad address", []string{"-memcached", "localhost", "-cql", "127.0.0.1:2"}, []string{`address "localhost"`}},
 		{"extra argument", append(backends, "serve"), []string{"unexpected arguments"}},
 		{"bad timeout", append([]string{"-shutdown-timeout", "0s"}, backends...), []string{"-shutdown-timeout 0s"}},

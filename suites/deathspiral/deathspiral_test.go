@@ -78,7 +78,7 @@ const (
 	// cgroupLimit is the child's memory limit: room for the fixed data
 	// plane's batches and for the incident's first, not for what the
 	// incident keeps live once its dials fail and its writers block.
-	cgroupLimit = 256 << 20
+	cgroupLimit = 384 << 20
 	// childGOMEMLIMIT: the collector works harder as memory nears it.
 	childGOMEMLIMIT = cgroupLimit - 32<<20
 	// The sink: about 50 lines fit in its pipe, drained at about 25 lines
@@ -97,6 +97,7 @@ const (
 // budgets must all hold for the fixed data plane.
 var budgets = []probe.Budget{
 	probe.Limit(scenario.MetricPortErrors, 0),
+	probe.Limit(scenario.MetricDialPortErrors, 0),
 	probe.Limit(metricOOMKills, 0),
 	probe.Limit(metricStarts, 1),
 	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
@@ -203,7 +204,7 @@ func runArm(t *testing.T, env *fixtures.Env, bin, config string, cfg dataplane.C
 
 	flood := load.InternalBatch
 	flood.BatchMin, flood.BatchMax, flood.KeySpace = dataplane.PostmortemBatchSize, dataplane.PostmortemBatchSize, posts
-	flood.Rate, flood.MaxInFlight, flood.MaxRequests = 2, 2, 20
+	flood.Rate, flood.MaxInFlight, flood.MaxRequests = 1, 1, 10
 	flood.Duration, flood.Timeout = phases.Inject, 30*time.Second
 	flood.Seed = seed + 100
 	bg := load.Background
@@ -242,8 +243,8 @@ func runArm(t *testing.T, env *fixtures.Env, bin, config string, cfg dataplane.C
 	a.kills, err = cg.OOMKills()
 	require.NoError(t, err)
 	if res != nil {
-		t.Logf("%s: peaks: port errors %v; TIME_WAIT %v; threads %v; GC %v; OOM kills %v; starts %v",
-			res.Scenario, res.Peaks[scenario.MetricPortErrors], res.Peaks[metricTimeWait], res.Peaks[probe.MetricThreads],
+		t.Logf("%s: peaks: failed dials (no port) %v; TIME_WAIT %v; threads %v; GC %v; OOM kills %v; starts %v",
+			res.Scenario, res.Peaks[scenario.MetricDialPortErrors], res.Peaks[metricTimeWait], res.Peaks[probe.MetricThreads],
 			res.Peaks[probe.MetricGCCPUFraction], res.Peaks[metricOOMKills], res.Peaks[metricStarts])
 	}
 	for _, e := range a.exits {
@@ -293,6 +294,7 @@ func spiral(res *scenario.Result) []scenario.Event {
 	tl := res.Timeline
 	col := func(m string) []float64 { return tl.Series(m) }
 	base := func(m string) float64 { return res.Peaks[m][scenario.PhaseBaseline] }
+	dialErrs := col(scenario.MetricDialPortErrors)
 	portErrs, tw, threads, gc, kills, starts := col(scenario.MetricPortErrors), col(metricTimeWait), col(probe.MetricThreads), col(probe.MetricGCCPUFraction), col(metricOOMKills), col(metricStarts)
 	at := func(i int) time.Time { return tl.Samples[i].At }
 	var out []scenario.Event
@@ -330,8 +332,10 @@ func spiral(res *scenario.Result) []scenario.Event {
 	}
 	// The restarted child is a new process: its counter starts at 0, so any
 	// failed dial it counts is its own.
-	first(linkRedial, restart, func(i int) bool { return ok(portErrs, i) && portErrs[i] > 0 && starts[i] > starts[oom-1] && tw[i] > 1000 }, func(i int) string {
-		return fmt.Sprintf("the restarted child's %.0f dials found no free port; %.0f TIME_WAIT sockets still hold them", portErrs[i], tw[i])
+	first(linkRedial, restart, func(i int) bool {
+		return ok(dialErrs, i) && dialErrs[i] > 0 && starts[i] > starts[oom-1] && tw[i] > 1000
+	}, func(i int) string {
+		return fmt.Sprintf("child %.0f's %.0f memcached dials found no free port; %.0f TIME_WAIT sockets still hold them", starts[i], dialErrs[i], tw[i])
 	})
 	return out
 }
