@@ -141,6 +141,9 @@ func Scan(dir string) ([]Entry, error) {
 	}
 	var entries []Entry
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == AblationDir && filepath.Dir(path) == filepath.Clean(dir) {
+			return fs.SkipDir // the ablation's runs have a page of their own (WriteAblation)
+		}
 		if err != nil || d.IsDir() || d.Name() != "summary.json" {
 			return err
 		}
@@ -228,6 +231,15 @@ func WriteEntries(dir string, idx Index) error {
 	}
 	data := newIndexData(idx)
 	data.Machines = readMachines(dir)
+	page0, err := WriteAblation(dir)
+	if err != nil {
+		return err
+	}
+	if page0 != "" {
+		if data.Ablation, err = ReadAblation(dir); err != nil {
+			return err
+		}
+	}
 	var page strings.Builder
 	if err := indexTmpl.Execute(&page, data); err != nil {
 		return fmt.Errorf("report index: %w", err)
@@ -257,6 +269,8 @@ type indexData struct {
 	// Machines are the machine.txt files of the run (scripts/chaos.sh
 	// writes one per report folder: cores, kernel, engine, images).
 	Machines []Machine
+	// Ablation is the run's ablation table (WriteAblation), if it has one.
+	Ablation *Ablation
 }
 
 // MachineFile is what scripts/chaos.sh writes into a report folder: the
@@ -402,6 +416,11 @@ td.passed{background:#e8f5e9}td.failed{background:#fde8e7}td.unknown{background:
 {{range .Cells}}{{if .}}{{template "cell" .}}{{else}}<td class="empty">-</td>{{end}}{{end}}
 <td>{{range .Others}}{{template "other" .}}{{else}}<span class="empty">-</span>{{end}}</td></tr>
 {{else}}<tr><td colspan="5">no scenario reports in this run</td></tr>{{end}}</table>
+{{with .Ablation}}<h2>Which defence holds which budget</h2>
+<p>The fixed data plane with one defence turned back to the incident's setting (first: the postmortem's own fix alone), through every suite's fixed arm; the budgets that then failed. Every cell: <a href="ablation.html">ablation.html</a>.</p>
+<table><tr><th>turned back</th><th>budgets that failed</th></tr>
+{{range $row := .Rows}}<tr><td><b>{{$row}}</b><br><small>{{index $.Ablation.Docs $row}}</small></td><td>{{range $sc := $.Ablation.Scenarios}}{{with index $.Ablation.Cells $row $sc}}{{if .Failed}}<span class="cell"><a href="{{.Page}}">{{$sc}}</a>: {{range $i, $f := .Failed}}{{if $i}}, {{end}}{{$f}}{{end}}</span>{{end}}{{end}}{{end}}</td></tr>
+{{end}}</table>{{end}}
 <h2>Scenarios</h2>
 <table><tr><th>scenario</th><th>test</th><th>budgets</th><th>answered after recover</th><th>seed</th></tr>
 {{range .Entries}}<tr><td><a href="{{.Page}}">{{.Scenario}}</a></td><td>{{if .Test.Verdict}}{{.Test.Verdict}}{{else}}unknown{{end}}</td><td>{{if .Held}}held{{else}}{{.Violations}} violated{{if .NotJudged}}, {{.NotJudged}} not judged{{end}}{{end}}{{if .Target}}{{if ne .Target "in-process"}}<br><small>target {{.Target}}</small>{{end}}{{end}}</td><td>{{.Validated}}</td><td>{{.Seed}}</td></tr>

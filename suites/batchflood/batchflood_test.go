@@ -111,7 +111,7 @@ func TestBatchFlood(t *testing.T) {
 	env := fixtures.Shared(t)
 
 	t.Run("fixed", func(t *testing.T) {
-		res := suite.RunUnderTest(t, env, floodScenario("fixed", dataplane.DefaultConfig()))
+		res := suite.RunUnderTest(t, env, floodScenario("fixed", suite.FixedConfig(t)))
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget under the flood")
 		assert.True(t, res.Validated, res.ValidateError)
 		require.NotEmpty(t, res.LoadSummary)

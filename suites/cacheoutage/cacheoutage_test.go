@@ -271,7 +271,7 @@ func TestCacheOutage(t *testing.T) {
 	for _, o := range outages {
 		t.Run(o.name, func(t *testing.T) {
 			t.Run("fixed", func(t *testing.T) {
-				res := suite.RunUnderTest(t, env, outageScenario(t, o, "fixed", dataplane.DefaultConfig()))
+				res := suite.RunUnderTest(t, env, outageScenario(t, o, "fixed", suite.FixedConfig(t)))
 				logFigures(t, res)
 				assert.Empty(t, res.Violations, "the fixed data plane must hold every budget with memcached %s", o.name)
 				require.NotEmpty(t, res.LoadSummary)

@@ -179,7 +179,7 @@ func TestIncidentReplay(t *testing.T) {
 	env := fixtures.Shared(t)
 
 	t.Run("fixed", func(t *testing.T) {
-		res := suite.Run(t, env, underTest(t, dataplane.DefaultConfig()))
+		res := suite.Run(t, env, underTest(t, suite.FixedConfig(t)))
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget through the whole chain")
 		assert.True(t, res.Validated, res.ValidateError)
 		for _, l := range res.LoadSummary {

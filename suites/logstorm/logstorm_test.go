@@ -247,7 +247,7 @@ func TestLogStorm(t *testing.T) {
 
 	t.Run("fixed", func(t *testing.T) {
 		sink := newSink(t)
-		res := suite.Run(t, env, underTest(t, stormScenario("fixed", dataplane.DefaultConfig(), sink, p), sink))
+		res := suite.Run(t, env, underTest(t, stormScenario("fixed", suite.FixedConfig(t), sink, p), sink))
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget while memcached is down and the sink is slow")
 		assert.True(t, res.Validated, res.ValidateError)
 		assert.Positive(t, peak(res, scenario.MetricCacheErrors), "memcached must fail: a run without cache errors proves nothing")

@@ -194,14 +194,14 @@ func TestOOM(t *testing.T) {
 	p := newProfile(scenario.Mode(), seed)
 	bin, err := target.BuildDataPlane(t.Context(), t.TempDir())
 	require.NoError(t, err)
-	bundled := func(config string) target.ExecConfig {
+	bundled := func(config ...string) target.ExecConfig {
 		// Lines are counted and discarded: this suite is about memory,
 		// the log storm has its own.
-		return target.ExecConfig{Path: bin, Args: []string{"-listen", target.AddrArg, "-config", config, "-log", "discard"}}
+		return target.ExecConfig{Path: bin, Args: append([]string{"-listen", target.AddrArg, "-log", "discard"}, config...)}
 	}
 
 	t.Run("fixed", func(t *testing.T) {
-		exe := bundled("fixed")
+		exe := bundled(suite.FixedArgs(t)...)
 		spec, err := target.FromEnv()
 		require.NoError(t, err)
 		switch spec.Kind {
@@ -210,7 +210,7 @@ func TestOOM(t *testing.T) {
 		case target.KindURL:
 			t.Skipf("%s=%s: a running service can't be put in a memory cgroup; name its binary (exec:<path>) instead", target.EnvTarget, spec)
 		}
-		r := runArm(t, env, "fixed", dataplane.DefaultConfig(), exe, p, seed)
+		r := runArm(t, env, "fixed", suite.FixedConfig(t), exe, p, seed)
 		res := r.res
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget under tight memory and the flood")
 		assert.True(t, res.Validated, res.ValidateError)
@@ -223,7 +223,7 @@ func TestOOM(t *testing.T) {
 	})
 
 	t.Run("incident", func(t *testing.T) {
-		r := runArm(t, env, "incident", dataplane.IncidentConfig(), bundled("incident"), p, seed)
+		r := runArm(t, env, "incident", dataplane.IncidentConfig(), bundled("-config", "incident"), p, seed)
 		res := r.res
 		if res == nil {
 			return // caught by the abort limits

@@ -433,7 +433,7 @@ func TestPortExhaustion(t *testing.T) {
 	env := fixtures.Shared(t)
 
 	t.Run("fixed", func(t *testing.T) {
-		a := newArm("fixed", dataplane.DefaultConfig(), false)
+		a := newArm("fixed", suite.FixedConfig(t), false)
 		a.underTest(t)
 		res := suite.Run(t, env, a.sc)
 		logPeaks(t, res)

@@ -23,7 +23,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/load"
@@ -151,7 +150,7 @@ func TestSoak(t *testing.T) {
 		name := fmt.Sprintf("soak/cycle-%03d-%s", c, k.name)
 		ok := t.Run(fmt.Sprintf("cycle-%03d-%s", c, k.name), func(t *testing.T) {
 			res := suite.RunUnderTest(t, env, scenario.Scenario{
-				Name: name, Config: dataplane.DefaultConfig(), Seed: seed + uint64(c),
+				Name: name, Config: suite.FixedConfig(t), Seed: seed + uint64(c),
 				Data: fixtures.SeedSpec{Posts: posts}, WarmPosts: posts,
 				Background: []load.Profile{bg},
 				Faults:     []scenario.FaultFunc{k.fault},
