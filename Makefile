@@ -5,6 +5,7 @@
 #   make chaos   every suite at full strength, with a report in reports/
 #   make soak    the soak suite for SOAK_DURATION (default 2h)
 #   make envelope PKG=./suites/x [MODE=quick COUNT=5]  peaks of runs vs budgets
+#   make ablation [ROWS=a,b MODE=quick]  fixed arms with one defence turned back each
 #   ENGINE=private (with test, chaos or soak): against a brand-new Docker
 #                engine started for the run and removed after it (root)
 
@@ -21,7 +22,7 @@ SOAK_DURATION ?= 2h
 export TESTCONTAINERS_HOST_OVERRIDE ?= 127.0.0.1
 export TESTCONTAINERS_RYUK_DISABLED ?= true
 
-.PHONY: all setup images test chaos soak lint clean help envelope
+.PHONY: all setup images test chaos ablation soak lint clean help envelope
 
 all: test
 
@@ -37,7 +38,7 @@ $(error ENGINE=$(ENGINE): want ENGINE=private, or leave it empty for the engine 
 endif
 
 ifeq ($(ENGINE),private)
-test chaos soak:
+test chaos ablation soak:
 	@scripts/private-engine.sh $(MAKE) --no-print-directory $@ ENGINE=
 else
 
@@ -53,9 +54,13 @@ images: setup
 test: images
 	@JUNIT='$(JUNIT)' GOTESTSUM='$(GOTESTSUM)' scripts/test.sh
 
-## chaos: the suites at full strength; JUnit XML, JSON and HTML report in $(REPORT_DIR).
+## chaos: the suites at full strength, then the ablation (ABLATION=0 skips it); JUnit XML, JSON and HTML report in $(REPORT_DIR).
 chaos: images
 	@scripts/chaos.sh "$(REPORT_DIR)" full
+
+## ablation: every suite's fixed arm with one defence turned back per row (ROWS=a,b: some), in MODE (default quick); the table in $(REPORT_DIR)/ablation.html.
+ablation: images
+	@SPIRAL_MODE='$(or $(MODE),quick)' $(GO) run ./cmd/spiral ablation $(if $(ROWS),-rows '$(ROWS)') "$(REPORT_DIR)"
 
 ## soak: the soak suite (suites/soak) for $(SOAK_DURATION).
 soak: images

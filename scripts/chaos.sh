@@ -7,6 +7,10 @@
 #   index.html    a matrix of suites by arms with each test's verdict, and
 #                 suite-<suite>.html, every arm of a suite on the same charts
 #                 (spiral report DIR)
+#   ablation/     the fixed arms again with one defence turned back per row,
+#                 and ablation.html / ablation.md, the table of which
+#                 budgets each row failed (spiral ablation; ABLATION=0 skips
+#                 it, as the soak mode and a run of some PACKAGEs do)
 # Usage: scripts/chaos.sh REPORT_DIR MODE [PACKAGE...]
 #   MODE: quick, full or soak; PACKAGEs default to every suite (./suites/...)
 set -euo pipefail
@@ -18,8 +22,10 @@ shift 2 || shift $#
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
+ablation=${ABLATION:-1}
 if [[ $# -gt 0 ]]; then
 	pkgs=$(go list "$@")
+	ablation=0 # a run of some suites: no table of every suite's defences
 else
 	pkgs=$(go list ./suites/...)
 fi
@@ -54,6 +60,9 @@ SPIRAL_MODE="$mode" SPIRAL_REPORT_DIR="$dir" \
 rc=$?
 set -e
 
+if [[ $ablation != 0 && $mode != soak ]]; then
+	SPIRAL_MODE="$mode" go run ./cmd/spiral ablation "$dir" || true
+fi
 go run ./cmd/spiral report "$dir" || true
 echo "chaos: report in $dir (exit $rc)" >&2
 exit $rc
