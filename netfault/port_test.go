@@ -233,6 +233,7 @@ func TestPortBudgetTimeWait(t *testing.T) {
 // timeWaitReuse is one run of TestPortBudgetTimeWait. It returns false,
 // having judged nothing, when none of the closes left a TIME_WAIT.
 func timeWaitReuse(t *testing.T) bool {
+	t.Helper()
 	srv := newAcceptor(t)
 	b := freeBudget(t, portBudgetSize)
 	conns, err := exhaust(t, b.Dial, srv.addr(), b, portBudgetSize)

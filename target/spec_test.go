@@ -77,6 +77,10 @@ func TestNewExecRefusesBadEnvironment(t *testing.T) {
 	require.ErrorContains(t, err, `"GOGC": want NAME=value`)
 	_, err = target.NewExec(target.ExecConfig{})
 	assert.ErrorContains(t, err, "no binary")
+	_, err = target.NewExec(target.ExecConfig{Path: bin, Memcached: []string{"127.0.0.1:11211"}})
+	assert.ErrorContains(t, err, "NS and Memcached need Netns")
+	_, err = target.NewExec(target.ExecConfig{Path: bin, Netns: true, Memcached: []string{"127.0.0.1:11211"}})
+	assert.ErrorContains(t, err, "Memcached names servers inside NS: give NS")
 }
 
 func TestFromEnvReadsTheRequestShape(t *testing.T) {
