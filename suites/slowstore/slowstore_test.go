@@ -208,8 +208,8 @@ func slowScenario(name string, cfg dataplane.Config, px *netfault.Proxy) scenari
 		Data:       fixtures.SeedSpec{Posts: posts},
 		Background: []load.Profile{every, batch},
 		Faults:     []scenario.FaultFunc{func(scenario.Harness) (faults.Fault, error) { return slowStore(px, at) }},
-		Phases:  ph,
-		Budgets: budgets(),
+		Phases:     ph,
+		Budgets:    budgets(),
 	}
 }
 
