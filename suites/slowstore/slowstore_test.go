@@ -18,7 +18,6 @@ package slowstore
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -156,29 +155,35 @@ func keepCold(t *testing.T, addrs []string) {
 	mc := memcache.New(addrs...)
 	require.NoError(t, mc.FlushAll())
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	done := make(chan error, 1)
+	var flushes, failed int
+	var last error
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		tick := time.NewTicker(coldCacheInterval)
 		defer tick.Stop()
 		for {
 			select {
 			case <-ctx.Done():
-				done <- nil
 				return
 			case <-tick.C:
+				// A flush that times out (the incident's one memcached Get
+				// per key swamps the server) is tried again at the next
+				// tick; assertFelt judges how cold the cache stayed.
+				flushes++
 				if err := mc.FlushAll(); err != nil {
-					done <- fmt.Errorf("keep memcached cold: %w", err)
-					return
+					failed, last = failed+1, err
 				}
 			}
 		}
 	}()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
+		<-done
 		_ = mc.Close()
+		if failed > 0 {
+			t.Logf("keep memcached cold: %d of %d flushes failed, the last: %v", failed, flushes, last)
+		}
 	})
 }
 
