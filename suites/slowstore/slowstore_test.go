@@ -1,0 +1,383 @@
+// Package slowstore slows the CQL store down under everyday traffic and a
+// moderate batch load while memcached is kept cold, so that every lookup goes
+// to the store. The data plane reaches the store through a toxiproxy proxy
+// (netfault.Proxy) and nothing else, and the store is made slow in three
+// stages, one after another (faults.Sequence): every response delayed
+// (latency), then every connection throttled (bandwidth), then every
+// connection reset (reset_peer).
+//
+// The fixed data plane must keep its store queries within its bound, its
+// goroutines within its envelope and its everyday requests within their
+// deadline: a slow store makes requests slow or fail, not pile up. The
+// incident data plane must be caught: one goroutine and one store query per
+// key with no bound, held for as long as the store takes to answer, pile up
+// past the fixed arm's envelope. A regression far smaller than the incident
+// (the fixed data plane with its store bound alone removed) must be caught
+// too.
+package slowstore
+
+import (
+	"context"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/dataplane"
+	"github.com/spiral-chaos/spiral/faults"
+	"github.com/spiral-chaos/spiral/fixtures"
+	"github.com/spiral-chaos/spiral/load"
+	"github.com/spiral-chaos/spiral/netfault"
+	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
+	"github.com/spiral-chaos/spiral/target"
+)
+
+func TestMain(m *testing.M) { fixtures.Main(m) }
+
+// posts is how many posts are seeded; the loads read them all, from the
+// store, since the cache is kept cold.
+const posts = 5_000
+
+// The slow store's stages, each a toxic on the proxy between the data
+// plane and the store.
+const (
+	// storeLatency delays every response of the store: hundreds of ms, a
+	// node in a long GC pause or compacting.
+	storeLatency = 300 * time.Millisecond
+	// storeBandwidth caps each connection's responses, in KB/s: a
+	// saturated link.
+	storeBandwidth = 20
+)
+
+// The loads: everyday traffic (many small requests) and a batch load of
+// a tenth of the postmortem's batches, at most batchInFlight of them at
+// once. With a cold cache every key is a store query: the incident makes
+// a batch's all at once, in a goroutine each; the fixed data plane, 16
+// chunks at a time and 64 queries in all.
+const (
+	everydayRate  = 20
+	everydayKeys  = 10
+	batchKeys     = 2_000
+	batchRate     = 0.5
+	batchInFlight = 2
+	// loadTimeout is past the fixed data plane's request deadline, so that
+	// the deadline, not the load generator, is what ends a request stuck
+	// on the store.
+	loadTimeout = dataplane.DefaultDeadline + 5*time.Second
+)
+
+// Budgets of the fixed data plane, set from 3 quick runs in-process and 3
+// against cmd/dataplane as a child at about twice their highest peak, and
+// held by 3 more of each (2026-12-03, 2 cores). The figures are of all 6.
+const (
+	// fixedP99 bounds each second's everyday p99 latency during inject and
+	// observe, in seconds: the fixed arm peaked at 2.16-3.18 s in-process
+	// and 1.21-2.75 s as a child (waiting for the store's 64 slots behind
+	// a batch while each query takes storeLatency longer), well inside its
+	// 15 s deadline. The incident reached 2.12-2.87 s: this budget is not
+	// what catches it.
+	fixedP99 = 6.0
+	// fixedGoroutines bounds probe.MetricGoroutinesPeak from inject to
+	// recover: the fixed arm peaked at 1,071-1,327 in-process and 640-937
+	// as a child; the incident at 3,164-4,187, the regression with no
+	// store bound at 631-874.
+	fixedGoroutines = 2_500
+)
+
+// phases returns the run's phases and the stages' offsets in inject. Full
+// mode runs these quick phases too: a longer run has not been measured,
+// and a budget needs a measured envelope.
+func phases() (scenario.Phases, [3]time.Duration) {
+	return scenario.Phases{Baseline: 2 * time.Second, Inject: 6 * time.Second, Observe: 1 * time.Second, Recover: 4 * time.Second},
+		[3]time.Duration{0, 2 * time.Second, 4 * time.Second}
+}
+
+// budgets returns the budgets the fixed data plane must hold.
+func budgets() []probe.Budget {
+	return []probe.Budget{
+		// The store semaphore: a slow store gets no more queries at once
+		// from a data plane than it got from a fast one.
+		probe.Limit(scenario.MetricStoreInFlight, dataplane.DefaultStoreConcurrency),
+		probe.Limit(scenario.MetricStorePeak, dataplane.DefaultStoreConcurrency),
+		// Everyday requests end (answered or failed) within their
+		// envelope, far inside the deadline.
+		probe.Limit(scenario.MetricEverydayLatencyP99, fixedP99, scenario.PhaseInject, scenario.PhaseObserve),
+		// Requests waiting on the store don't pile up.
+		probe.Limit(probe.MetricGoroutinesPeak, fixedGoroutines, scenario.PhaseInject, scenario.PhaseObserve, scenario.PhaseRecover),
+		// OS threads at work: 3-4 in every fixed run.
+		probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
+	}
+}
+
+// proxied returns env with the CQL store replaced by a proxy in front of
+// it, closed when t ends: a data plane started in the returned Env reaches
+// the store only through the proxy.
+func proxied(t *testing.T, env *fixtures.Env) (*fixtures.Env, *netfault.Proxy) {
+	t.Helper()
+	if env.External() {
+		// Keeping the cache cold flushes memcached, and a proxy in front of
+		// a cluster is one node's: neither is for services Spiral does not
+		// own.
+		t.Skip("slowstore flushes memcached and proxies one CQL node: not for external backends")
+	}
+	require.NotEmpty(t, env.CQLHosts)
+	px, err := netfault.NewProxy("cql", env.CQLHosts[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = px.Close() })
+	penv := *env
+	penv.CQLHosts = []string{px.Addr()}
+	return &penv, px
+}
+
+// slowStore returns the stages on px: latency, then bandwidth, then
+// resets.
+func slowStore(px *netfault.Proxy, at [3]time.Duration) (*faults.Sequence, error) {
+	return faults.NewSequence("slow store",
+		faults.Stage{At: at[0], Fault: px.Latency(storeLatency, 0)},
+		faults.Stage{At: at[1], Fault: px.Bandwidth(storeBandwidth)},
+		faults.Stage{At: at[2], Fault: px.ResetPeer(0)},
+	)
+}
+
+// keepCold keeps memcached cold until t ends: it flushes every item now
+// and again every coldCacheInterval, so that the keys the data plane fills
+// from the store are gone before the loads ask for them again, as with a
+// cache far smaller than the keys asked for. It is a run's environment, not
+// one of its faults: a batch sent before the store slows down finds the
+// cache as cold as one sent after, and counts its lookups at its end.
+func keepCold(t *testing.T, addrs []string) {
+	t.Helper()
+	mc := memcache.New(addrs...)
+	require.NoError(t, mc.FlushAll())
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	var flushes, failed int
+	var last error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(coldCacheInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				// A flush that times out (the incident's one memcached Get
+				// per key swamps the server) is tried again at the next
+				// tick; assertFelt judges how cold the cache stayed.
+				flushes++
+				if err := mc.FlushAll(); err != nil {
+					failed, last = failed+1, err
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		_ = mc.Close()
+		if failed > 0 {
+			t.Logf("keep memcached cold: %d of %d flushes failed, the last: %v", failed, flushes, last)
+		}
+	})
+}
+
+// coldCacheInterval is how often keepCold flushes the cache: the loads ask
+// for about 1,100 keys a second out of 5,000, so about one key in 90 is
+// asked for again within it.
+const coldCacheInterval = 50 * time.Millisecond
+
+// slowScenario returns the run of cfg through a slow store behind px, with
+// memcached cold.
+func slowScenario(name string, cfg dataplane.Config, px *netfault.Proxy) scenario.Scenario {
+	ph, at := phases()
+	every := load.Background
+	every.Rate, every.BatchMin, every.BatchMax, every.KeySpace, every.Timeout = everydayRate, 1, everydayKeys, posts, loadTimeout
+	batch := load.InternalBatch
+	batch.BatchMin, batch.BatchMax, batch.KeySpace, batch.Timeout = batchKeys, batchKeys, posts, loadTimeout
+	batch.Rate, batch.MaxInFlight = batchRate, batchInFlight
+	// The loads run from baseline to the end of recover; their caps, twice
+	// what their rates send in that time, only bound a run gone wrong.
+	run := ph.Baseline + ph.Inject + ph.Observe + ph.Recover
+	every.MaxRequests = int(2 * every.Rate * run.Seconds())
+	batch.MaxRequests = int(2 * batch.Rate * run.Seconds())
+	return scenario.Scenario{
+		Name:       "slow-store/" + name,
+		Config:     cfg,
+		Seed:       scenario.SeedFromEnv(1),
+		Data:       fixtures.SeedSpec{Posts: posts},
+		Background: []load.Profile{every, batch},
+		Faults:     []scenario.FaultFunc{func(scenario.Harness) (faults.Fault, error) { return slowStore(px, at) }},
+		Phases:     ph,
+		Budgets:    budgets(),
+	}
+}
+
+func logFigures(t *testing.T, res *scenario.Result) {
+	t.Helper()
+	for _, m := range []string{
+		scenario.MetricStoreInFlight, scenario.MetricStorePeak, scenario.MetricEverydayLatencyP99,
+		scenario.MetricLoadErrors, scenario.MetricEverydayErrors, scenario.MetricBatchErrors,
+		probe.MetricGoroutines, probe.MetricGoroutinesPeak, probe.MetricThreads, probe.MetricThreadsBusy,
+		scenario.MetricLogLines,
+	} {
+		t.Logf("  peak %s: %v", m, res.Peaks[m])
+	}
+	for _, m := range []string{scenario.MetricCacheHits, scenario.MetricStoreReads, scenario.MetricLoadErrors, scenario.MetricLoadOK} {
+		t.Logf("  %s by phase: baseline %g inject %g observe %g recover %g", m,
+			rise(res, m, scenario.PhaseBaseline), rise(res, m, scenario.PhaseInject),
+			rise(res, m, scenario.PhaseObserve), rise(res, m, scenario.PhaseRecover))
+	}
+	for _, l := range res.Loads {
+		var worst time.Duration
+		for _, r := range l.Requests {
+			worst = max(worst, r.Latency)
+		}
+		t.Logf("  load %s: slowest request %v", l.Profile.Client, worst)
+	}
+}
+
+// assertFelt checks that the slow store reached the data plane: its
+// latency shows in the everyday requests, its resets fail requests, and
+// the cache stayed cold.
+func assertFelt(t *testing.T, res *scenario.Result) {
+	t.Helper()
+	assert.GreaterOrEqual(t, res.Peaks[scenario.MetricEverydayLatencyP99][scenario.PhaseInject], storeLatency.Seconds(),
+		"the store's latency must reach the data plane (through the proxy alone)")
+	assert.Positive(t, rise(res, scenario.MetricLoadErrors, scenario.PhaseInject)+rise(res, scenario.MetricLoadErrors, scenario.PhaseObserve),
+		"the proxy's resets must fail requests: a data plane that reached the store around the proxy would not see them")
+	var hits, reads float64
+	for _, ph := range []string{scenario.PhaseBaseline, scenario.PhaseInject} {
+		hits, reads = hits+rise(res, scenario.MetricCacheHits, ph), reads+rise(res, scenario.MetricStoreReads, ph)
+	}
+	assert.Positive(t, reads, "keys are read from the store while the cache is cold")
+	assert.Less(t, hits, 0.1*reads, "the cache stays cold: %g hits, %g store reads in baseline and inject", hits, reads)
+}
+
+func TestSlowStore(t *testing.T) {
+	env := fixtures.Shared(t)
+	t.Run("fixed", func(t *testing.T) {
+		penv, px := proxied(t, env)
+		keepCold(t, env.MemcachedAddrs)
+		res := suite.RunUnderTest(t, penv, slowScenario("fixed", dataplane.DefaultConfig(), px))
+		logFigures(t, res)
+		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget while the store is slow")
+		for _, l := range res.LoadSummary {
+			// A batch of 2,000 keys takes longer than a stage while the
+			// store is slow, and the resets fail those in flight: in the
+			// first run after the store started, none was answered.
+			if l.Traffic == load.TrafficEveryday {
+				assert.Positive(t, l.Stats.OK, "load %s was answered: a run without load proves nothing", l.Client)
+			} else {
+				assert.Positive(t, l.Stats.Sent, "load %s was sent: a run without load proves nothing", l.Client)
+			}
+			assert.False(t, l.Failed, "load %s finished: %s", l.Client, l.Error)
+			// Requests fail fast: none outlives the data plane's deadline
+			// (the load generator would wait longer).
+			assert.LessOrEqual(t, l.Max, dataplane.DefaultDeadline+time.Second, "load %s: slowest request", l.Client)
+		}
+		assertFelt(t, res)
+		assert.True(t, res.Validated, res.ValidateError)
+	})
+	// A regression far smaller than the incident: the fixed data plane
+	// with its store bound removed, every other knob as fixed.
+	t.Run("regression-unbounded-store", func(t *testing.T) {
+		penv, px := proxied(t, env)
+		keepCold(t, env.MemcachedAddrs)
+		cfg := dataplane.DefaultConfig()
+		cfg.StoreConcurrency = 0
+		res := suite.RunControl(t, penv, slowScenario("regression-unbounded-store", cfg, px))
+		if res == nil {
+			return // caught by the abort limits
+		}
+		logFigures(t, res)
+		assert.True(t, res.Violated(scenario.MetricStorePeak),
+			"a store bound removed must be caught; peaks %v", res.Peaks[scenario.MetricStorePeak])
+		assertFelt(t, res)
+		assert.True(t, res.Validated, res.ValidateError)
+	})
+	t.Run("incident", func(t *testing.T) {
+		penv, px := proxied(t, env)
+		keepCold(t, env.MemcachedAddrs)
+		res := suite.RunControl(t, penv, slowScenario("incident", dataplane.IncidentConfig(), px))
+		if res == nil {
+			return // caught by the abort limits
+		}
+		logFigures(t, res)
+		assert.True(t, res.Violated(scenario.MetricStorePeak),
+			"the incident's unbounded store queries must be caught; peaks %v", res.Peaks[scenario.MetricStorePeak])
+		assert.True(t, res.Violated(probe.MetricGoroutinesPeak),
+			"the incident's goroutines, one per key held while the store is slow, must be caught; peaks %v", res.Peaks[probe.MetricGoroutinesPeak])
+		assertFelt(t, res)
+		assert.True(t, res.Validated, "the incident data plane answers again once the store is fast: %s", res.ValidateError)
+	})
+}
+
+// TestStoreThroughProxy proves that the data plane under test reaches the
+// store through the proxy and nothing else: with the proxy closed, its
+// store reads fail. A data plane that dialed the address the store
+// advertises (system.local, system.peers, Scylla's shard-aware port) would
+// still answer, and the suite's faults would miss it.
+func TestStoreThroughProxy(t *testing.T) {
+	env := fixtures.Shared(t)
+	penv, px := proxied(t, env)
+	sc := scenario.Scenario{Name: "slow-store/through-proxy", Data: fixtures.SeedSpec{Posts: 200}}
+	require.NoError(t, scenario.Prepare(t.Context(), penv, sc))
+	mc := memcache.New(env.MemcachedAddrs...)
+	t.Cleanup(func() { _ = mc.Close() })
+	require.NoError(t, mc.FlushAll())
+
+	tgt := suite.UnderTest(t, dataplane.DefaultConfig())
+	if tgt == nil {
+		tgt = target.NewInProcess(dataplane.DefaultConfig())
+	}
+	require.NoError(t, tgt.Start(t.Context(), target.BackendsOf(penv)))
+	t.Cleanup(func() { _ = tgt.Stop(context.WithoutCancel(t.Context())) })
+	c := &dataplane.Client{URL: tgt.URL(), Name: "through-proxy", Shape: target.ShapeOf(tgt)}
+
+	got, err := c.GetPostRecords(t.Context(), fixtures.PostURIs(0, 100))
+	require.NoError(t, err, "through the proxy the store answers")
+	require.Len(t, got, 100)
+	for i, p := range got {
+		require.NotNil(t, p, "post %d read from the store", i)
+	}
+
+	require.NoError(t, px.Close())
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	_, err = c.GetPostRecords(ctx, fixtures.PostURIs(100, 100))
+	require.Error(t, err, "with the proxy closed the store must be out of reach: the data plane reached it another way")
+	t.Logf("with the proxy closed: %v", err)
+}
+
+// rise returns how much cumulative metric grew over phase: its last value
+// in phase less its last value before it.
+func rise(res *scenario.Result, metric, phase string) float64 {
+	i := res.Timeline.Index(metric)
+	if i < 0 {
+		return 0
+	}
+	var before, last float64
+	seen := false
+	for _, s := range res.Timeline.Samples {
+		v := s.Values[i]
+		if math.IsNaN(v) {
+			continue
+		}
+		switch {
+		case s.Phase == phase:
+			last, seen = v, true
+		case !seen:
+			before = v
+		}
+	}
+	if !seen {
+		return 0
+	}
+	return last - before
+}
