@@ -43,8 +43,8 @@ import (
 	"os/signal"
 	"regexp"
 	"runtime"
-	"syscall"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"

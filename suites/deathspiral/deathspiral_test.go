@@ -234,8 +234,8 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 	phases := scenario.Phases{Baseline: 5 * time.Second, Inject: 40 * time.Second, Observe: 15 * time.Second, Recover: 10 * time.Second}
 	tgt, err := target.NewExec(target.ExecConfig{
 		Path: path, Args: args,
-		Env:    []string{fmt.Sprintf("GOMEMLIMIT=%dMiB", childGOMEMLIMIT>>20)},
-		Netns:  true, NS: mc.NS, Memcached: []string{mc.Addr},
+		Env:   []string{fmt.Sprintf("GOMEMLIMIT=%dMiB", childGOMEMLIMIT>>20)},
+		Netns: true, NS: mc.NS, Memcached: []string{mc.Addr},
 		Cgroup: cg, Addr: suite.ListenAddr(t), Stderr: suite.SinkStderr(t, sink),
 		MaxRestarts: 30, StartTimeout: startTimeout,
 	})

@@ -85,4 +85,3 @@ func ListenAddr(t *testing.T) string {
 	t.Fatalf("no free port outside the ephemeral range %v", eph)
 	return ""
 }
-
