@@ -14,16 +14,13 @@ package cacheoutage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"testing"
 	"time"
 
-	"github.com/bradfitz/gomemcache/memcache"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/spiral-chaos/spiral/dataplane"
 	"github.com/spiral-chaos/spiral/faults"
@@ -246,19 +243,8 @@ type coldRestart struct {
 func (f *coldRestart) Name() string { return f.Fault.Name() + ", its warmed keys forgotten" }
 
 func (f *coldRestart) Recover(ctx context.Context) error {
-	mc := memcache.New(f.upstreams...) // the data plane's key-to-server mapping: the same list, in order
-	defer func() { _ = mc.Close() }()
-	g, _ := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for _, k := range f.keys {
-		g.Go(func() error {
-			if err := mc.Delete(k); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
-				return fmt.Errorf("forget %s: %w", k, err)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	// The data plane's key-to-server mapping: the same list, in order.
+	if err := suite.ForgetKeys(ctx, f.upstreams, f.keys); err != nil {
 		return fmt.Errorf("recover %s: %w", f.Name(), err)
 	}
 	return f.Fault.Recover(ctx)
