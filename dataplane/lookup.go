@@ -325,7 +325,7 @@ func storeGet[T any](ctx context.Context, d *DataPlane, k *kind[T], key string) 
 // words ("failed to set post cache item").
 func (b *batch[T]) cacheError(ctx context.Context, op, key string, err error) {
 	kindName := errorKind(err)
-	b.d.m.cacheErrors.WithLabelValues(b.k.cache, op, kindName).Inc()
+	b.d.m.cacheErrors.WithLabelValues(b.k.cache, op, kindName, b.client).Inc()
 	b.d.log.LogAttrs(ctx, slogError, "failed to "+op+" "+b.k.cache+" cache item",
 		attrStr("cache", b.k.cache), attrStr(b.k.keyAttr, key), attrStr("client", b.client),
 		attrStr("kind", kindName), attrErr(err))

@@ -82,8 +82,8 @@ func newMetrics() *metrics {
 	})
 	m.cacheErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricPrefix + "cache_errors_total",
-		Help: "Memcached errors by cache (post, profile, counts), operation (get, set) and kind (addr_in_use, addr_not_avail, conn_refused, timeout, ...).",
-	}, []string{"cache", "op", "kind"})
+		Help: "Memcached errors by cache (post, profile, counts), operation (get, set), kind (addr_in_use, addr_not_avail, conn_refused, timeout, ...) and the client whose request met them.",
+	}, []string{"cache", "op", "kind", "client"})
 	m.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricPrefix + "store_errors_total",
 		Help: "CQL store errors by table and kind.",

@@ -13,7 +13,7 @@ import (
 )
 
 // clientFamilies are the per-client counters the client table is made of.
-var clientFamilies = []string{"spiral_dataplane_requests_total", "spiral_dataplane_lookups_total"}
+var clientFamilies = []string{"spiral_dataplane_requests_total", "spiral_dataplane_lookups_total", "spiral_dataplane_cache_errors_total"}
 
 // clientsEvery is how often a run reads the per-client counters while the
 // faults act: what a child's counters held since the last read is lost

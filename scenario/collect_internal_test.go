@@ -156,7 +156,7 @@ func TestAddEverydayLatency(t *testing.T) {
 	require.Error(t, addEverydayLatency(tl, nil), "a second column of the same name is refused")
 }
 
-// Who caused it: each client's requests and keys between two snapshots,
+// Who caused it: each client's requests, keys and cache errors between two snapshots,
 // the flooding client first.
 func TestClientsBetween(t *testing.T) {
 	sample := func(name string, v float64, labels ...string) dataplane.Sample {
@@ -172,6 +172,7 @@ func TestClientsBetween(t *testing.T) {
 		sample("requests_total", 1, "client", "internal-batch", "code", "ok"),
 		sample("lookups_total", 15000, "client", "internal-batch", "source", "cache"),
 		sample("lookups_in_flight", 3),
+		sample("cache_errors_total", 10, "client", "internal-batch", "cache", "post", "op", "get", "kind", "timeout"),
 	}
 	after := dataplane.Snapshot{
 		sample("requests_total", 150, "client", "appview", "code", "ok"),
@@ -185,12 +186,15 @@ func TestClientsBetween(t *testing.T) {
 		sample("lookups_total", 20, "client", "internal-batch", "source", "store"),
 		sample("requests_total", 7, "client", "idle", "code", "ok"),
 		sample("lookups_in_flight", 9),
+		sample("cache_errors_total", 44_010, "client", "internal-batch", "cache", "post", "op", "get", "kind", "timeout"),
+		sample("cache_errors_total", 40, "client", "appview", "cache", "post", "op", "get", "kind", "timeout"),
+		sample("cache_errors_total", 2, "client", "appview", "cache", "post", "op", "set", "kind", "timeout"),
 	}
 	before = append(before, sample("requests_total", 7, "client", "idle", "code", "ok"))
 	got := ClientsBetween(before, after)
 	require.Len(t, got, 2, "a client with nothing in the window is left out: %+v", got)
-	assert.Equal(t, ClientFigures{Client: "internal-batch", Requests: 3, FailedRequests: 3, Keys: 60020, KeysFailed: 45000, KeysFromStore: 20}, got[0])
-	assert.Equal(t, ClientFigures{Client: "appview", Requests: 55, FailedRequests: 5, Keys: 540, KeysFailed: 40}, got[1])
+	assert.Equal(t, ClientFigures{Client: "internal-batch", Requests: 3, FailedRequests: 3, Keys: 60020, KeysFailed: 45000, KeysFromStore: 20, CacheErrors: 44_000}, got[0])
+	assert.Equal(t, ClientFigures{Client: "appview", Requests: 55, FailedRequests: 5, Keys: 540, KeysFailed: 40, CacheErrors: 42}, got[1])
 }
 
 // The observer is reported unreliable where, in inject or observe, its

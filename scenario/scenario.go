@@ -801,6 +801,9 @@ type ClientFigures struct {
 	// as Spiral's load generator recorded them: known even where the data
 	// plane never counted them (a child killed while it served them).
 	KeysSent float64 `json:"keys_sent"`
+	// CacheErrors counts the memcached errors its requests met
+	// (cache_errors_total): the errors that flood a log sink.
+	CacheErrors float64 `json:"cache_errors"`
 }
 
 // asked is the most a client is known to have asked for: the keys the data
@@ -837,6 +840,8 @@ func ClientsBetween(before, after dataplane.Snapshot) []ClientFigures {
 				case "store":
 					f.KeysFromStore += sign * s.Value
 				}
+			case "cache_errors_total":
+				f.CacheErrors += sign * s.Value
 			}
 		}
 	}
@@ -844,7 +849,7 @@ func ClientsBetween(before, after dataplane.Snapshot) []ClientFigures {
 	add(after, 1)
 	var out []ClientFigures
 	for _, f := range per {
-		if f.Requests > 0 || f.Keys > 0 {
+		if f.Requests > 0 || f.Keys > 0 || f.CacheErrors > 0 {
 			out = append(out, *f)
 		}
 	}

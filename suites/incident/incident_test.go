@@ -200,6 +200,7 @@ func TestIncidentReplay(t *testing.T) {
 			assert.True(t, res.Violated(m), "the incident data plane must be caught by %s; peaks %v", m, res.Peaks[m])
 		}
 		suite.AssertGrowth(t, res, probe.MetricThreadsBusy, threadsGrowth)
+		suite.AssertTopClient(t, res, load.InternalBatch.Client)
 		assert.True(t, res.Validated, "the incident data plane answers again once the faults are gone: %s", res.ValidateError)
 	})
 }

@@ -334,6 +334,7 @@ func TestSlowStore(t *testing.T) {
 		assert.True(t, res.Violated(probe.MetricGoroutinesPeak),
 			"the incident's goroutines, one per key held while the store is slow, must be caught; peaks %v", res.Peaks[probe.MetricGoroutinesPeak])
 		assertFelt(t, res)
+		suite.AssertTopClient(t, res, load.InternalBatch.Client)
 		assert.True(t, res.Validated, "the incident data plane answers again once the store is fast: %s", res.ValidateError)
 	})
 }

@@ -47,16 +47,21 @@ func TestGrowth(t *testing.T) {
 
 func TestAssertTopClient(t *testing.T) {
 	res := &scenario.Result{Scenario: "s", Clients: []scenario.ClientFigures{
-		{Client: "internal-batch", Keys: 30_000}, {Client: "appview", Keys: 7_974},
+		{Client: "internal-batch", Keys: 30_000, CacheErrors: 900}, {Client: "appview", Keys: 7_974, CacheErrors: 12},
 	}}
 	assert.True(t, AssertTopClient(t, res, "internal-batch"))
+	// The top source of keys, but not of the cache errors.
+	errorsElsewhere := &scenario.Result{Scenario: "e", Clients: []scenario.ClientFigures{
+		{Client: "internal-batch", Keys: 30_000}, {Client: "appview", Keys: 7_974, CacheErrors: 12},
+	}}
 	for _, tc := range []struct {
 		res    *scenario.Result
 		client string
-	}{{res, "appview"}, {&scenario.Result{Scenario: "empty"}, "internal-batch"}} {
+		errors int // the keys' check and the cache errors' check
+	}{{res, "appview", 2}, {&scenario.Result{Scenario: "empty"}, "internal-batch", 1}, {errorsElsewhere, "internal-batch", 1}} {
 		var r recorder
 		assert.False(t, AssertTopClient(&r, tc.res, tc.client), tc.client)
-		assert.Equal(t, 1, r.errors, "%s: a failed check is reported", tc.client)
+		assert.Equal(t, tc.errors, r.errors, "%s %s: each failed check is reported", tc.res.Scenario, tc.client)
 	}
 }
 
