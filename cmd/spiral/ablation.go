@@ -106,17 +106,13 @@ func runAblation(ctx context.Context, args []string, out io.Writer) error {
 		}
 		printf(out, "ablation: row %s done in %v: %s; log %s\n", row, time.Since(began).Round(time.Second), verdict, log.Name())
 	}
-	page, err := report.WriteAblation(dir)
+	a, err := report.WriteAblation(dir)
 	if err != nil {
 		return err
 	}
-	if page == "" {
+	if a == nil {
 		return fmt.Errorf("ablation: no scenario report under %s", filepath.Join(dir, report.AblationDir))
 	}
-	md, err := os.ReadFile(filepath.Join(dir, "ablation.md"))
-	if err != nil {
-		return err
-	}
-	printf(out, "%s\nablation: %s\n", md, page)
+	printf(out, "%s\nablation: %s\n", a.Markdown(), filepath.Join(dir, report.AblationPage))
 	return nil
 }

@@ -104,29 +104,34 @@ func (a *Ablation) Markdown() string {
 	return b.String()
 }
 
-// WriteAblation writes dir/ablation.html and dir/ablation.md from the
-// ablation runs under dir/ablation, and returns the page's path; "" and
-// no error when there are none.
-func WriteAblation(dir string) (string, error) {
+// The ablation's page and table in a run's folder (WriteAblation).
+const (
+	AblationPage  = "ablation.html"
+	AblationTable = "ablation.md"
+)
+
+// WriteAblation writes dir/AblationPage and dir/AblationTable from the
+// ablation runs under dir/ablation, and returns the table it wrote; nil
+// and no error when there are none.
+func WriteAblation(dir string) (*Ablation, error) {
 	a, err := ReadAblation(dir)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if len(a.Rows) == 0 {
-		return "", nil
+		return nil, nil
 	}
 	var page bytes.Buffer
 	if err := ablationTmpl.Execute(&page, a); err != nil {
-		return "", fmt.Errorf("ablation page: %w", err)
+		return nil, fmt.Errorf("ablation page: %w", err)
 	}
-	path := filepath.Join(dir, "ablation.html")
-	if err := os.WriteFile(path, page.Bytes(), 0o644); err != nil {
-		return "", fmt.Errorf("ablation page: %w", err)
+	if err := os.WriteFile(filepath.Join(dir, AblationPage), page.Bytes(), 0o644); err != nil {
+		return nil, fmt.Errorf("ablation page: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ablation.md"), []byte(a.Markdown()), 0o644); err != nil {
-		return "", fmt.Errorf("ablation table: %w", err)
+	if err := os.WriteFile(filepath.Join(dir, AblationTable), []byte(a.Markdown()), 0o644); err != nil {
+		return nil, fmt.Errorf("ablation table: %w", err)
 	}
-	return path, nil
+	return a, nil
 }
 
 var ablationTmpl = template.Must(template.New("ablation").Funcs(template.FuncMap{

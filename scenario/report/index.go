@@ -231,14 +231,8 @@ func WriteEntries(dir string, idx Index) error {
 	}
 	data := newIndexData(idx)
 	data.Machines = readMachines(dir)
-	page0, err := WriteAblation(dir)
-	if err != nil {
+	if data.Ablation, err = WriteAblation(dir); err != nil {
 		return err
-	}
-	if page0 != "" {
-		if data.Ablation, err = ReadAblation(dir); err != nil {
-			return err
-		}
 	}
 	var page strings.Builder
 	if err := indexTmpl.Execute(&page, data); err != nil {

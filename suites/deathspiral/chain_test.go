@@ -10,6 +10,7 @@ import (
 
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
+	"github.com/spiral-chaos/spiral/suites/internal/suite"
 )
 
 // spiral reads each link at the first sample that shows it, and a chain
@@ -57,7 +58,7 @@ func timeline(t *testing.T, baseline, inject []row) *scenario.Result {
 	s, err := probe.NewSampler(time.Second,
 		src(scenario.MetricPortErrors, &cur.portErrs), src(scenario.MetricDialPortErrors, &cur.dialErrs),
 		src(metricTimeWait, &cur.tw), src(probe.MetricThreads, &cur.threads), src(probe.MetricGCCPUFraction, &cur.gc),
-		src(metricOOMKills, &cur.kills), src(metricStarts, &cur.starts))
+		src(suite.MetricOOMKills, &cur.kills), src(metricStarts, &cur.starts))
 	require.NoError(t, err)
 	for _, ph := range []struct {
 		name string

@@ -64,9 +64,6 @@ const (
 	// metricTimeWait counts the namespace's TIME_WAIT sockets toward
 	// memcached: the ports they hold.
 	metricTimeWait = "ns_memcached_time_wait"
-	// metricOOMKills is the kernel's count of OOM kills in the child's
-	// cgroup.
-	metricOOMKills = "oom_kills"
 	// metricStarts counts the children the supervisor started.
 	metricStarts = "child_starts"
 )
@@ -112,7 +109,7 @@ const (
 var budgets = []probe.Budget{
 	probe.Limit(scenario.MetricPortErrors, 0),
 	probe.Limit(scenario.MetricDialPortErrors, 0),
-	probe.Limit(metricOOMKills, 0),
+	probe.Limit(suite.MetricOOMKills, 0),
 	probe.Limit(metricStarts, 1),
 	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
 	// The fixed data plane reuses its pooled connections: it closes
@@ -149,7 +146,7 @@ func TestDeathSpiral(t *testing.T) {
 		for _, e := range chain {
 			t.Logf("  %s", e)
 		}
-		for _, m := range []string{scenario.MetricPortErrors, metricOOMKills, metricStarts} {
+		for _, m := range []string{scenario.MetricPortErrors, suite.MetricOOMKills, metricStarts} {
 			assert.True(t, res.Violated(m), "the incident data plane must be caught by %s; peaks %v", m, res.Peaks[m])
 		}
 		// Each link is seen; the causes come before the kill, and the kill,
@@ -268,10 +265,7 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 					c, err := census.Count(ctx, probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: 11211})
 					return float64(c.Get(probe.TimeWait)), err
 				}),
-				probe.FuncErr(metricOOMKills, func(context.Context) (float64, error) {
-					n, err := cg.OOMKills()
-					return float64(n), err
-				}),
+				suite.OOMKills(cg),
 				probe.Func(metricStarts, func() float64 { return float64(tgt.Supervisor().Stats().Starts) }),
 			)
 		},
@@ -285,7 +279,7 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 	if res != nil {
 		t.Logf("%s: peaks: failed dials (no port) %v; TIME_WAIT %v; threads %v; GC %v; OOM kills %v; starts %v",
 			res.Scenario, res.Peaks[scenario.MetricDialPortErrors], res.Peaks[metricTimeWait], res.Peaks[probe.MetricThreads],
-			res.Peaks[probe.MetricGCCPUFraction], res.Peaks[metricOOMKills], res.Peaks[metricStarts])
+			res.Peaks[probe.MetricGCCPUFraction], res.Peaks[suite.MetricOOMKills], res.Peaks[metricStarts])
 	}
 	for _, e := range a.exits {
 		t.Logf("  %s", e)
@@ -335,7 +329,7 @@ func spiral(res *scenario.Result) []scenario.Event {
 	col := func(m string) []float64 { return tl.Series(m) }
 	base := func(m string) float64 { return res.Peaks[m][scenario.PhaseBaseline] }
 	dialErrs := col(scenario.MetricDialPortErrors)
-	portErrs, tw, threads, gc, kills, starts := col(scenario.MetricPortErrors), col(metricTimeWait), col(probe.MetricThreads), col(probe.MetricGCCPUFraction), col(metricOOMKills), col(metricStarts)
+	portErrs, tw, threads, gc, kills, starts := col(scenario.MetricPortErrors), col(metricTimeWait), col(probe.MetricThreads), col(probe.MetricGCCPUFraction), col(suite.MetricOOMKills), col(metricStarts)
 	at := func(i int) time.Time { return tl.Samples[i].At }
 	var out []scenario.Event
 	first := func(name string, from int, cond func(i int) bool, detail func(i int) string) int {

@@ -61,10 +61,6 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 // and memcached's TIME_WAIT sockets
 // (scenario.MetricMemcachedTimeWait).
 const (
-	// metricOOMKills is the kernel's count of OOM kills in the child's
-	// cgroup since it was created ("oom_kill" in memory.oom_control or
-	// memory.events).
-	metricOOMKills = "oom_kills"
 	// metricDown is the time since the data plane was last healthy, in
 	// seconds, or 0 while it is: a restart's recovery, as it happens.
 	metricDown = "child_down_seconds"
@@ -135,7 +131,7 @@ const validateTimeout = 10 * time.Second
 // budgets must all hold for the fixed data plane.
 var budgets = []probe.Budget{
 	// "OOMs are obviously bad (we should have zero of them)".
-	probe.Limit(metricOOMKills, 0),
+	probe.Limit(suite.MetricOOMKills, 0),
 	// Live memory fits under the runtime's limit, at its highest.
 	probe.Limit(metricCgroupPeak, memoryBudget),
 	// A restart reaches healthy within its budget.
@@ -231,8 +227,8 @@ func TestOOM(t *testing.T) {
 		// Killed while it served the flood's batch, the child never counted
 		// its keys; the load generator's own record names the flood.
 		suite.AssertTopClient(t, res, load.InternalBatch.Client)
-		assert.True(t, res.Violated(metricOOMKills),
-			"the incident data plane must be caught OOM-killed; peaks %v", res.Peaks[metricOOMKills])
+		assert.True(t, res.Violated(suite.MetricOOMKills),
+			"the incident data plane must be caught OOM-killed; peaks %v", res.Peaks[suite.MetricOOMKills])
 		assert.True(t, res.Violated(metricCgroupPeak),
 			"the incident data plane must be caught with more live memory than GOMEMLIMIT; peaks %v", res.Peaks[metricCgroupPeak])
 		assert.Positive(t, r.kernelKills, "the kernel counted the kills")
@@ -325,7 +321,7 @@ type childSource struct {
 }
 
 func (s *childSource) Metrics() []string {
-	return []string{metricOOMKills, metricDown, metricCgroupUsage, metricCgroupPeak}
+	return []string{suite.MetricOOMKills, metricDown, metricCgroupUsage, metricCgroupPeak}
 }
 
 func (s *childSource) Read(_ context.Context, dst []float64) error {

@@ -1,6 +1,7 @@
 package suite
 
 import (
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -32,6 +33,19 @@ func MemoryCgroup(t *testing.T, limit int64) *proc.MemoryCgroup {
 	require.NoError(t, err, "memory cgroup")
 	t.Cleanup(func() { assert.NoError(t, cg.Close(), "remove the cgroup") })
 	return cg
+}
+
+// MetricOOMKills is the kernel's count of OOM kills in a child's memory
+// cgroup since the cgroup was created ("oom_kill" in memory.oom_control or
+// memory.events).
+const MetricOOMKills = "oom_kills"
+
+// OOMKills returns a source of MetricOOMKills for cg.
+func OOMKills(cg *proc.MemoryCgroup) probe.Source {
+	return probe.FuncErr(MetricOOMKills, func(context.Context) (float64, error) {
+		n, err := cg.OOMKills()
+		return float64(n), err
+	})
 }
 
 // hasV1Memory reports whether this process sits in a cgroup v1 memory
