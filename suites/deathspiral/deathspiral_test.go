@@ -37,9 +37,11 @@ package deathspiral
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,6 +68,9 @@ const (
 	metricTimeWait = "ns_memcached_time_wait"
 	// metricStarts counts the children the supervisor started.
 	metricStarts = "child_starts"
+	// metricSinkOverwhelmed is 1 once the sink drains slower than the
+	// errors come (stallOnExhaustion), 0 before.
+	metricSinkOverwhelmed = "sink_overwhelmed"
 )
 
 const (
@@ -73,15 +78,22 @@ const (
 	// lookup is a cache hit while memcached can be dialled.
 	posts = 2_000
 	// cgroupLimit is the child's memory limit: room for the fixed data
-	// plane's batches and for the incident's first, not for what the
-	// incident keeps live once its dials fail and its writers block.
-	cgroupLimit = 512 << 20
+	// plane's batches and for the incident's first, not for the threads
+	// its blocked writers hold once the sink is overwhelmed (about 40 KiB
+	// of RSS each: 5,440 of them took 250 MB in a run at 512 MiB, which
+	// was not killed).
+	cgroupLimit = 256 << 20
 	// childGOMEMLIMIT: the collector works harder as memory nears it.
 	childGOMEMLIMIT = cgroupLimit - 32<<20
 	// The sink: about 50 lines fit in its pipe, drained at about 25 lines
-	// a second while injected (as the incident suite's).
+	// a second once overwhelmed (as the incident suite's), and freely
+	// before (stallOnExhaustion).
 	sinkPipeBytes        = 16 << 10
 	sinkDrainBytesPerSec = 8 << 10
+	// portsHeld is how many of the namespace's 28,232 ephemeral ports
+	// its sockets toward memcached must hold (95%) before the sink is
+	// overwhelmed.
+	portsHeld = 26_800
 	// spiralThreads is how many times its baseline OS threads the
 	// incident's must reach: the "at least 5x".
 	spiralThreads = 5
@@ -252,11 +264,15 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 		runner = suite.Run
 	}
 	census := probe.Census{In: mc.NS.Do}
+	overwhelm := &stallOnExhaustion{sink: sink, held: func(ctx context.Context) (int, error) {
+		c, err := census.Count(ctx, probe.Filter{RemotePort: 11211})
+		return c.Total(), err
+	}}
 	res := runner(t, env, scenario.Scenario{
 		Name: "death-spiral/" + config, Config: cfg, Target: tgt, Seed: seed,
 		Background: []load.Profile{bg},
 		Faults: []scenario.FaultFunc{
-			func(scenario.Harness) (faults.Fault, error) { return sink, nil },
+			func(scenario.Harness) (faults.Fault, error) { return overwhelm, nil },
 			func(h scenario.Harness) (faults.Fault, error) { return h.Flood(flood) },
 		},
 		Probes: func(h scenario.Harness) []probe.Source {
@@ -266,6 +282,7 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 					return float64(c.Get(probe.TimeWait)), err
 				}),
 				suite.OOMKills(cg),
+				probe.Func(metricSinkOverwhelmed, func() float64 { return b2f(overwhelm.Overwhelmed()) }),
 				probe.Func(metricStarts, func() float64 { return float64(tgt.Supervisor().Stats().Starts) }),
 			)
 		},
@@ -285,6 +302,82 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 		t.Logf("  %s", e)
 	}
 	return a
+}
+
+// stallOnExhaustion is the log sink of the postmortem's service: it keeps
+// up with the errors of an everyday day, the few dials that time out while
+// the flood first arrives included, and is overwhelmed by the flood of
+// errors that exhaustion brings, a line for every key of every batch.
+// Inject watches the namespace's sockets toward memcached and injects sink
+// (it drains slower than the lines come) once they hold portsHeld ports;
+// Recover stops the watch and recovers sink.
+//
+// A sink slowed from the start instead blocks those first time-outs'
+// writers, and their threads and memory had the child OOM-killed with
+// 14,000-20,000 TIME_WAIT sockets, before the ports ran out (5 runs).
+type stallOnExhaustion struct {
+	sink *faults.Sink
+	held func(context.Context) (int, error)
+
+	overwhelmed atomic.Bool
+	cancel      context.CancelFunc
+	done        chan error
+}
+
+func (f *stallOnExhaustion) Name() string {
+	return fmt.Sprintf("%s once %d ports are held", f.sink.Name(), portsHeld)
+}
+
+// Overwhelmed reports whether the sink has been slowed.
+func (f *stallOnExhaustion) Overwhelmed() bool { return f.overwhelmed.Load() }
+
+func (f *stallOnExhaustion) Inject(ctx context.Context) error {
+	if f.cancel != nil {
+		return faults.ErrInjected
+	}
+	ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	f.done = make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				f.done <- nil
+				return
+			case <-tick.C:
+			}
+			n, err := f.held(ctx)
+			if err != nil && ctx.Err() == nil {
+				f.done <- fmt.Errorf("%s: count the ports held: %w", f.Name(), err)
+				return
+			}
+			if n >= portsHeld {
+				err := f.sink.Inject(ctx)
+				f.overwhelmed.Store(err == nil)
+				f.done <- err
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+func (f *stallOnExhaustion) Recover(ctx context.Context) error {
+	if f.cancel == nil {
+		return nil
+	}
+	f.cancel()
+	err := <-f.done
+	f.cancel = nil
+	return errors.Join(err, f.sink.Recover(ctx))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // warm reads every post once through a fixed data plane that dials
