@@ -76,9 +76,9 @@ func TestNewExecRefusesBadEnvironment(t *testing.T) {
 	_, err := target.NewExec(target.ExecConfig{Path: bin, Env: []string{"GOGC"}})
 	require.ErrorContains(t, err, `"GOGC": want NAME=value`)
 	_, err = target.NewExec(target.ExecConfig{})
-	assert.ErrorContains(t, err, "no binary")
+	require.ErrorContains(t, err, "no binary")
 	_, err = target.NewExec(target.ExecConfig{Path: bin, Memcached: []string{"127.0.0.1:11211"}})
-	assert.ErrorContains(t, err, "NS and Memcached need Netns")
+	require.ErrorContains(t, err, "NS and Memcached need Netns")
 	_, err = target.NewExec(target.ExecConfig{Path: bin, Netns: true, Memcached: []string{"127.0.0.1:11211"}})
 	assert.ErrorContains(t, err, "Memcached names servers inside NS: give NS")
 }
