@@ -464,6 +464,10 @@ func TestPortExhaustion(t *testing.T) {
 		// they are logged, not asserted.
 		assert.True(t, res.Violated(scenario.MetricBatchErrors),
 			"the incident data plane must be caught failing the flood's requests on those errors (FailRequest); peaks %v", res.Peaks[scenario.MetricBatchErrors])
+		// One goroutine per key, seen by the 5 ms peak poller: 4,440 against
+		// 260 in a quick run (2026-12-03).
+		assert.True(t, res.Violated(probe.MetricGoroutinesPeak),
+			"the incident data plane costs one goroutine per key; peaks %v", res.Peaks[probe.MetricGoroutinesPeak])
 		// The mechanism: the budget runs full, and TIME_WAIT holds a large
 		// share of it (the idle pool of 1000 holds most of the rest). Wide
 		// margins: measured full every run, TIME_WAIT peaking at 1000-1120
