@@ -284,7 +284,7 @@ func TestSlowStore(t *testing.T) {
 	t.Run("fixed", func(t *testing.T) {
 		penv, px := proxied(t, env)
 		keepCold(t, env)
-		res := suite.RunUnderTest(t, penv, slowScenario("fixed", dataplane.DefaultConfig(), px))
+		res := suite.RunUnderTest(t, penv, slowScenario("fixed", suite.FixedConfig(t), px))
 		logFigures(t, res)
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget while the store is slow")
 		for _, l := range res.LoadSummary {
