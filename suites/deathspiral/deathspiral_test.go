@@ -264,7 +264,7 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 		runner = suite.Run
 	}
 	census := probe.Census{In: mc.NS.Do}
-	overwhelm := &stallOnExhaustion{sink: sink, held: func(ctx context.Context) (int, error) {
+	overwhelm := &stallOnExhaustion{sink: sink, latest: phases.Inject / 2, held: func(ctx context.Context) (int, error) {
 		c, err := census.Count(ctx, probe.Filter{RemotePort: 11211})
 		return c.Total(), err
 	}}
@@ -309,15 +309,18 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 // the flood first arrives included, and is overwhelmed by the flood of
 // errors that exhaustion brings, a line for every key of every batch.
 // Inject watches the namespace's sockets toward memcached and injects sink
-// (it drains slower than the lines come) once they hold portsHeld ports;
+// (it drains slower than the lines come) once they hold portsHeld ports,
+// or once latest has passed, whichever comes first, so that an arm whose
+// ports never run out (the fixed data plane) meets the slow sink too;
 // Recover stops the watch and recovers sink.
 //
 // A sink slowed from the start instead blocks those first time-outs'
 // writers, and their threads and memory had the child OOM-killed with
 // 14,000-20,000 TIME_WAIT sockets, before the ports ran out (5 runs).
 type stallOnExhaustion struct {
-	sink *faults.Sink
-	held func(context.Context) (int, error)
+	sink   *faults.Sink
+	held   func(context.Context) (int, error)
+	latest time.Duration
 
 	overwhelmed atomic.Bool
 	cancel      context.CancelFunc
@@ -325,7 +328,7 @@ type stallOnExhaustion struct {
 }
 
 func (f *stallOnExhaustion) Name() string {
-	return fmt.Sprintf("%s once %d ports are held", f.sink.Name(), portsHeld)
+	return fmt.Sprintf("%s once %d ports are held or after %v", f.sink.Name(), portsHeld, f.latest)
 }
 
 // Overwhelmed reports whether the sink has been slowed.
@@ -340,11 +343,15 @@ func (f *stallOnExhaustion) Inject(ctx context.Context) error {
 	go func() {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
+		deadline := time.After(f.latest)
 		for {
+			late := false
 			select {
 			case <-ctx.Done():
 				f.done <- nil
 				return
+			case <-deadline:
+				late = true
 			case <-tick.C:
 			}
 			n, err := f.held(ctx)
@@ -352,7 +359,7 @@ func (f *stallOnExhaustion) Inject(ctx context.Context) error {
 				f.done <- fmt.Errorf("%s: count the ports held: %w", f.Name(), err)
 				return
 			}
-			if n >= portsHeld {
+			if late || n >= portsHeld {
 				err := f.sink.Inject(ctx)
 				f.overwhelmed.Store(err == nil)
 				f.done <- err
