@@ -14,6 +14,7 @@ package cacheoutage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"testing"
@@ -243,9 +244,10 @@ type coldRestart struct {
 func (f *coldRestart) Name() string { return f.Fault.Name() + ", its warmed keys forgotten" }
 
 func (f *coldRestart) Recover(ctx context.Context) error {
-	// The data plane's key-to-server mapping: the same list, in order.
+	// The data plane's key-to-server mapping: the same list, in order. The
+	// proxies serve again whatever became of the keys.
 	if err := suite.ForgetKeys(ctx, f.upstreams, f.keys); err != nil {
-		return fmt.Errorf("recover %s: %w", f.Name(), err)
+		return errors.Join(fmt.Errorf("recover %s: %w", f.Name(), err), f.Fault.Recover(ctx))
 	}
 	return f.Fault.Recover(ctx)
 }

@@ -20,10 +20,11 @@ const forgetConcurrency = 8
 func ForgetKeys(ctx context.Context, addrs, keys []string) error {
 	mc := memcache.New(addrs...)
 	defer func() { _ = mc.Close() }()
-	g, ctx := errgroup.WithContext(ctx)
+	// gctx ends with the first failed delete, and once Wait returns.
+	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(forgetConcurrency)
 	for _, k := range keys {
-		if ctx.Err() != nil {
+		if gctx.Err() != nil {
 			break
 		}
 		g.Go(func() error {
