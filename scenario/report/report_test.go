@@ -334,7 +334,8 @@ func seriesNames(c *svgNode) []string {
 }
 
 // armResult is result's run for one arm of suite "flood": the incident's
-// goroutines reach 5000 during inject, the fixed arm's 10.
+// goroutines reach 5000 during inject, the fixed arm's 10. The incident's
+// inject lasts 40 ms longer.
 func armResult(t *testing.T, arm string, g float64) *scenario.Result {
 	t.Helper()
 	cur := 10.0
@@ -346,6 +347,9 @@ func armResult(t *testing.T, arm string, g float64) *scenario.Result {
 	s.Mark(scenario.PhaseInject)
 	cur = g
 	require.NoError(t, s.Sample(ctx))
+	if arm == "incident" {
+		time.Sleep(40 * time.Millisecond)
+	}
 	s.Mark(scenario.PhaseRecover)
 	cur = 10
 	require.NoError(t, s.Sample(ctx))
@@ -389,7 +393,19 @@ func TestSuitePage(t *testing.T) {
 	budgets := c.all("line", "budget")
 	require.Len(t, budgets, 1, "the budget both arms carry is drawn once")
 	assert.InDelta(t, c.phaseX(t, scenario.PhaseInject), budgets[0].num(t, "x1"), 0.11)
-	assert.InDelta(t, c.phaseX(t, scenario.PhaseRecover), budgets[0].num(t, "x2"), 0.11)
+	// It covers inject in both arms: to the incident's recover, its last
+	// sample, though the phases drawn are the fixed arm's.
+	var incident *svgNode
+	for _, s := range c.all("g", "series") {
+		if s.Attr["data-name"] == "incident" {
+			incident = s.all("polyline", "")[0]
+		}
+	}
+	require.NotNil(t, incident)
+	pts := strings.Fields(incident.Attr["points"])
+	lastX, _, _ := strings.Cut(pts[len(pts)-1], ",")
+	assert.Greater(t, budgets[0].num(t, "x2"), c.phaseX(t, scenario.PhaseRecover)+50, "past the fixed arm's inject")
+	assert.InDelta(t, mustFloat(t, lastX), budgets[0].num(t, "x2"), 2, "to the incident's recover")
 
 	marks := c.all("g", "violation")
 	require.Len(t, marks, 1, "only the incident violated")
@@ -609,4 +625,11 @@ func TestNotJudgedIsNeverShownAsHeld(t *testing.T) {
 	index, err := os.ReadFile(filepath.Join(dir, "index.html"))
 	require.NoError(t, err)
 	assert.Contains(t, string(index), "1 not judged")
+}
+
+func mustFloat(t *testing.T, s string) float64 {
+	t.Helper()
+	f, err := strconv.ParseFloat(s, 64)
+	require.NoError(t, err, s)
+	return f
 }

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"html/template"
@@ -333,8 +334,9 @@ func newSuiteData(suite, run string, arms []abArm) suiteData {
 
 // abChart draws metric for every arm on one time base, zero at the start
 // of inject, with the first arm's phases, every budget on metric once
-// (its arms named when not all carry it) and each arm's violation marked
-// at its peak in the arm's colour.
+// (its arms named when not all carry it) over the phases it covers in any
+// of those arms, and each arm's violation marked at its peak in the arm's
+// colour.
 func abChart(metric string, arms []abArm) chart {
 	c := chart{Title: metric, XLabel: "s from the start of inject", Shade: faultWindow, Empty: "no arm recorded " + metric}
 	top := 0.0
@@ -366,9 +368,12 @@ func abChart(metric string, arms []abArm) chart {
 			}
 			i := slices.IndexFunc(lines, func(l *budgetLine) bool { return budgetKey(l.b) == budgetKey(b) })
 			if i < 0 {
-				lines = append(lines, &budgetLine{b: b, spans: budgetSpans(b, phases)})
+				lines = append(lines, &budgetLine{b: b})
 				i = len(lines) - 1
 			}
+			// Over the phases it covers in every arm that carries it: an
+			// incident's recover can last longer than the fixed arm's.
+			lines[i].spans = unionSpans(lines[i].spans, budgetSpans(b, phases))
 			lines[i].arms = append(lines[i].arms, a.Name)
 			top = math.Max(top, b.Max)
 		}
@@ -420,3 +425,19 @@ small{color:#555}
 <p><small>generated {{.Generated}} from each arm's summary.json and timeline.json</small></p>
 </body></html>
 `))
+
+// unionSpans returns the time covered by a or b, as spans in time order;
+// spans that overlap or touch become one, named after the earliest.
+func unionSpans(a, b []span) []span {
+	all := slices.Concat(a, b)
+	slices.SortFunc(all, func(x, y span) int { return cmp.Compare(x.Start, y.Start) })
+	var out []span
+	for _, s := range all {
+		if n := len(out); n > 0 && s.Start <= out[n-1].End+1e-6 {
+			out[n-1].End = max(out[n-1].End, s.End)
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
