@@ -401,7 +401,7 @@ td.passed{background:#e8f5e9}td.failed{background:#fde8e7}td.unknown{background:
 </head><body><h1>Spiral run</h1>
 <p>{{.Scenarios}} scenario(s){{if .Seeds}}, seed{{if gt (len .Seeds) 1}}s{{end}} {{range $i, $s := .Seeds}}{{if $i}}, {{end}}{{$s}}{{end}}{{end}}{{if .Started}}; started {{.Started}}{{end}}{{if .Span}}, {{.Span}} from the first scenario's start to the last sample{{end}}.
 {{if .Tests}}{{.Tests}} arm test(s) in junit.xml, {{.TestsFailed}} failed.{{else}}No junit.xml here: the suites' own verdicts are unknown, and an arm's budgets alone do not say whether its suite passed.{{end}}
-<br><small>The machine (cores, kernel, engine, image tags) is not recorded in the scenarios' summaries.</small></p>
+{{if not .Machines}}<br><small>No machine.txt here (scripts/chaos.sh writes one): the machine (cores, kernel, engine, image tags) is not recorded.</small>{{end}}</p>
 {{with .Baseline}}<p>Compared with <code>{{.Dir}}</code>: verdicts that flipped and budgeted peaks that moved by more than {{.Ratio}}× are marked. {{$.Changed}} scenario(s) changed.{{if .Gone}} Gone since then: {{range .Gone}}<code>{{.}}</code> {{end}}{{end}}</p>{{end}}
 <p>Each cell is the arm's test verdict (junit.xml): an incident arm passes when its suite catches what it must. Then its budgets: incident arms are expected to violate some.</p>
 <table><tr><th>suite</th><th>suite's test</th>{{range .Columns}}<th>{{.}}</th>{{end}}<th>other arms</th></tr>

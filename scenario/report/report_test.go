@@ -519,6 +519,14 @@ func TestIndexShowsTheMachine(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(html), "machine: cores: 2; kernel: Linux 6.18.44; engine: 20.10.24</small>")
 	assert.Contains(t, string(html), "machine (shard-oom): cores: 4</small>")
+	assert.NotContains(t, string(html), "is not recorded", "the machine is recorded")
+
+	bare := writeRun(t, t.TempDir())
+	_, err = report.WriteIndex(bare)
+	require.NoError(t, err)
+	html, err = os.ReadFile(filepath.Join(bare, "index.html"))
+	require.NoError(t, err)
+	assert.Contains(t, string(html), "No machine.txt here", "a run without machine.txt says so")
 }
 
 // The page names who asked for what during the faults, the flooding client
