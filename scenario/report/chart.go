@@ -208,8 +208,13 @@ func (c chart) svg() template.HTML {
 			dash = ` stroke-dasharray="4 2"`
 		}
 		var pts []string
+		var lone [2]float64 // a run of one sample, which a polyline would not draw
 		flush := func() {
-			if len(pts) > 0 {
+			switch len(pts) {
+			case 0:
+			case 1:
+				fmt.Fprintf(&b, `<circle class="point" cx="%.1f" cy="%.1f" r="1.8" fill="%s"/>`, lone[0], lone[1], s.Color)
+			default:
 				fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.6"%s points="%s"/>`, s.Color, dash, strings.Join(pts, " "))
 			}
 			pts = pts[:0]
@@ -219,7 +224,8 @@ func (c chart) svg() template.HTML {
 				flush()
 				continue
 			}
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(s.X[j]), y(s.Y[j])))
+			lone = [2]float64{x(s.X[j]), y(s.Y[j])}
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", lone[0], lone[1]))
 		}
 		flush()
 		b.WriteString(`</g>`)

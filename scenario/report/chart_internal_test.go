@@ -1,6 +1,8 @@
 package report
 
 import (
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -15,4 +17,14 @@ func TestUnionSpans(t *testing.T) {
 	assert.Equal(t, []span{{Name: "a", Start: 0, End: 5}}, unionSpans([]span{{Name: "a", Start: 0, End: 2}}, []span{{Name: "b", Start: 2, End: 5}}), "touching spans join")
 	assert.Equal(t, incident, unionSpans(nil, incident))
 	assert.Nil(t, unionSpans(nil, nil))
+}
+
+// A sample between two gaps is drawn as a dot: a polyline of one point
+// draws nothing, and a peak sampled alone would vanish beside its mark.
+func TestLoneSampleIsDrawn(t *testing.T) {
+	nan := math.NaN()
+	c := chart{Title: "m", Series: []series{{Name: "incident", Color: "#c00", X: []float64{0, 1, 2, 3, 4, 5}, Y: []float64{1, nan, 631, nan, 3, 4}}}}
+	svg := string(c.svg())
+	assert.Equal(t, 1, strings.Count(svg, "<polyline"), "the run of two samples")
+	assert.Equal(t, 2, strings.Count(svg, `<circle class="point"`), "the two lone samples: %s", svg)
 }
