@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/bradfitz/gomemcache/memcache"
-	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/fixtures"
@@ -25,10 +24,10 @@ func TestForgetKeys(t *testing.T) {
 	require.NoError(t, ForgetKeys(t.Context(), env.MemcachedAddrs, append(keys, "spiral:forget:never-set")))
 	for _, k := range keys {
 		_, err := mc.Get(k)
-		assert.ErrorIs(t, err, memcache.ErrCacheMiss, "%s forgotten", k)
+		require.ErrorIs(t, err, memcache.ErrCacheMiss, "%s forgotten", k)
 	}
 	_, err := mc.Get("spiral:forget:kept")
-	assert.NoError(t, err, "a key not named is kept")
+	require.NoError(t, err, "a key not named is kept")
 
 	require.Error(t, ForgetKeys(t.Context(), []string{"127.0.0.1:1"}, keys), "a server that can't be reached is an error")
 }
