@@ -140,12 +140,12 @@ var ablationTmpl = template.Must(template.New("ablation").Funcs(template.FuncMap
 <html><head><meta charset="utf-8"><title>Spiral ablation</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:20px;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;font-size:13px}
+.wide{overflow-x:auto;max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;font-size:13px}
 th{background:#f6f6f6;text-align:left}td.held{background:#e8f5e9}td.failed{background:#fde8e7}td.none{color:#aaa}
 small{color:#555}
 </style></head><body><h1>Which defence holds which budget</h1>
 <p>Each row is the fixed data plane with one defence turned back to the incident's setting (the first: the postmortem's own fix alone), run through every suite's fixed arm under the same load and faults. A cell lists the budgets that then failed; green: every budget still held.</p>
-<table><tr><th>turned back</th>{{range .Scenarios}}<th>{{.}}</th>{{end}}</tr>
+<div class="wide"><table><tr><th>turned back</th>{{range .Scenarios}}<th>{{.}}</th>{{end}}</tr>
 {{range $row := .Rows}}<tr><td><b>{{$row}}</b><br><small>{{index $.Docs $row}}</small></td>{{range $sc := $.Scenarios}}{{$c := cell $ $row $sc}}{{if not $c.Ran}}<td class="none">not run</td>{{else if $c.Failed}}<td class="failed"><a href="{{$c.Page}}">failed</a>{{range $c.Failed}}<br>{{.}}{{end}}</td>{{else}}<td class="held"><a href="{{$c.Page}}">held</a></td>{{end}}{{end}}</tr>
-{{end}}</table></body></html>
+{{end}}</table></div></body></html>
 `))

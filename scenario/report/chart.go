@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"html/template"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // chart is one SVG panel: series over time on shared axes, with budgets as
@@ -69,6 +71,8 @@ const (
 	legendRowH      = 15
 	phaseLabelsH    = 24 // two rows of phase names above the plot
 	legendCharWidth = 6.4
+	labelCharWidth  = 5.6 // a 10 px label's characters, on average
+	labelRowH       = 11
 )
 
 // svg renders c. Only numbers and escaped names go into it.
@@ -189,6 +193,10 @@ func (c chart) svg() template.HTML {
 		}
 	}
 
+	// Budget labels end at their line's end, above it; one that would
+	// overlap a label already placed goes a row lower.
+	type box struct{ x1, x2, y float64 }
+	var labels []box
 	for _, t := range c.Budgets {
 		for _, s := range t.Spans {
 			x1, x2 := clampX(s.Start), clampX(s.End)
@@ -198,7 +206,18 @@ func (c chart) svg() template.HTML {
 			py := y(t.Value)
 			fmt.Fprintf(&b, `<line class="budget" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5" stroke-dasharray="6 3"><title>%s</title></line>`,
 				x1, py, x2, py, t.Color, esc(t.Label))
-			fmt.Fprintf(&b, `<text class="budget-label" x="%.1f" y="%.1f" font-size="10" fill="%s" text-anchor="end">%s</text>`, x2-2, math.Max(plotTop+9, py-3), t.Color, esc(t.Label))
+			lb := box{x1: x2 - 2 - labelCharWidth*float64(utf8.RuneCountInString(t.Label)), x2: x2 - 2, y: math.Max(plotTop+9, py-3)}
+			for range len(labels) {
+				clash := slices.ContainsFunc(labels, func(p box) bool {
+					return math.Abs(p.y-lb.y) < labelRowH && lb.x1 < p.x2 && p.x1 < lb.x2
+				})
+				if !clash {
+					break
+				}
+				lb.y += labelRowH
+			}
+			labels = append(labels, lb)
+			fmt.Fprintf(&b, `<text class="budget-label" x="%.1f" y="%.1f" font-size="10" fill="%s" text-anchor="end">%s</text>`, lb.x2, lb.y, t.Color, esc(t.Label))
 		}
 	}
 	for _, s := range c.Series {

@@ -2,10 +2,15 @@ package report
 
 import (
 	"math"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // A budget's line covers its phases in every arm: the union of the arms'
@@ -27,4 +32,25 @@ func TestLoneSampleIsDrawn(t *testing.T) {
 	svg := string(c.svg())
 	assert.Equal(t, 1, strings.Count(svg, "<polyline"), "the run of two samples")
 	assert.Equal(t, 2, strings.Count(svg, `<circle class="point"`), "the two lone samples: %s", svg)
+}
+
+// Two budgets at about the same height, over the same phases, have their
+// labels on rows of their own; the verdict table's head gives a bound in
+// its chart's unit.
+func TestBudgetLabelsDoNotOverlap(t *testing.T) {
+	c := chart{Title: "m", Series: []series{{Name: "a", Color: "#c00", X: []float64{0, 10}, Y: []float64{0, 100}}},
+		Budgets: []threshold{
+			{Label: "budget ≤ 30", Color: "#333", Value: 30, Spans: []span{{Name: "inject", Start: 0, End: 10}}},
+			{Label: "budget ≤ 29", Color: "#333", Value: 29, Spans: []span{{Name: "inject", Start: 0, End: 10}}},
+		}}
+	var ys []float64
+	for _, m := range regexp.MustCompile(`class="budget-label" x="[0-9.]+" y="([0-9.]+)"`).FindAllStringSubmatch(string(c.svg()), -1) {
+		y, err := strconv.ParseFloat(m[1], 64)
+		require.NoError(t, err)
+		ys = append(ys, y)
+	}
+	require.Len(t, ys, 2)
+	assert.GreaterOrEqual(t, math.Abs(ys[0]-ys[1]), float64(labelRowH), "labels at y %v", ys)
+
+	assert.Equal(t, "cgroup_peak_bytes ≤ 64 MiB over the whole run", budgetHead(probe.Limit("cgroup_peak_bytes", 64<<20)))
 }

@@ -396,12 +396,22 @@ func abChart(metric string, arms []abArm) chart {
 	return c
 }
 
-var suiteTmpl = template.Must(template.New("suite").Parse(`<!doctype html>
+// budgetHead is a budget as a column head, its bound in the unit its
+// chart uses ("cgroup_peak_bytes ≤ 64 MiB over the whole run").
+func budgetHead(b probe.Budget) string {
+	where := "over the whole run"
+	if len(b.Phases) > 0 {
+		where = "during " + strings.Join(b.Phases, ", ")
+	}
+	return b.Metric + " ≤ " + unitFor(b.Metric, b.Max).value(b.Max) + " " + where
+}
+
+var suiteTmpl = template.Must(template.New("suite").Funcs(template.FuncMap{"budgetHead": budgetHead}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Spiral A/B: {{.Suite}}</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:20px;color:#222}
 .charts{display:flex;flex-wrap:wrap;gap:8px}.charts svg{border:1px solid #ddd;background:#fff}
-table{border-collapse:collapse;margin-bottom:12px}td,th{border:1px solid #ddd;padding:3px 8px;vertical-align:top}
+.wide{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin-bottom:12px}td,th{border:1px solid #ddd;padding:3px 8px;vertical-align:top}
 th{background:#f6f6f6;font-weight:600;text-align:left}
 td.held{background:#e8f5e9}td.violated{background:#fde8e7}td.problem{background:#fff4d6}td.none{color:#999}
 td.passed{background:#e8f5e9}td.failed{background:#fde8e7;font-weight:bold}
@@ -412,12 +422,12 @@ small{color:#555}
 <h1>{{.Suite}}: every arm on one chart</h1>
 <p>Arms: {{range .Arms}}<span class="swatch" style="background:{{.Color}}"></span><a href="{{.Entry.Page}}">{{.Name}}</a> (seed {{.Entry.Seed}}) &nbsp; {{end}}{{if .Run}}<br><small>run folder {{.Run}}</small>{{end}}</p>
 <h2>Verdicts</h2>
-<table><tr><th>arm</th><th>suite's verdict (junit.xml)</th><th>answered after recover</th>{{range .Budgets}}<th>{{.}}</th>{{end}}</tr>
+<div class="wide"><table><tr><th>arm</th><th>suite's verdict (junit.xml)</th><th>answered after recover</th>{{range .Budgets}}<th>{{budgetHead .}}</th>{{end}}</tr>
 {{range $i, $a := .Arms}}<tr><td><span class="swatch" style="background:{{$a.Color}}"></span><a href="{{$a.Entry.Page}}">{{$a.Name}}</a></td>
 {{with $a.Entry.Test}}{{if .Verdict}}<td class="{{.Verdict}}">{{.Verdict}}{{if .Message}}<br><small>{{.Message}}</small>{{end}}</td>{{else}}<td class="none">unknown: no junit.xml case</td>{{end}}{{end}}
 <td>{{if $a.Entry.Validated}}yes{{else}}<b>no</b>{{end}}</td>
 {{range index $.Cells $i}}{{if not .Carried}}<td class="none">not budgeted</td>{{else if .Problem}}<td class="problem">cannot judge: {{.Problem}}</td>{{else if .Held}}<td class="held">held: peak {{.Peak}}{{if .Margin}}<br><small>{{.Margin}}</small>{{end}}</td>{{else}}<td class="violated"><b>violated</b>: peak {{.Peak}}<br><small>{{.Margin}}</small></td>{{end}}{{end}}</tr>
-{{end}}</table>
+{{end}}</table></div>
 <p><small>Incident and regression arms are expected to violate budgets: the suite's verdict says whether each arm did what its test requires.</small></p>
 <h2>Charts</h2>
 <p>Time zero is the start of inject in every arm{{if .Unaligned}} (these arms had no inject phase and start at zero: {{range .Unaligned}}{{.}} {{end}}){{end}}; phases are those of {{with index .Arms 0}}{{.Name}}{{end}}. Shaded: the fault window (inject and observe); dashed black: a budget over the phases it covers; circles: each violation at its peak. Budgeted metrics come first.</p>
