@@ -193,10 +193,20 @@ func (c chart) svg() template.HTML {
 		}
 	}
 
-	// Budget labels end at their line's end, above it; one that would
-	// overlap a label already placed goes a row lower.
-	type box struct{ x1, x2, y float64 }
+	// Budget labels end at their line's end, above it. One that would
+	// overlap a label already placed takes the nearest free row inside the
+	// plot, below first; a label already written at the same place (the
+	// same bound over a neighbouring span) is not written again.
+	type box struct {
+		text      string
+		x1, x2, y float64
+	}
 	var labels []box
+	clashes := func(lb box) bool {
+		return slices.ContainsFunc(labels, func(p box) bool {
+			return math.Abs(p.y-lb.y) < labelRowH && lb.x1 < p.x2 && p.x1 < lb.x2
+		})
+	}
 	for _, t := range c.Budgets {
 		for _, s := range t.Spans {
 			x1, x2 := clampX(s.Start), clampX(s.End)
@@ -206,15 +216,19 @@ func (c chart) svg() template.HTML {
 			py := y(t.Value)
 			fmt.Fprintf(&b, `<line class="budget" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5" stroke-dasharray="6 3"><title>%s</title></line>`,
 				x1, py, x2, py, t.Color, esc(t.Label))
-			lb := box{x1: x2 - 2 - labelCharWidth*float64(utf8.RuneCountInString(t.Label)), x2: x2 - 2, y: math.Max(plotTop+9, py-3)}
-			for range len(labels) {
-				clash := slices.ContainsFunc(labels, func(p box) bool {
-					return math.Abs(p.y-lb.y) < labelRowH && lb.x1 < p.x2 && p.x1 < lb.x2
-				})
-				if !clash {
-					break
+			lb := box{text: t.Label, x1: x2 - 2 - labelCharWidth*float64(utf8.RuneCountInString(t.Label)), x2: x2 - 2, y: math.Max(plotTop+9, py-3)}
+			if slices.ContainsFunc(labels, func(p box) bool { return p.text == lb.text && math.Abs(p.y-lb.y) < 1 && lb.x1 < p.x2 && p.x1 < lb.x2 }) {
+				continue
+			}
+			base := lb.y
+			for k := 1; clashes(lb) && k <= 2*len(labels); k++ {
+				off := float64((k+1)/2) * labelRowH // +1, -1, +2, -2 rows
+				if k%2 == 0 {
+					off = -off
 				}
-				lb.y += labelRowH
+				if cand := base + off; cand >= plotTop+9 && cand <= plotBottom-2 {
+					lb.y = cand
+				}
 			}
 			labels = append(labels, lb)
 			fmt.Fprintf(&b, `<text class="budget-label" x="%.1f" y="%.1f" font-size="10" fill="%s" text-anchor="end">%s</text>`, lb.x2, lb.y, t.Color, esc(t.Label))

@@ -52,5 +52,27 @@ func TestBudgetLabelsDoNotOverlap(t *testing.T) {
 	require.Len(t, ys, 2)
 	assert.GreaterOrEqual(t, math.Abs(ys[0]-ys[1]), float64(labelRowH), "labels at y %v", ys)
 
+	// At the plot's foot they move up, not under the x axis; the same
+	// label at the same place is written once.
+	c.Budgets = []threshold{
+		{Label: "budget ≤ 0", Color: "#333", Value: 0, Spans: []span{{Name: "inject", Start: 0, End: 10}}},
+		{Label: "budget ≤ 0 (incident)", Color: "#333", Value: 0, Spans: []span{{Name: "inject", Start: 0, End: 10}}},
+		{Label: "budget ≤ 0", Color: "#333", Value: 0, Spans: []span{{Name: "inject", Start: 0, End: 10}}},
+	}
+	svg := string(c.svg())
+	tick := regexp.MustCompile(`class="xtick" x="[0-9.]+" y="([0-9.]+)"`).FindStringSubmatch(svg)
+	require.NotNil(t, tick, "an x tick")
+	tickY, err := strconv.ParseFloat(tick[1], 64)
+	require.NoError(t, err)
+	ys = nil
+	for _, m := range regexp.MustCompile(`class="budget-label" x="[0-9.]+" y="([0-9.]+)"`).FindAllStringSubmatch(svg, -1) {
+		y, err := strconv.ParseFloat(m[1], 64)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, y, tickY-15, "label inside the plot, above the x axis")
+		ys = append(ys, y)
+	}
+	require.Len(t, ys, 2, "the repeated label is written once: %v", ys)
+	assert.GreaterOrEqual(t, math.Abs(ys[0]-ys[1]), float64(labelRowH), "labels at y %v", ys)
+
 	assert.Equal(t, "cgroup_peak_bytes ≤ 64 MiB over the whole run", budgetHead(probe.Limit("cgroup_peak_bytes", 64<<20)))
 }
