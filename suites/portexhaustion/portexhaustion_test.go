@@ -314,11 +314,13 @@ func memcachedPort(env *fixtures.Env) uint16 {
 
 // budgetSocketsShare is the share of the time budgetSocketSource may take
 // (probe.Throttle). Unthrottled, its listing made the fixed arm's median
-// sample 18 ms, 18% of the interval (quick mode, 2026-12-02); at 5%, and
-// at least every 500 ms, a listing of the incident's thousands of sockets
-// (tens of ms) is read a few times a second, while the budget stays full
+// sample 18 ms, 18% of the interval (quick mode, 2026-12-02). At 5% a
+// 3 ms listing (the fixed arm's, 2026-12-03) was still read every sample,
+// and the median sample took 6.4 ms; at 1%, and at least every 500 ms, it
+// is read every few samples, and a listing of the incident's thousands of
+// sockets (tens of ms) still twice a second, while the budget stays full
 // for seconds.
-const budgetSocketsShare = 0.05
+const budgetSocketsShare = 0.01
 
 // budgetSocketSource counts the sockets toward memcached whose local port
 // lies in the budget, in all and in TIME_WAIT. Each read costs one
