@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"testing"
 	"time"
 
@@ -185,33 +184,6 @@ func outageScenario(t *testing.T, o outage, name string, cfg dataplane.Config) s
 	}
 }
 
-// rise returns how much cumulative metric grew over phase: its last value
-// in phase less its last value before it.
-func rise(res *scenario.Result, metric, phase string) float64 {
-	i := res.Timeline.Index(metric)
-	if i < 0 {
-		return 0
-	}
-	var before, last float64
-	seen := false
-	for _, s := range res.Timeline.Samples {
-		v := s.Values[i]
-		if math.IsNaN(v) {
-			continue
-		}
-		switch {
-		case s.Phase == phase:
-			last, seen = v, true
-		case !seen:
-			before = v
-		}
-	}
-	if !seen {
-		return 0
-	}
-	return last - before
-}
-
 func logFigures(t *testing.T, res *scenario.Result) {
 	t.Helper()
 	for _, m := range []string{
@@ -223,8 +195,8 @@ func logFigures(t *testing.T, res *scenario.Result) {
 	}
 	for _, m := range []string{metricCacheHits, metricStoreReads} {
 		t.Logf("  %s by phase: inject %g observe %g recover %g validate %g", m,
-			rise(res, m, scenario.PhaseInject), rise(res, m, scenario.PhaseObserve),
-			rise(res, m, scenario.PhaseRecover), rise(res, m, scenario.PhaseValidate))
+			suite.Rise(res, m, scenario.PhaseInject), suite.Rise(res, m, scenario.PhaseObserve),
+			suite.Rise(res, m, scenario.PhaseRecover), suite.Rise(res, m, scenario.PhaseValidate))
 	}
 }
 
@@ -273,9 +245,9 @@ func TestCacheOutage(t *testing.T) {
 				// served again once memcached was back.
 				assert.Positive(t, peak(res, scenario.MetricLogDropped),
 					"the outage must cause more cache errors than the rate limit lets through; peaks %v", res.Peaks[scenario.MetricLogDropped])
-				assert.Positive(t, rise(res, metricStoreReads, scenario.PhaseInject),
+				assert.Positive(t, suite.Rise(res, metricStoreReads, scenario.PhaseInject),
 					"the fixed data plane answers from the store while memcached is %s", o.name)
-				assert.Positive(t, rise(res, metricCacheHits, scenario.PhaseRecover),
+				assert.Positive(t, suite.Rise(res, metricCacheHits, scenario.PhaseRecover),
 					"cache hits must resume once memcached is back")
 				assert.True(t, res.Validated, res.ValidateError)
 			})
@@ -323,7 +295,7 @@ func TestCacheOutage(t *testing.T) {
 					assert.False(t, res.Violated(metricStorePeak),
 						"the incident does not reach the store through a hung cache; peaks %v", res.Peaks[metricStorePeak])
 				}
-				assert.Positive(t, rise(res, metricCacheHits, scenario.PhaseRecover),
+				assert.Positive(t, suite.Rise(res, metricCacheHits, scenario.PhaseRecover),
 					"cache hits must resume once memcached is back")
 				assert.True(t, res.Validated, "the incident data plane answers again once memcached is back: %s", res.ValidateError)
 			})

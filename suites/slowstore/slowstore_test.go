@@ -18,7 +18,6 @@ package slowstore
 
 import (
 	"context"
-	"math"
 	"testing"
 	"time"
 
@@ -250,8 +249,8 @@ func logFigures(t *testing.T, res *scenario.Result) {
 	}
 	for _, m := range []string{scenario.MetricCacheHits, scenario.MetricStoreReads, scenario.MetricLoadErrors, scenario.MetricLoadOK} {
 		t.Logf("  %s by phase: baseline %g inject %g observe %g recover %g", m,
-			rise(res, m, scenario.PhaseBaseline), rise(res, m, scenario.PhaseInject),
-			rise(res, m, scenario.PhaseObserve), rise(res, m, scenario.PhaseRecover))
+			suite.Rise(res, m, scenario.PhaseBaseline), suite.Rise(res, m, scenario.PhaseInject),
+			suite.Rise(res, m, scenario.PhaseObserve), suite.Rise(res, m, scenario.PhaseRecover))
 	}
 	for _, l := range res.Loads {
 		var worst time.Duration
@@ -269,11 +268,11 @@ func assertFelt(t *testing.T, res *scenario.Result) {
 	t.Helper()
 	assert.GreaterOrEqual(t, res.Peaks[scenario.MetricEverydayLatencyP99][scenario.PhaseInject], storeLatency.Seconds(),
 		"the store's latency must reach the data plane (through the proxy alone)")
-	assert.Positive(t, rise(res, scenario.MetricLoadErrors, scenario.PhaseInject)+rise(res, scenario.MetricLoadErrors, scenario.PhaseObserve),
+	assert.Positive(t, suite.Rise(res, scenario.MetricLoadErrors, scenario.PhaseInject)+suite.Rise(res, scenario.MetricLoadErrors, scenario.PhaseObserve),
 		"the proxy's resets must fail requests: a data plane that reached the store around the proxy would not see them")
 	var hits, reads float64
 	for _, ph := range []string{scenario.PhaseBaseline, scenario.PhaseInject} {
-		hits, reads = hits+rise(res, scenario.MetricCacheHits, ph), reads+rise(res, scenario.MetricStoreReads, ph)
+		hits, reads = hits+suite.Rise(res, scenario.MetricCacheHits, ph), reads+suite.Rise(res, scenario.MetricStoreReads, ph)
 	}
 	assert.Positive(t, reads, "keys are read from the store while the cache is cold")
 	assert.Less(t, hits, 0.1*reads, "the cache stays cold: %g hits, %g store reads in baseline and inject", hits, reads)
@@ -372,31 +371,4 @@ func TestStoreThroughProxy(t *testing.T) {
 	_, err = c.GetPostRecords(ctx, fixtures.PostURIs(100, 100))
 	require.Error(t, err, "with the proxy closed the store must be out of reach: the data plane reached it another way")
 	t.Logf("with the proxy closed: %v", err)
-}
-
-// rise returns how much cumulative metric grew over phase: its last value
-// in phase less its last value before it.
-func rise(res *scenario.Result, metric, phase string) float64 {
-	i := res.Timeline.Index(metric)
-	if i < 0 {
-		return 0
-	}
-	var before, last float64
-	seen := false
-	for _, s := range res.Timeline.Samples {
-		v := s.Values[i]
-		if math.IsNaN(v) {
-			continue
-		}
-		switch {
-		case s.Phase == phase:
-			last, seen = v, true
-		case !seen:
-			before = v
-		}
-	}
-	if !seen {
-		return 0
-	}
-	return last - before
 }

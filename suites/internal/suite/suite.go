@@ -5,6 +5,7 @@ package suite
 import (
 	"cmp"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -319,3 +320,31 @@ func AssertGrowth(t Reporter, res *scenario.Result, metric string, factor float6
 // peak of every fixed arm of every suite over 5 quick runs (2026-12-02;
 // most peaked at 4). Twice that. The incident's log storm reached 622-686.
 const ThreadsBusyBudget = 10
+
+// Rise returns how much cumulative metric grew over phase in res's
+// timeline: its last value in phase less its last value before it; 0 when
+// the phase has no value of it.
+func Rise(res *scenario.Result, metric, phase string) float64 {
+	i := res.Timeline.Index(metric)
+	if i < 0 {
+		return 0
+	}
+	var before, last float64
+	seen := false
+	for _, s := range res.Timeline.Samples {
+		v := s.Values[i]
+		if math.IsNaN(v) {
+			continue
+		}
+		switch {
+		case s.Phase == phase:
+			last, seen = v, true
+		case !seen:
+			before = v
+		}
+	}
+	if !seen {
+		return 0
+	}
+	return last - before
+}

@@ -1,6 +1,7 @@
 package suite
 
 import (
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/load"
+	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/target"
 )
@@ -110,4 +112,22 @@ func TestRunSkipsAFloodTheUserDeclined(t *testing.T) {
 	}
 	assert.True(t, arm.Skipped(), "the arm skipped")
 	assert.Zero(t, batches.Load(), "nothing was sent")
+}
+
+// Rise is a counter's growth over one phase: its last value there less its
+// last value before it, gaps skipped.
+func TestRise(t *testing.T) {
+	nan := math.NaN()
+	tl := &probe.Timeline{Metrics: []string{"c"}}
+	for _, s := range []struct {
+		phase string
+		v     float64
+	}{{scenario.PhaseBaseline, 2}, {scenario.PhaseBaseline, 5}, {scenario.PhaseInject, nan}, {scenario.PhaseInject, 9}, {scenario.PhaseInject, 12}, {scenario.PhaseRecover, 20}} {
+		tl.Samples = append(tl.Samples, probe.Sample{Phase: s.phase, Values: []float64{s.v}})
+	}
+	res := &scenario.Result{Timeline: tl}
+	assert.InDelta(t, 7.0, Rise(res, "c", scenario.PhaseInject), 0, "12 less the baseline's last 5")
+	assert.InDelta(t, 5.0, Rise(res, "c", scenario.PhaseBaseline), 0, "from zero")
+	assert.Zero(t, Rise(res, "c", scenario.PhaseObserve), "a phase without samples")
+	assert.Zero(t, Rise(res, "missing", scenario.PhaseInject), "a metric not recorded")
 }
