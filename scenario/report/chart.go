@@ -193,48 +193,42 @@ func (c chart) svg() template.HTML {
 		}
 	}
 
-	// Budget labels end at their line's end, above it. One that would
-	// overlap a label already placed takes the nearest free row inside the
-	// plot, below first; a label already written at the same place (the
-	// same bound over a neighbouring span) is not written again.
-	type box struct {
-		text      string
-		x1, x2, y float64
-	}
-	var labels []box
-	clashes := func(lb box) bool {
-		return slices.ContainsFunc(labels, func(p box) bool {
-			return math.Abs(p.y-lb.y) < labelRowH && lb.x1 < p.x2 && p.x1 < lb.x2
-		})
-	}
+	// Labels end at their line's end (a budget's) or beside their circle (a
+	// violation's), above it. One that would overlap a label already placed
+	// takes the nearest free row inside the plot, below first. A budget is
+	// labelled once, at the end of its last span: its line shows where else
+	// it holds (an A/B page's arms each have their own validate, say).
+	var labels []labelBox
 	for _, t := range c.Budgets {
+		last := -1.0
+		py := y(t.Value)
 		for _, s := range t.Spans {
 			x1, x2 := clampX(s.Start), clampX(s.End)
 			if x2 <= x1 {
 				continue
 			}
-			py := y(t.Value)
 			fmt.Fprintf(&b, `<line class="budget" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5" stroke-dasharray="6 3"><title>%s</title></line>`,
 				x1, py, x2, py, t.Color, esc(t.Label))
-			lb := box{text: t.Label, x1: x2 - 2 - labelCharWidth*float64(utf8.RuneCountInString(t.Label)), x2: x2 - 2, y: math.Max(plotTop+9, py-3)}
-			if slices.ContainsFunc(labels, func(p box) bool { return p.text == lb.text && math.Abs(p.y-lb.y) < 1 && lb.x1 < p.x2 && p.x1 < lb.x2 }) {
-				continue
-			}
-			base := lb.y
-			for k := 1; clashes(lb) && k <= 2*len(labels); k++ {
-				off := float64((k+1)/2) * labelRowH // +1, -1, +2, -2 rows
-				if k%2 == 0 {
-					off = -off
-				}
-				if cand := base + off; cand >= plotTop+9 && cand <= plotBottom-2 {
-					lb.y = cand
-				}
-			}
-			labels = append(labels, lb)
-			fmt.Fprintf(&b, `<text class="budget-label" x="%.1f" y="%.1f" font-size="10" fill="%s" text-anchor="end">%s</text>`, lb.x2, lb.y, t.Color, esc(t.Label))
+			last = max(last, x2)
 		}
+		if last < 0 {
+			continue
+		}
+		w := labelCharWidth * float64(utf8.RuneCountInString(t.Label))
+		lb := labelBox{x1: last - 2 - w, x2: last - 2, y: math.Max(plotTop+9, py-3)}
+		if slices.ContainsFunc(labels, func(p labelBox) bool { return p.text == t.Label && math.Abs(p.y-lb.y) < 1 && lb.x1 < p.x2 && p.x1 < lb.x2 }) {
+			continue // the same bound, already written there
+		}
+		lb.text = t.Label
+		labels = lb.place(labels, plotTop+9, plotBottom-2)
+		lb = labels[len(labels)-1]
+		fmt.Fprintf(&b, `<text class="budget-label" x="%.1f" y="%.1f" font-size="10" fill="%s" text-anchor="end">%s</text>`, lb.x2, lb.y, t.Color, esc(t.Label))
 	}
-	for _, s := range c.Series {
+	// Series are drawn first-arm widest, so that one drawn over an
+	// identical one (two arms both at 0) leaves its colour showing at
+	// both edges.
+	for i, s := range c.Series {
+		under := float64(len(c.Series) - 1 - i)
 		fmt.Fprintf(&b, `<g class="series" data-name="%s">`, esc(s.Name))
 		dash := ""
 		if s.Dash {
@@ -246,9 +240,9 @@ func (c chart) svg() template.HTML {
 			switch len(pts) {
 			case 0:
 			case 1:
-				fmt.Fprintf(&b, `<circle class="point" cx="%.1f" cy="%.1f" r="1.8" fill="%s"/>`, lone[0], lone[1], s.Color)
+				fmt.Fprintf(&b, `<circle class="point" cx="%.1f" cy="%.1f" r="%.1f" fill="%s"/>`, lone[0], lone[1], 1.8+0.8*under, s.Color)
 			default:
-				fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.6"%s points="%s"/>`, s.Color, dash, strings.Join(pts, " "))
+				fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="%.1f"%s points="%s"/>`, s.Color, 1.6+1.4*under, dash, strings.Join(pts, " "))
 			}
 			pts = pts[:0]
 		}
@@ -265,13 +259,17 @@ func (c chart) svg() template.HTML {
 	}
 	for _, m := range c.Marks {
 		px, py := x(m.X), y(m.Y)
-		anchor, dx := "start", 6.0
+		w := labelCharWidth * float64(utf8.RuneCountInString(m.Label))
+		lb := labelBox{text: m.Label, x1: px + 6, x2: px + 6 + w, y: math.Max(plotTop+10, py-6)}
+		anchor, lx := "start", lb.x1
 		if px > left+0.7*(right-left) {
-			anchor, dx = "end", -6
+			lb.x1, lb.x2 = px-6-w, px-6
+			anchor, lx = "end", lb.x2
 		}
+		labels = lb.place(labels, plotTop+10, plotBottom-2)
 		fmt.Fprintf(&b, `<g class="violation"><circle cx="%.1f" cy="%.1f" r="4" fill="#fff" stroke="%s" stroke-width="2"/>`, px, py, m.Color)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-size="10" font-weight="bold" fill="%s" text-anchor="%s">%s</text></g>`,
-			px+dx, math.Max(plotTop+10, py-6), m.Color, anchor, esc(m.Label))
+		fmt.Fprintf(&b, `<text class="mark-label" x="%.1f" y="%.1f" font-size="10" font-weight="bold" fill="%s" text-anchor="%s">%s</text></g>`,
+			lx, labels[len(labels)-1].y, m.Color, anchor, esc(m.Label))
 	}
 
 	b.WriteString(`<g class="legend">`)
@@ -291,6 +289,34 @@ func (c chart) svg() template.HTML {
 	}
 	b.WriteString(`</g></svg>`)
 	return template.HTML(b.String()) //nolint:gosec // built from numbers and escaped names
+}
+
+// labelBox is where a label's text lies: x1 to x2, its baseline at y.
+type labelBox struct {
+	text      string
+	x1, x2, y float64
+}
+
+// place appends lb to placed, moved to the nearest row between top and
+// bottom (one row down, one up, two down, ...) where it overlaps no label
+// already placed; where none is free it stays where it was asked.
+func (lb labelBox) place(placed []labelBox, top, bottom float64) []labelBox {
+	clashes := func(c labelBox) bool {
+		return slices.ContainsFunc(placed, func(p labelBox) bool {
+			return math.Abs(p.y-c.y) < labelRowH && c.x1 < p.x2 && p.x1 < c.x2
+		})
+	}
+	base := lb.y
+	for k := 1; clashes(lb) && k <= 2*len(placed)+2; k++ {
+		off := float64((k+1)/2) * labelRowH // +1, -1, +2, -2 rows
+		if k%2 == 0 {
+			off = -off
+		}
+		if cand := base + off; cand >= top && cand <= bottom {
+			lb.y = cand
+		}
+	}
+	return append(placed, lb)
 }
 
 // extent returns the ranges of x and y the chart must show: every point,
