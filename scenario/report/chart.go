@@ -31,6 +31,9 @@ type chart struct {
 	Shade  []string
 	// Empty is what to say when there is nothing to draw.
 	Empty string
+	// XRange, when set (lo < hi), is x's extent instead of the data's: the
+	// charts of one A/B page share a time base, so their ticks line up.
+	XRange [2]float64
 }
 
 type series struct {
@@ -216,7 +219,9 @@ func (c chart) svg() template.HTML {
 		}
 		w := labelCharWidth * float64(utf8.RuneCountInString(t.Label))
 		lb := labelBox{x1: last - 2 - w, x2: last - 2, y: math.Max(plotTop+9, py-3)}
-		if slices.ContainsFunc(labels, func(p labelBox) bool { return p.text == t.Label && math.Abs(p.y-lb.y) < 1 && lb.x1 < p.x2 && p.x1 < lb.x2 }) {
+		if slices.ContainsFunc(labels, func(p labelBox) bool {
+			return p.text == t.Label && math.Abs(p.y-lb.y) < 1 && lb.x1 < p.x2 && p.x1 < lb.x2
+		}) {
 			continue // the same bound, already written there
 		}
 		lb.text = t.Label
@@ -338,6 +343,9 @@ func (c chart) extent() (xlo, xhi, ylo, yhi float64, ok bool) {
 	}
 	for _, p := range c.Phases {
 		xlo, xhi = math.Min(xlo, p.Start), math.Max(xhi, math.Max(p.Start, p.End))
+	}
+	if c.XRange[0] < c.XRange[1] {
+		xlo, xhi = c.XRange[0], c.XRange[1]
 	}
 	for _, t := range c.Budgets {
 		yhi = math.Max(yhi, t.Value)

@@ -185,12 +185,15 @@ func runChart(res *scenario.Result, title string, metrics []string) chart {
 		top = math.Max(top, maxOf(ys))
 		for _, b := range res.Budgets {
 			if b.Metric == m {
-				c.Budgets = append(c.Budgets, threshold{Label: "≤ " + formatFor(m, b.Max, b.Max), Color: col, Value: b.Max, Spans: budgetSpans(b, c.Phases)})
+				c.Budgets = append(c.Budgets, threshold{Color: col, Value: b.Max, Spans: budgetSpans(b, c.Phases)})
 				top = math.Max(top, b.Max)
 			}
 		}
 	}
 	c.Unit = unitFor(metrics[0], top)
+	for i := range c.Budgets { // in the axis' unit: "≤ 500 ms" beside ticks in ms
+		c.Budgets[i].Label = "≤ " + c.Unit.value(c.Budgets[i].Value)
+	}
 	for _, v := range res.Violations {
 		if v.Problem != "" {
 			continue

@@ -171,6 +171,31 @@ func TestRunChartDrawsBudgetsAndViolations(t *testing.T) {
 	c.assertLegendClear(t)
 }
 
+// A budget's label reads in its axis' unit: a 500 ms bound on an axis in
+// seconds (the incident's 2.5 s pause sets it) says "≤ 0.5 s".
+func TestBudgetLabelInTheAxisUnit(t *testing.T) {
+	p99 := 0.002
+	s, err := probe.NewSampler(1e6, probe.Func(probe.MetricGCPauseP99, func() float64 { return p99 }))
+	require.NoError(t, err)
+	s.Mark(scenario.PhaseBaseline)
+	require.NoError(t, s.Sample(t.Context()))
+	s.Mark(scenario.PhaseInject)
+	p99 = 2.5
+	require.NoError(t, s.Sample(t.Context()))
+	tl := s.Timeline()
+	budgets := []probe.Budget{probe.Limit(probe.MetricGCPauseP99, 0.5, scenario.PhaseInject)}
+	res := &scenario.Result{Scenario: "pause/incident", Seed: 1, Timeline: tl, Budgets: budgets, Violations: tl.Check(budgets...), Validated: true}
+	page, err := report.Write(filepath.Join(t.TempDir(), "pause_incident"), res)
+	require.NoError(t, err)
+	c := chartTitled(t, readSVGs(t, page), "GC pause p99")
+	labels := c.all("text", "budget-label")
+	require.Len(t, labels, 1)
+	assert.Equal(t, "≤ 0.5 s", labels[0].text())
+	for _, tk := range c.all("text", "ytick") {
+		assert.True(t, strings.HasSuffix(tk.text(), " s"), "y tick %q in seconds", tk.text())
+	}
+}
+
 func TestTicksAndUnits(t *testing.T) {
 	for _, tc := range []struct {
 		metric string
@@ -339,7 +364,11 @@ func seriesNames(c *svgNode) []string {
 func armResult(t *testing.T, arm string, g float64) *scenario.Result {
 	t.Helper()
 	cur := 10.0
-	s, err := probe.NewSampler(1e6, probe.Func(probe.MetricGoroutines, func() float64 { return cur }))
+	sources := []probe.Source{probe.Func(probe.MetricGoroutines, func() float64 { return cur })}
+	if arm == "fixed" { // a metric of one arm only: its chart still spans both arms' time
+		sources = append(sources, probe.Func(probe.MetricThreads, func() float64 { return 7 }))
+	}
+	s, err := probe.NewSampler(1e6, sources...)
 	require.NoError(t, err)
 	ctx := t.Context()
 	s.Mark(scenario.PhaseBaseline)
@@ -422,6 +451,18 @@ func TestSuitePage(t *testing.T) {
 	}
 	require.NotNil(t, zero, "a 0s tick")
 	assert.InDelta(t, c.phaseX(t, scenario.PhaseInject), zero.num(t, "x"), 0.11)
+
+	// Every chart of the page spans the same time: the threads chart, of
+	// the shorter fixed arm alone, has the goroutines chart's x ticks.
+	xticks := func(c *svgNode) (out []string) {
+		for _, tk := range c.all("text", "xtick") {
+			out = append(out, tk.text()+"@"+tk.Attr["x"])
+		}
+		return out
+	}
+	threads := chartTitled(t, readSVGs(t, page), probe.MetricThreads)
+	assert.Equal(t, []string{"fixed"}, seriesNames(threads))
+	assert.Equal(t, xticks(c), xticks(threads), "the same x ticks at the same places")
 
 	html, err := os.ReadFile(page)
 	require.NoError(t, err)

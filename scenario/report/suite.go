@@ -326,10 +326,36 @@ func newSuiteData(suite, run string, arms []abArm) suiteData {
 			add(m)
 		}
 	}
+	xr := timeBase(arms)
 	for _, m := range metrics {
-		d.Charts = append(d.Charts, abChart(m, arms).svg())
+		c := abChart(m, arms)
+		c.XRange = xr
+		d.Charts = append(d.Charts, c.svg())
 	}
 	return d
+}
+
+// timeBase is the span of time, zero at the start of inject, that the
+// arms' samples and phases cover together: every chart of an A/B page
+// spans it, so a moment is at the same x on each.
+func timeBase(arms []abArm) [2]float64 {
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, a := range arms {
+		tl := a.Res.Timeline
+		if tl == nil || len(tl.Samples) == 0 {
+			continue
+		}
+		for _, t := range sampleTimes(tl, a.offset) {
+			lo, hi = math.Min(lo, t), math.Max(hi, t)
+		}
+		for _, p := range phaseSpans(tl, a.offset) {
+			lo, hi = math.Min(lo, p.Start), math.Max(hi, math.Max(p.Start, p.End))
+		}
+	}
+	if !(lo < hi) {
+		return [2]float64{}
+	}
+	return [2]float64{lo, hi}
 }
 
 // abChart draws metric for every arm on one time base, zero at the start
