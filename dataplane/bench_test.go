@@ -166,7 +166,8 @@ func processCPU(b *testing.B) time.Duration {
 // BenchmarkMetrics states what one reading of the data plane's figures
 // costs the sampler, once a flood has left every client's label sets in
 // the registry (requests, lookups by source, batch sizes, latencies):
-// Metrics (a Gather of the registry, in-process targets), a scrape of
+// Metrics (a Gather of the registry), Figures (the sampler's reading of an
+// in-process data plane: no per-request series), a scrape of
 // /metrics with ParseSnapshot (child-process and endpoint targets), and,
 // as the baseline, the registry's Gather alone.
 func BenchmarkMetrics(b *testing.B) {
@@ -193,6 +194,17 @@ func BenchmarkMetrics(b *testing.B) {
 		var n int
 		for b.Loop() {
 			s, err := dp.Metrics()
+			if err != nil {
+				b.Fatal(err)
+			}
+			n = len(s)
+		}
+		b.ReportMetric(float64(n), "samples")
+	})
+	b.Run("Figures", func(b *testing.B) {
+		var n int
+		for b.Loop() {
+			s, err := dp.Figures()
 			if err != nil {
 				b.Fatal(err)
 			}

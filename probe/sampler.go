@@ -110,6 +110,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	var errs []error
 	failed := map[int]error{}
 	took := make([]time.Duration, len(s.sources))
+	var lateReads []int
 	start := time.Now()
 	for i, src := range s.sources {
 		t0 := time.Now()
@@ -118,7 +119,9 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		if i+1 < len(s.offsets) {
 			hi = s.offsets[i+1]
 		}
-		if err := src.Read(ctx, vals[lo:hi]); err != nil {
+		if err := src.Read(ctx, vals[lo:hi]); errors.Is(err, ErrLate) {
+			lateReads = append(lateReads, i) // missing this sample, not failed
+		} else if err != nil {
 			for k := lo; k < hi; k++ {
 				vals[k] = math.NaN()
 			}
@@ -140,6 +143,9 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		c.Reads++
 		c.Total += d
 		c.Max = max(c.Max, d)
+	}
+	for _, i := range lateReads {
+		s.tl.Sources[i].Late++
 	}
 	for i, err := range failed {
 		f := s.failures[i]

@@ -35,6 +35,9 @@ type SourceCost struct {
 	Reads int           `json:"reads"`
 	Total time.Duration `json:"total_ns"`
 	Max   time.Duration `json:"max_ns"`
+	// Late counts the reads of a Bounded source whose reading was not in
+	// within its wait: samples with its figures missing.
+	Late int `json:"late,omitempty"`
 }
 
 // Mean is the average read.

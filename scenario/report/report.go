@@ -316,7 +316,7 @@ code{background:#f4f4f4;padding:2px 4px}
 {{if .Observer}}<h2>Observer</h2><p>What sampling cost inside the process it judges, per phase, and the longest wait between two samples in intervals (1: on time).</p>
 <table><tr><th>phase</th><th>samples</th><th>median</th><th>p99</th><th>max</th><th>median share of the interval</th><th>longest gap (intervals)</th></tr>
 {{range .Observer}}<tr><td>{{.Phase}}</td><td>{{.Samples}}</td><td>{{.Median}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{printf "%.1f%%" (pct .Share)}}</td><td>{{printf "%.1f" .MaxGap}}</td></tr>{{end}}</table>
-{{if .Sources}}<p><small>by source (mean per read, max): {{range $i, $s := .Sources}}{{if $i}}; {{end}}{{index $s.Metrics 0}} {{$s.Mean}}, {{$s.Max}}{{end}}</small></p>{{end}}{{end}}
+{{if .Sources}}<p><small>by source (mean per read, max): {{range $i, $s := .Sources}}{{if $i}}; {{end}}{{index $s.Metrics 0}} {{$s.Mean}}, {{$s.Max}}{{if $s.Late}}, <b>late in {{$s.Late}} of {{$s.Reads}} samples</b> (its figures missing there){{end}}{{end}}</small></p>{{end}}{{end}}
 <h2>Timeline</h2><p>Shaded: the fault window (inject and observe); dotted lines: phase boundaries; dashed lines: budgets over the phases they cover; circles: each violation at its peak.</p>
 <div class="charts">{{range .Charts}}{{.}}{{end}}</div>
 <p><small>generated {{.Generated}}; data: summary.json, timeline.json, requests.json</small></p>

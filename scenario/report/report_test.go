@@ -631,6 +631,15 @@ func TestWriteShowsTheObserver(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEmpty(t, res.Timeline.CostByPhase(), "the fixture has phased samples")
 	assert.Regexp(t, `(?s)<h2>Observer</h2>.*<th>longest gap \(intervals\)</th>.*<td>`+res.Timeline.CostByPhase()[0].Phase+`</td>`, string(html))
+	assert.NotContains(t, string(html), "late in", "no source was late")
+
+	// A bounded source whose reading was late says so.
+	res.Timeline.Sources[0].Late = 2
+	page, err = report.Write(filepath.Join(dir, "late"), res)
+	require.NoError(t, err)
+	html, err = os.ReadFile(page)
+	require.NoError(t, err)
+	assert.Contains(t, string(html), "<b>late in 2 of 3 samples</b>")
 }
 
 // A budget the target could not be judged on is shown as not judged, on

@@ -1,0 +1,126 @@
+package probe_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/spiral-chaos/spiral/probe"
+)
+
+// gated is a source whose reads block until a value is sent on gate (or
+// their context ends), counting the reads begun.
+type gated struct {
+	gate   chan float64
+	begun  atomic.Int32
+	ctxErr atomic.Value
+}
+
+func (g *gated) Metrics() []string { return []string{"gated"} }
+
+func (g *gated) Read(ctx context.Context, dst []float64) error {
+	g.begun.Add(1)
+	select {
+	case v := <-g.gate:
+		dst[0] = v
+		return nil
+	case <-ctx.Done():
+		g.ctxErr.Store(ctx.Err())
+		return ctx.Err()
+	}
+}
+
+func TestNewBoundedRefusesBadInput(t *testing.T) {
+	_, err := probe.NewBounded(nil, time.Second)
+	require.Error(t, err)
+	_, err = probe.NewBounded(&gated{}, 0)
+	require.ErrorContains(t, err, "wait 0s")
+}
+
+// A read slower than the wait leaves the sample on time with the figure
+// missing; the next read takes that reading once it is in, without
+// starting another.
+func TestBoundedLateReadIsTakenNextTime(t *testing.T) {
+	g := &gated{gate: make(chan float64)}
+	b, err := probe.NewBounded(g, 20*time.Millisecond)
+	require.NoError(t, err)
+	defer b.Stop()
+
+	dst := []float64{0}
+	t0 := time.Now()
+	err = b.Read(t.Context(), dst)
+	took := time.Since(t0)
+	require.ErrorIs(t, err, probe.ErrLate)
+	assert.True(t, math.IsNaN(dst[0]), "missing, not 0")
+	assert.Less(t, took, time.Second, "returned at its wait, not with the read")
+
+	g.gate <- 42 // the read in progress finishes
+	require.NoError(t, b.Read(t.Context(), dst))
+	assert.InDelta(t, 42.0, dst[0], 0)
+	assert.Equal(t, int32(1), g.begun.Load(), "the late read's reading, not a second read")
+
+	// A read in time is a plain read.
+	go func() { g.gate <- 7 }()
+	require.NoError(t, b.Read(t.Context(), dst))
+	assert.InDelta(t, 7.0, dst[0], 0)
+	assert.Equal(t, int32(2), g.begun.Load())
+}
+
+// A late read is counted late, not failed: the sampler goes on without
+// an error and the timeline says how many samples missed the figure.
+func TestSamplerCountsLateReads(t *testing.T) {
+	g := &gated{gate: make(chan float64)}
+	b, err := probe.NewBounded(g, 10*time.Millisecond)
+	require.NoError(t, err)
+	defer b.Stop()
+	s, err := probe.NewSampler(time.Hour, probe.Func("plain", func() float64 { return 1 }), b)
+	require.NoError(t, err)
+	require.NoError(t, s.Sample(t.Context()), "late is not a failure")
+	g.gate <- 3
+	require.NoError(t, s.Sample(t.Context()))
+
+	tl := s.Timeline()
+	require.Len(t, tl.Samples, 2)
+	assert.True(t, math.IsNaN(tl.Samples[0].Values[1]), "first sample: the figure missing")
+	assert.InDelta(t, 1.0, tl.Samples[0].Values[0], 0, "the other sources read")
+	assert.InDelta(t, 3.0, tl.Samples[1].Values[1], 0)
+	assert.Equal(t, 1, tl.Sources[1].Late)
+	assert.Equal(t, 0, tl.Sources[0].Late)
+}
+
+// Stop cancels a read in progress and waits for it; later reads fail.
+func TestBoundedStop(t *testing.T) {
+	g := &gated{gate: make(chan float64)}
+	b, err := probe.NewBounded(g, time.Millisecond)
+	require.NoError(t, err)
+	dst := []float64{0}
+	require.ErrorIs(t, b.Read(t.Context(), dst), probe.ErrLate)
+	b.Stop()
+	got, _ := g.ctxErr.Load().(error)
+	assert.True(t, errors.Is(got, context.Canceled), "the read in progress saw its context end: %v", got)
+	require.ErrorContains(t, b.Read(t.Context(), dst), "stopped")
+	b.Stop() // again: nothing more
+}
+
+// A sample's own context ending does not cut a late read short: it goes
+// on for the next sample.
+func TestBoundedReadOutlivesItsSample(t *testing.T) {
+	g := &gated{gate: make(chan float64)}
+	b, err := probe.NewBounded(g, time.Hour)
+	require.NoError(t, err)
+	defer b.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Millisecond)
+	defer cancel()
+	dst := []float64{0}
+	require.ErrorIs(t, b.Read(ctx, dst), context.DeadlineExceeded)
+	g.gate <- 5
+	require.NoError(t, b.Read(t.Context(), dst))
+	assert.InDelta(t, 5.0, dst[0], 0)
+	assert.Nil(t, g.ctxErr.Load(), "the read was not canceled")
+}
