@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
@@ -147,4 +148,17 @@ func TestIdenticalSeriesBothShow(t *testing.T) {
 	w1, err := strconv.ParseFloat(ws[1][2], 64)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, w0-w1, 1.0, "the first at least a pixel wider than the one over it")
+}
+
+func TestReadableDurations(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		1658676844 * time.Nanosecond: "1.66s",
+		571967299 * time.Nanosecond:  "572ms",
+		5843347 * time.Nanosecond:    "5.84ms",
+		776 * time.Nanosecond:        "776ns",
+		0:                            "0s",
+		2 * time.Hour:                "2h0m0s",
+	} {
+		assert.Equal(t, want, readable(d), "%d ns", int64(d))
+	}
 }

@@ -207,6 +207,20 @@ func runChart(res *scenario.Result, title string, metrics []string) chart {
 	return c
 }
 
+// readable writes d to 3 significant digits ("1.66s", "571ms", "776µs"):
+// a table of latencies reads at a glance, not to the nanosecond.
+func readable(d time.Duration) string {
+	if d <= 0 {
+		return d.String()
+	}
+	for unit := time.Nanosecond; unit <= time.Second; unit *= 10 {
+		if d < 1000*unit {
+			return d.Round(unit).String()
+		}
+	}
+	return d.Round(time.Second).String()
+}
+
 // faultWindow is the phases a chart shades: the faults are in and acting.
 var faultWindow = []string{scenario.PhaseInject, scenario.PhaseObserve}
 
@@ -288,7 +302,7 @@ func safe(name string) string {
 	}, name)
 }
 
-var pageTmpl = template.Must(template.New("report").Funcs(template.FuncMap{"pct": func(f float64) float64 { return 100 * f }, "inc": func(i int) int { return i + 1 }}).Parse(`<!doctype html>
+var pageTmpl = template.Must(template.New("report").Funcs(template.FuncMap{"pct": func(f float64) float64 { return 100 * f }, "inc": func(i int) int { return i + 1 }, "dur": readable}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>Spiral: {{.Res.Scenario}}</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:20px;color:#222}
@@ -309,14 +323,14 @@ code{background:#f4f4f4;padding:2px 4px}
 {{if .Res.ValidateError}}<p class="failed">{{.Res.ValidateError}}</p>{{end}}
 <h2>Budgets</h2><ul>{{range .Res.Budgets}}<li>{{.}}</li>{{end}}</ul>
 <h2>Loads</h2><table><tr><th>client</th><th>traffic</th><th>sent</th><th>ok</th><th>errors</th><th>skipped</th><th>p50</th><th>p99</th><th>max</th><th>outcomes</th><th>finished</th></tr>
-{{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Traffic}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{.P50}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td><td>{{if .Failed}}<span class="failed">failed: {{.Error}}</span>{{else if .Stopped}}<span class="failed">{{.Stopped}}</span>{{else}}yes{{end}}</td></tr>{{end}}</table>
+{{range .Res.LoadSummary}}<tr><td>{{.Client}}</td><td>{{.Traffic}}</td><td>{{.Stats.Sent}}</td><td>{{.Stats.OK}}</td><td>{{.Stats.Errors}}</td><td>{{.Stats.Skipped}}</td><td>{{dur .P50}}</td><td>{{dur .P99}}</td><td>{{dur .Max}}</td><td>{{range $k, $v := .Outcomes}}{{$k}}={{$v}} {{end}}</td><td>{{if .Failed}}<span class="failed">failed: {{.Error}}</span>{{else if .Stopped}}<span class="failed">{{.Stopped}}</span>{{else}}yes{{end}}</td></tr>{{end}}</table>
 {{if .Res.Clients}}<h2>Who</h2><p>Each client's use of the data plane while the faults were in (inject to recover), from the data plane's per-client metrics, and the keys its load sent meanwhile as Spiral's load generator recorded them (known even where the data plane never counted them: a child killed while serving them); most keys first.</p>
 <table><tr><th>client</th><th>keys sent</th><th>keys</th><th>keys failed</th><th>keys from the store</th><th>cache errors</th><th>requests</th><th>requests failed</th></tr>
 {{range .Res.Clients}}<tr><td>{{.Client}}</td><td>{{printf "%.0f" .KeysSent}}</td><td>{{printf "%.0f" .Keys}}</td><td>{{printf "%.0f" .KeysFailed}}</td><td>{{printf "%.0f" .KeysFromStore}}</td><td>{{printf "%.0f" .CacheErrors}}</td><td>{{printf "%.0f" .Requests}}</td><td>{{printf "%.0f" .FailedRequests}}</td></tr>{{end}}</table>{{end}}
 {{if .Observer}}<h2>Observer</h2><p>What sampling cost inside the process it judges, per phase, and the longest wait between two samples in intervals (1: on time).</p>
 <table><tr><th>phase</th><th>samples</th><th>median</th><th>p99</th><th>max</th><th>median share of the interval</th><th>longest gap (intervals)</th></tr>
-{{range .Observer}}<tr><td>{{.Phase}}</td><td>{{.Samples}}</td><td>{{.Median}}</td><td>{{.P99}}</td><td>{{.Max}}</td><td>{{printf "%.1f%%" (pct .Share)}}</td><td>{{printf "%.1f" .MaxGap}}</td></tr>{{end}}</table>
-{{if .Sources}}<p><small>by source (mean per read, max): {{range $i, $s := .Sources}}{{if $i}}; {{end}}{{index $s.Metrics 0}} {{$s.Mean}}, {{$s.Max}}{{if $s.Late}}, <b>late in {{$s.Late}} of {{$s.Reads}} samples</b> (its figures missing there){{end}}{{end}}</small></p>{{end}}{{end}}
+{{range .Observer}}<tr><td>{{.Phase}}</td><td>{{.Samples}}</td><td>{{dur .Median}}</td><td>{{dur .P99}}</td><td>{{dur .Max}}</td><td>{{printf "%.1f%%" (pct .Share)}}</td><td>{{printf "%.1f" .MaxGap}}</td></tr>{{end}}</table>
+{{if .Sources}}<p><small>by source (mean per read, max): {{range $i, $s := .Sources}}{{if $i}}; {{end}}{{index $s.Metrics 0}} {{dur $s.Mean}}, {{dur $s.Max}}{{if $s.Late}}, <b>late in {{$s.Late}} of {{$s.Reads}} samples</b> (its figures missing there){{end}}{{end}}</small></p>{{end}}{{end}}
 <h2>Timeline</h2><p>Shaded: the fault window (inject and observe); dotted lines: phase boundaries; dashed lines: budgets over the phases they cover; circles: each violation at its peak.</p>
 <div class="charts">{{range .Charts}}{{.}}{{end}}</div>
 <p><small>generated {{.Generated}}; data: summary.json, timeline.json, requests.json</small></p>
