@@ -166,8 +166,8 @@ func processCPU(b *testing.B) time.Duration {
 // BenchmarkMetrics states what one reading of the data plane's figures
 // costs the sampler, once a flood has left every client's label sets in
 // the registry (requests, lookups by source, batch sizes, latencies):
-// Metrics (a Gather of the registry), Figures (the sampler's reading of an
-// in-process data plane: no per-request series), a scrape of
+// Metrics (a Gather of the registry), Totals (the sampler's reading of an
+// in-process data plane: atomic loads), a scrape of
 // /metrics with ParseSnapshot (child-process and endpoint targets), and,
 // as the baseline, the registry's Gather alone.
 func BenchmarkMetrics(b *testing.B) {
@@ -201,16 +201,14 @@ func BenchmarkMetrics(b *testing.B) {
 		}
 		b.ReportMetric(float64(n), "samples")
 	})
-	b.Run("Figures", func(b *testing.B) {
-		var n int
+	b.Run("Totals", func(b *testing.B) {
+		var t dataplane.Totals
 		for b.Loop() {
-			s, err := dp.Figures()
-			if err != nil {
-				b.Fatal(err)
-			}
-			n = len(s)
+			t = dp.Totals()
 		}
-		b.ReportMetric(float64(n), "samples")
+		if t.CacheHits == 0 {
+			b.Fatal("Totals: no cache hit counted after the warm-up's batches")
+		}
 	})
 	b.Run("scrape-and-parse", func(b *testing.B) {
 		for b.Loop() {

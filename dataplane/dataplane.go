@@ -189,11 +189,9 @@ func (d *DataPlane) Registry() *prometheus.Registry { return d.m.reg }
 // microseconds per series.
 func (d *DataPlane) Metrics() (Snapshot, error) { return snapshot(d.m.reg) }
 
-// Figures is Metrics without the per-request metrics (requests_total,
-// request_duration_seconds, batch_size): the gauges and counters a sampler
-// reads every interval, at a fraction of a full gather's cost
-// (BenchmarkMetrics).
-func (d *DataPlane) Figures() (Snapshot, error) { return snapshot(d.m.figures) }
+// Totals reads d's figures a sampler takes every interval, without a
+// Gather: see Totals.
+func (d *DataPlane) Totals() Totals { return d.m.tot.read() }
 
 // Health checks that every memcached server answers a version command and
 // the CQL store a query on system.local. It reports every failure. The

@@ -57,11 +57,16 @@ func countingDial(dial DialFunc, m *metrics) DialFunc {
 	return func(ctx context.Context, network, address string) (net.Conn, error) {
 		nc, err := dial(ctx, network, address)
 		if err != nil {
-			m.dials.WithLabelValues(errorKind(err)).Inc()
+			kind := errorKind(err)
+			m.dials.WithLabelValues(kind).Inc()
+			if portKind(kind) {
+				m.tot.dialPortErrors.Add(1)
+			}
 			return nil, err
 		}
 		m.dials.WithLabelValues("ok").Inc()
 		m.connsOpen.Inc()
+		m.tot.connsOpen.Add(1)
 		return &countedConn{Conn: nc, m: m}, nil
 	}
 }
@@ -75,6 +80,7 @@ type countedConn struct {
 func (c *countedConn) Close() error {
 	if c.closed.CompareAndSwap(false, true) {
 		c.m.connsOpen.Dec()
+		c.m.tot.connsOpen.Add(-1)
 		c.m.connsClosed.Inc()
 	}
 	return c.Conn.Close()

@@ -65,6 +65,7 @@ func TestCacheErrorsIncident(t *testing.T) {
 	assert.InDelta(t, 110, s.Sum("memcached_dials_total", "result", "conn_refused"), 0)
 	assert.InDelta(t, 1, s.Sum("requests_total", "client", "internal", "code", "cache_error"), 0)
 	assert.InDelta(t, 0, s.Sum("lookups_total", "source", "store"), 0, "a failed batch reads nothing from the store")
+	assertTotals(t, dp)
 
 	lines := parseLog(t, &buf)
 	require.Len(t, lines, 110)
@@ -126,6 +127,7 @@ func TestCacheErrorsDefault(t *testing.T) {
 	assert.LessOrEqual(t, written, float64(cfg.LogPolicy.PerSecond+cfg.LogPolicy.Burst)+float64(cfg.LogPolicy.PerSecond)*elapsed,
 		"at most a burst plus the steady rate over the %.1f s the test took", elapsed)
 	assert.Positive(t, dropped)
+	assertTotals(t, dp)
 
 	lines := parseLog(t, &buf)
 	require.Len(t, lines, int(written))

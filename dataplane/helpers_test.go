@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -147,4 +148,24 @@ func snapshot(tb testing.TB, dp *dataplane.DataPlane) dataplane.Snapshot {
 	s, err := dp.Metrics()
 	require.NoError(tb, err)
 	return s
+}
+
+// assertTotals checks that dp's Totals are its metrics summed, as a
+// sampler would otherwise read them from a Gather.
+func assertTotals(tb testing.TB, dp *dataplane.DataPlane) {
+	tb.Helper()
+	s, got := snapshot(tb, dp), dp.Totals()
+	want := dataplane.Totals{
+		LookupsInFlight: int64(s.Sum("lookups_in_flight")),
+		CacheErrors:     int64(s.Sum("cache_errors_total")),
+		PortErrors:      int64(s.Sum("cache_errors_total", "kind", "addr_not_avail") + s.Sum("cache_errors_total", "kind", "addr_in_use")),
+		LogWritten:      int64(s.Sum("log_lines_written_total")),
+		LogDropped:      int64(s.Sum("log_lines_dropped_total")),
+		StoreInFlight:   int64(s.Sum("store_queries_in_flight")),
+		ConnsOpen:       int64(s.Sum("memcached_conns_open")),
+		CacheHits:       int64(s.Sum("lookups_total", "source", "cache")),
+		StoreReads:      int64(s.Sum("lookups_total", "source", "store")),
+		DialPortErrors:  int64(s.Sum("memcached_dials_total", "result", "addr_not_avail") + s.Sum("memcached_dials_total", "result", "addr_in_use")),
+	}
+	assert.Equal(tb, want, got, "Totals against the metrics summed")
 }

@@ -59,10 +59,12 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 	if h.limited && s.limit != nil && !s.limit.allow() {
 		s.dropped.Add(1)
 		s.m.logDropped.WithLabelValues("rate_limit").Inc()
+		s.m.tot.logDropped.Add(1)
 		return nil
 	}
 	if s.sink == nil {
 		s.m.logWritten.Inc()
+		s.m.tot.logWritten.Add(1)
 		return nil
 	}
 	if n := s.dropped.Swap(0); n > 0 {
@@ -74,13 +76,16 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 	lb.buf.Reset()
 	if err := lb.h.Handle(ctx, r); err != nil {
 		s.m.logDropped.WithLabelValues("write_error").Inc()
+		s.m.tot.logDropped.Add(1)
 		return err
 	}
 	if _, err := s.sink.Write(lb.buf.Bytes()); err != nil {
 		s.m.logDropped.WithLabelValues("write_error").Inc()
+		s.m.tot.logDropped.Add(1)
 		return err
 	}
 	s.m.logWritten.Inc()
+	s.m.tot.logWritten.Add(1)
 	return nil
 }
 

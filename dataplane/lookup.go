@@ -52,6 +52,8 @@ func lookup[T any](ctx context.Context, d *DataPlane, k *kind[T], client string,
 	}
 	add(sourceCache, cache)
 	add(sourceStore, store)
+	d.m.tot.cacheHits.Add(cache)
+	d.m.tot.storeReads.Add(store)
 	add(sourceMiss, miss)
 	add(sourceError, int64(len(keys))-cache-store-miss)
 	d.m.requests.WithLabelValues(client, k.method, code).Inc()
@@ -102,6 +104,8 @@ func (b *batch[T]) run(ctx context.Context) error {
 	d := b.d
 	d.m.lookupsInFlight.Add(float64(n))
 	defer d.m.lookupsInFlight.Sub(float64(n))
+	d.m.tot.lookupsInFlight.Add(int64(n))
+	defer d.m.tot.lookupsInFlight.Add(-int64(n))
 	ctx, cancel := d.deadline(ctx)
 	defer cancel()
 	var g *errgroup.Group
@@ -296,6 +300,8 @@ func storeGet[T any](ctx context.Context, d *DataPlane, k *kind[T], key string) 
 	}
 	d.m.storeInFlight.Inc()
 	defer d.m.storeInFlight.Dec()
+	d.m.tot.storeInFlight.Add(1)
+	defer d.m.tot.storeInFlight.Add(-1)
 	for n := d.storeNow.Add(1); ; {
 		p := d.storePeak.Load()
 		if n <= p || d.storePeak.CompareAndSwap(p, n) {
@@ -326,6 +332,10 @@ func storeGet[T any](ctx context.Context, d *DataPlane, k *kind[T], key string) 
 func (b *batch[T]) cacheError(ctx context.Context, op, key string, err error) {
 	kindName := errorKind(err)
 	b.d.m.cacheErrors.WithLabelValues(b.k.cache, op, kindName, b.client).Inc()
+	b.d.m.tot.cacheErrors.Add(1)
+	if portKind(kindName) {
+		b.d.m.tot.portErrors.Add(1)
+	}
 	b.d.log.LogAttrs(ctx, slogError, "failed to "+op+" "+b.k.cache+" cache item",
 		attrStr("cache", b.k.cache), attrStr(b.k.keyAttr, key), attrStr("client", b.client),
 		attrStr("kind", kindName), attrErr(err))

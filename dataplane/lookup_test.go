@@ -158,6 +158,7 @@ func TestPerClientMetrics(t *testing.T) {
 	assert.InDelta(t, 11, s.Sum("batch_size_count", "client", "appview"), 0)
 	assert.InDelta(t, 53, s.Sum("batch_size_sum", "client", "appview"), 0)
 	assert.InDelta(t, 150, s.Sum("lookups_total", "client", "internal", "source", "store"), 0)
+	assertTotals(t, dp) // hits and store reads
 	assert.InDelta(t, 5, s.Sum("lookups_total", "client", "appview", "method", posts, "source", "store"), 0)
 	assert.InDelta(t, 45, s.Sum("lookups_total", "client", "appview", "method", posts, "source", "cache"), 0)
 	assert.InDelta(t, 0, s.Sum("lookups_in_flight"), 0)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -35,11 +36,7 @@ const (
 )
 
 type metrics struct {
-	reg *prometheus.Registry
-	// figures holds every collector of reg but the per-request ones
-	// (requests, their latency and batch-size histograms), whose label
-	// sets per client make most of a Gather's cost.
-	figures          *prometheus.Registry
+	reg              *prometheus.Registry
 	requests         *prometheus.CounterVec
 	requestSeconds   *prometheus.HistogramVec
 	batchSize        *prometheus.HistogramVec
@@ -54,12 +51,54 @@ type metrics struct {
 	connsClosed      prometheus.Counter
 	logWritten       prometheus.Counter
 	logDropped       *prometheus.CounterVec
+	// tot keeps the sampler's figures as plain atomics beside them.
+	tot totals
 }
+
+// totals are the counters behind Totals, each moved where its Prometheus
+// metric is.
+type totals struct {
+	lookupsInFlight, cacheErrors, portErrors, logWritten, logDropped atomic.Int64
+	storeInFlight, connsOpen, cacheHits, storeReads, dialPortErrors atomic.Int64
+}
+
+// Totals are a data plane's figures that a sampler reads every interval:
+// what Metrics gives summed over every label set, read as a handful of
+// atomic loads (no allocation, lock or system call), so that reading them
+// while a flood saturates the machine neither waits on the GC nor gives
+// the scheduler a chance to park the reader (BenchmarkMetrics).
+type Totals struct {
+	LookupsInFlight int64 // lookups_in_flight
+	CacheErrors     int64 // cache_errors_total
+	// PortErrors are cache errors of kind addr_not_avail or addr_in_use.
+	PortErrors    int64
+	LogWritten    int64 // log_lines_written_total
+	LogDropped    int64 // log_lines_dropped_total
+	StoreInFlight int64 // store_queries_in_flight
+	ConnsOpen     int64 // memcached_conns_open
+	CacheHits     int64 // lookups_total{source="cache"}
+	StoreReads    int64 // lookups_total{source="store"}
+	// DialPortErrors are memcached_dials_total of result addr_not_avail
+	// or addr_in_use.
+	DialPortErrors int64
+}
+
+func (t *totals) read() Totals {
+	return Totals{
+		LookupsInFlight: t.lookupsInFlight.Load(), CacheErrors: t.cacheErrors.Load(), PortErrors: t.portErrors.Load(),
+		LogWritten: t.logWritten.Load(), LogDropped: t.logDropped.Load(), StoreInFlight: t.storeInFlight.Load(),
+		ConnsOpen: t.connsOpen.Load(), CacheHits: t.cacheHits.Load(), StoreReads: t.storeReads.Load(), DialPortErrors: t.dialPortErrors.Load(),
+	}
+}
+
+// portKind reports whether an error kind is the postmortem's: no local
+// port to bind or connect from.
+func portKind(kind string) bool { return kind == "addr_not_avail" || kind == "addr_in_use" }
 
 func newMetrics() *metrics {
 	reg := prometheus.NewRegistry()
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
-	m := &metrics{reg: reg, figures: prometheus.NewRegistry()}
+	m := &metrics{reg: reg}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricPrefix + "requests_total",
 		Help: "Requests by client, method and result code.",
@@ -120,16 +159,12 @@ func newMetrics() *metrics {
 		Name: metricPrefix + "log_lines_dropped_total",
 		Help: "Log lines not written, by reason (rate_limit, write_error).",
 	}, []string{"reason"})
-	for _, c := range []prometheus.Collector{m.requests, m.requestSeconds, m.batchSize} {
-		f(c)
-	}
 	for _, c := range []prometheus.Collector{
-		m.lookups, m.lookupsInFlight,
+		m.requests, m.requestSeconds, m.batchSize, m.lookups, m.lookupsInFlight,
 		m.cacheErrors, m.storeErrors, m.storeInFlight, m.memcacheInFlight,
 		m.dials, m.connsOpen, m.connsClosed, m.logWritten, m.logDropped,
 	} {
 		f(c)
-		m.figures.MustRegister(c)
 	}
 	return m
 }

@@ -27,7 +27,8 @@ var ErrLate = errors.New("reading not in within its wait")
 // with all of them.
 //
 // A source that is fast when the machine is not saturated never waits:
-// Read then costs src's read plus a goroutine's start. Stop cancels a
+// Read then costs src's read plus a goroutine's start; a Throttle's Read
+// between its reads is made in place. Stop cancels a
 // read in progress and waits for it; Read and Stop are safe for
 // concurrent use.
 type Bounded struct {
@@ -46,6 +47,9 @@ type boundedRead struct {
 	err    error
 }
 
+// sampleStartKey keys a sample's start in the context of its reads.
+type sampleStartKey struct{}
+
 // NewBounded returns src read with at most wait for a reading. It fails if
 // src is nil or wait is not positive.
 func NewBounded(src Source, wait time.Duration) (*Bounded, error) {
@@ -62,7 +66,8 @@ func NewBounded(src Source, wait time.Duration) (*Bounded, error) {
 func (b *Bounded) Metrics() []string { return b.src.Metrics() }
 
 // Read takes the reading of a read in progress or, with none, starts one,
-// and waits for it at most b's wait or until ctx ends. It returns ErrLate,
+// and waits for it at most b's wait (in a Sampler, from the start of the
+// sample) or until ctx ends. It returns ErrLate,
 // dst's columns NaN, when the reading is not in by then.
 func (b *Bounded) Read(ctx context.Context, dst []float64) error {
 	b.mu.Lock()
@@ -71,6 +76,12 @@ func (b *Bounded) Read(ctx context.Context, dst []float64) error {
 		return errors.New("bounded source: stopped")
 	}
 	r := b.pending
+	if c, ok := b.src.(cached); ok && r == nil && c.cached() {
+		// A reading src holds (a Throttle between its reads): no
+		// goroutine, no wait, no chance for the scheduler to park Read.
+		b.mu.Unlock()
+		return b.src.Read(ctx, dst)
+	}
 	if r == nil {
 		// The read must outlive this Read if it is late: its context
 		// ends with Stop or after sourceTimeout, not with the sample's.
@@ -85,12 +96,20 @@ func (b *Bounded) Read(ctx context.Context, dst []float64) error {
 	}
 	b.mu.Unlock()
 
-	t := time.NewTimer(b.wait)
-	defer t.Stop()
-	select {
-	case <-r.done:
-	case <-t.C:
-	case <-ctx.Done():
+	// In a Sampler's sample the wait runs from the sample's start, so
+	// that the sample's bounded sources together wait at most b.wait.
+	until := time.Now().Add(b.wait)
+	if start, ok := ctx.Value(sampleStartKey{}).(time.Time); ok {
+		until = start.Add(b.wait)
+	}
+	if d := time.Until(until); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-r.done:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
 	}
 	select {
 	case <-r.done:

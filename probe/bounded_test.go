@@ -124,3 +124,24 @@ func TestBoundedReadOutlivesItsSample(t *testing.T) {
 	assert.InDelta(t, 5.0, dst[0], 0)
 	assert.Nil(t, g.ctxErr.Load(), "the read was not canceled")
 }
+
+// In a sample, the bounded sources' waits run from the sample's start:
+// two late sources cost the sample one wait, not two.
+func TestBoundedWaitsEndTogetherInASample(t *testing.T) {
+	const wait = 150 * time.Millisecond
+	var sources []probe.Source
+	for _, name := range []string{"a", "b"} {
+		b, err := probe.NewBounded(probe.Func(name, func() float64 { time.Sleep(2 * wait); return 1 }), wait)
+		require.NoError(t, err)
+		defer b.Stop()
+		sources = append(sources, b)
+	}
+	s, err := probe.NewSampler(time.Hour, sources...)
+	require.NoError(t, err)
+	require.NoError(t, s.Sample(t.Context()))
+	tl := s.Timeline()
+	assert.Less(t, tl.Samples[0].Cost, 2*wait-10*time.Millisecond, "one wait for both: %v", tl.Samples[0].Cost)
+	assert.GreaterOrEqual(t, tl.Samples[0].Cost, wait-time.Millisecond)
+	assert.Equal(t, 1, tl.Sources[0].Late)
+	assert.Equal(t, 1, tl.Sources[1].Late)
+}

@@ -112,6 +112,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 	took := make([]time.Duration, len(s.sources))
 	var lateReads []int
 	start := time.Now()
+	ctx = context.WithValue(ctx, sampleStartKey{}, start) // Bounded sources' waits end together
 	for i, src := range s.sources {
 		t0 := time.Now()
 		lo := s.offsets[i]

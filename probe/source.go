@@ -315,6 +315,16 @@ func Throttle(src Source, share float64, every time.Duration) (Source, error) {
 
 func (t *throttled) Metrics() []string { return t.src.Metrics() }
 
+// cached is a Source that can tell that its next Read returns a reading it
+// holds, without reading anything.
+type cached interface{ cached() bool }
+
+func (t *throttled) cached() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.last != nil && t.now().Before(t.next)
+}
+
 func (t *throttled) Read(ctx context.Context, dst []float64) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()

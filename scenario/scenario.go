@@ -1039,36 +1039,54 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	if err != nil {
 		return nil, nil, err
 	}
-	metrics, err := probe.NewBounded(&targetSource{t: tgt, runtime: tgt.PID() != target.Self}, wait)
-	if err != nil {
-		return nil, nil, err
-	}
-	bounded := []*probe.Bounded{sockets, metrics}
+	bounded := []*probe.Bounded{sockets}
 	var sources []probe.Source
 	switch tgt.PID() {
 	case target.Self:
-		sources = append(sources, probe.NewProcessSource(0), probe.NewRuntimeSource(), goroutinesPeak, sockets, metrics)
-	case target.NoProcess:
-		// An endpoint without a pid: nothing to probe but its metrics. (A
-		// child target has its pid once started; one that died in between
-		// has its process figures not judged.)
-		sources = append(sources, sockets, metrics)
+		// The data plane's totals are atomic loads: nothing to bound.
+		sources = append(sources, probe.NewProcessSource(0), probe.NewRuntimeSource(), goroutinesPeak, sockets, &targetSource{t: tgt})
 	default:
-		sources = append(sources, probe.NewProcessSourceOf(tgt.PID), sockets, metrics)
+		// Another process: its scrape waits on its scheduler.
+		metrics, err := probe.NewBounded(&targetSource{t: tgt, runtime: true}, wait)
+		if err != nil {
+			return nil, nil, err
+		}
+		bounded = append(bounded, metrics)
+		if tgt.PID() == target.NoProcess {
+			// An endpoint without a pid: nothing to probe but its
+			// metrics. (A child target has its pid once started; one that
+			// died in between has its process figures not judged.)
+			sources = append(sources, sockets, metrics)
+		} else {
+			sources = append(sources, probe.NewProcessSourceOf(tgt.PID), sockets, metrics)
+		}
 	}
-	s, err := probe.NewSampler(interval, append(append(sources, LoadSource(loads...)), extra...)...)
+	sources = append(sources, LoadSource(loads...))
+	// A scenario's own probes (a census of its budget's sockets, a sink's
+	// blocked writers) are bounded too; a Peak polls on its own.
+	for _, src := range extra {
+		if _, ok := src.(*probe.Peak); !ok {
+			b, err := probe.NewBounded(src, wait)
+			if err != nil {
+				return nil, nil, err
+			}
+			bounded, src = append(bounded, b), b
+		}
+		sources = append(sources, src)
+	}
+	s, err := probe.NewSampler(interval, sources...)
 	if err != nil {
 		return nil, nil, err
 	}
 	return s, bounded, nil
 }
 
-// boundedWait is the share of the interval a sample waits for the socket
-// census and for the target's metrics, each (probe.Bounded): in a quick
-// run's fixed arms their slowest reads took 37 ms and 31 ms, and in the
-// incidents, which saturate both cores, 428 ms and 455-811 ms (batch-flood,
-// port-exhaustion, the OOM child near its kill); the two waits and the
-// cheap sources stay within one 100 ms interval.
+// boundedWait is the share of the interval a sample waits, from its start,
+// for its bounded sources (probe.Bounded: the socket census, another
+// process's metrics, a scenario's own probes): in a quick run's fixed arms
+// the census and a gather of the data plane's metrics took at most 37 ms
+// and 31 ms, and in the incidents, which saturate both cores, 428 ms and
+// 455-811 ms (batch-flood, port-exhaustion, the OOM child near its kill).
 const boundedWait = 0.4
 
 // LoadCounters is what LoadSource reads of a load: its profile (for its
@@ -1245,13 +1263,16 @@ func (s *targetSource) Read(ctx context.Context, dst []float64) error {
 	if s.runtime {
 		mctx = target.WithPeakWindow(target.WithFamilies(ctx, TargetFamilies...)) // the goroutine high-water mark's window, if the service keeps one
 	}
-	var m dataplane.Snapshot
-	var err error
-	if dp := target.DataPlaneOf(s.t); dp != nil {
-		m, err = dp.Figures() // the bundled data plane in this process: no per-request series
-	} else {
-		m, err = s.t.Metrics(mctx)
+	if dp := target.DataPlaneOf(s.t); dp != nil && !s.runtime {
+		// The bundled data plane in this process: its totals, read
+		// without a Gather's allocations.
+		t := dp.Totals()
+		dst[0], dst[1], dst[2], dst[3] = float64(t.LookupsInFlight), float64(t.CacheErrors), float64(t.LogWritten), float64(t.LogDropped)
+		dst[4], dst[5], dst[6] = float64(t.StoreInFlight), float64(t.ConnsOpen), float64(t.PortErrors)
+		dst[7], dst[8], dst[9], dst[10] = float64(t.CacheHits), float64(t.StoreReads), float64(dp.StoreInFlightPeak()), float64(t.DialPortErrors)
+		return nil
 	}
+	m, err := s.t.Metrics(mctx)
 	if err != nil {
 		if s.runtime {
 			for i := range dst[:len(dst)-1] {
