@@ -59,7 +59,7 @@ type metrics struct {
 // metric is.
 type totals struct {
 	lookupsInFlight, cacheErrors, portErrors, logWritten, logDropped atomic.Int64
-	storeInFlight, connsOpen, cacheHits, storeReads, dialPortErrors atomic.Int64
+	storeInFlight, connsOpen, cacheHits, storeReads, dialPortErrors  atomic.Int64
 }
 
 // Totals are a data plane's figures that a sampler reads every interval:
