@@ -101,6 +101,7 @@ type processSource struct {
 const (
 	busyWalkShare = 0.05
 	busyWalkEvery = 500 * time.Millisecond
+	busyWalkWait  = 30 * time.Millisecond
 )
 
 // NewProcessSource returns a Source of threads, fds, rss_bytes and
@@ -115,9 +116,16 @@ func NewProcessSource(pid int) Source { return NewProcessSourceOf(func() int { r
 // negative pid (no process at the moment) reads as missing figures, not as
 // an error.
 func NewProcessSourceOf(pid func() int) Source {
-	busy, err := Throttle(threadsBusySource(pid), busyWalkShare, busyWalkEvery)
+	throttled, err := Throttle(threadsBusySource(pid), busyWalkShare, busyWalkEvery)
 	if err != nil {
 		panic(err) // constant arguments in range are never refused
+	}
+	// A walk on a saturated machine took 300 ms once (a batch-flood
+	// incident, quick run): it costs a read at most busyWalkWait, and
+	// threads_busy is missing in that sample (the read counted late).
+	busy, err := NewBounded(throttled, busyWalkWait)
+	if err != nil {
+		panic(err)
 	}
 	return &processSource{pid: pid, busy: busy}
 }
