@@ -277,12 +277,14 @@ type Event struct {
 func (e Event) String() string { return e.Name + ": " + e.Detail }
 
 // Observer limits during inject and observe, what the faults are judged
-// on: a sample's median cost may take ObserverShare of the interval, and
-// no sample may come more than ObserverMaxGap intervals after the one
-// before.
+// on: a sample's median cost may take ObserverShare of the interval, no
+// sample may come more than ObserverMaxGap intervals after the one
+// before, and no bounded source's reading may be late (missing) in more
+// than ObserverLateShare of the run's samples.
 const (
-	ObserverShare  = 0.02
-	ObserverMaxGap = 2.0
+	ObserverShare     = 0.02
+	ObserverMaxGap    = 2.0
+	ObserverLateShare = 0.05
 )
 
 // unreliable lists where tl's observer exceeded its limits in inject and
@@ -301,7 +303,7 @@ func unreliable(tl *probe.Timeline) []string {
 		}
 	}
 	for _, src := range tl.Sources {
-		if src.Late > 0 {
+		if src.Reads > 0 && float64(src.Late) > ObserverLateShare*float64(src.Reads) {
 			name := src.Metrics[0]
 			if n := len(src.Metrics); n > 1 {
 				name = fmt.Sprintf("%s and %d more", name, n-1)

@@ -85,7 +85,13 @@ func run(t *testing.T, env *fixtures.Env, sc scenario.Scenario, control bool) (*
 		t.Logf("  not judged: %v", v)
 	}
 	for _, u := range res.Unreliable {
-		t.Logf("  observer unreliable: %s", u)
+		if control {
+			t.Logf("  observer unreliable: %s", u)
+		} else {
+			// A pass on figures the observer distorted or missed is no
+			// pass: the arm under test fails as unreliable.
+			t.Errorf("observer unreliable: %s (limits: scenario.ObserverShare, ObserverMaxGap, ObserverLateShare)", u)
+		}
 	}
 	for _, l := range res.LoadSummary {
 		t.Logf("  load %s: sent %d ok %d errors %d skipped %d p99 %v", l.Client, l.Stats.Sent, l.Stats.OK, l.Stats.Errors, l.Stats.Skipped, l.P99)
