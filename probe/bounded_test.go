@@ -2,7 +2,6 @@ package probe_test
 
 import (
 	"context"
-	"errors"
 	"math"
 	"sync/atomic"
 	"testing"
@@ -103,7 +102,7 @@ func TestBoundedStop(t *testing.T) {
 	require.ErrorIs(t, b.Read(t.Context(), dst), probe.ErrLate)
 	b.Stop()
 	got, _ := g.ctxErr.Load().(error)
-	assert.True(t, errors.Is(got, context.Canceled), "the read in progress saw its context end: %v", got)
+	require.ErrorIs(t, got, context.Canceled, "the read in progress saw its context end")
 	require.ErrorContains(t, b.Read(t.Context(), dst), "stopped")
 	b.Stop() // again: nothing more
 }
