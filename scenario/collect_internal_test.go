@@ -303,8 +303,19 @@ func TestWithKeysSent(t *testing.T) {
 	counted := []ClientFigures{{Client: "appview", Keys: 25, Requests: 2}}
 	got := withKeysSent(counted, []load.Report{everyday, flood}, tl)
 	require.Len(t, got, 2)
-	assert.Equal(t, ClientFigures{Client: "internal-batch", KeysSent: 30_000}, got[0], "sent the most, though never counted")
-	assert.Equal(t, ClientFigures{Client: "appview", Keys: 25, Requests: 2, KeysSent: 25}, got[1])
+	assert.Equal(t, ClientFigures{Client: "internal-batch", KeysSent: 30_000, RequestsSent: 2}, got[0], "the largest requests, though never counted")
+	assert.Equal(t, ClientFigures{Client: "appview", Keys: 25, Requests: 2, KeysSent: 25, RequestsSent: 2}, got[1])
+
+	// A busy everyday client that asked for more keys in all than the
+	// flood still comes after it: the flood's requests are the large ones.
+	busy := load.Report{Profile: load.Profile{Client: "appview"}, Began: t0}
+	for i := range 2000 {
+		busy.Requests = append(busy.Requests, load.Request{Start: 2*time.Second + time.Duration(i)*time.Millisecond, Batch: 20})
+	}
+	got = withKeysSent(nil, []load.Report{busy, flood}, tl)
+	require.Len(t, got, 2)
+	assert.Equal(t, "internal-batch", got[0].Client, "15,000 keys a request before 20: %+v", got)
+	assert.InDelta(t, 40_000, got[1].KeysSent, 0, "though appview sent more keys")
 
 	assert.Equal(t, counted, withKeysSent(counted, []load.Report{flood}, &probe.Timeline{}), "no fault window: nothing added")
 }

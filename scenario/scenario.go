@@ -817,6 +817,8 @@ type ClientFigures struct {
 	// as Spiral's load generator recorded them: known even where the data
 	// plane never counted them (a child killed while it served them).
 	KeysSent float64 `json:"keys_sent"`
+	// RequestsSent counts the requests its load sent in that window.
+	RequestsSent float64 `json:"requests_sent"`
 	// CacheErrors counts the memcached errors its requests met
 	// (cache_errors_total): the errors that flood a log sink.
 	CacheErrors float64 `json:"cache_errors"`
@@ -826,9 +828,19 @@ type ClientFigures struct {
 // plane counted, or those its load sent.
 func (f ClientFigures) asked() float64 { return max(f.Keys, f.KeysSent) }
 
+// PerRequest is the keys a client asked for per request: its keys asked
+// over the most requests known (counted by the data plane, or sent by its
+// load); 0 with no request.
+func (f ClientFigures) PerRequest() float64 {
+	if n := max(f.Requests, f.RequestsSent); n > 0 {
+		return f.asked() / n
+	}
+	return 0
+}
+
 // ClientsBetween returns each client's figures between two snapshots of a
-// data plane's metrics, most keys first (then most failed requests, then
-// by name); clients with nothing in the window are left out.
+// data plane's metrics, in sortClients' order; clients with nothing in the
+// window are left out.
 func ClientsBetween(before, after dataplane.Snapshot) []ClientFigures {
 	per := map[string]*ClientFigures{}
 	add := func(snap dataplane.Snapshot, sign float64) {
@@ -873,11 +885,17 @@ func ClientsBetween(before, after dataplane.Snapshot) []ClientFigures {
 	return out
 }
 
-// sortClients orders the client table: most keys asked first (asked), then
-// most failed requests, then by name.
+// sortClients orders the client table: the largest requests first (keys
+// per request), then most keys asked, then most failed requests, then by
+// name. The postmortem's lesson is to see "when clients send small
+// numbers of large requests": by keys alone, a busy everyday client can
+// outweigh the flood that does the harm (full-mode batch-flood, 2026-12-04:
+// appview 122,578 keys in 4,756 requests, internal-batch 60,000 in 4).
 func sortClients(out []ClientFigures) {
 	slices.SortFunc(out, func(a, b ClientFigures) int {
 		switch {
+		case a.PerRequest() != b.PerRequest():
+			return cmp.Compare(b.PerRequest(), a.PerRequest())
 		case a.asked() != b.asked():
 			return cmp.Compare(b.asked(), a.asked())
 		case a.FailedRequests != b.FailedRequests:
@@ -903,21 +921,26 @@ func withKeysSent(clients []ClientFigures, reports []load.Report, tl *probe.Time
 	if from.IsZero() || to.IsZero() {
 		return clients
 	}
-	sent := map[string]float64{}
+	type counts struct{ keys, requests float64 }
+	sent := map[string]counts{}
 	for _, rep := range reports {
 		for _, r := range rep.Requests {
 			if at := rep.Began.Add(r.Start); !at.Before(from) && at.Before(to) {
-				sent[rep.Profile.Client] += float64(r.Batch)
+				c := sent[rep.Profile.Client]
+				c.keys += float64(r.Batch)
+				c.requests++
+				sent[rep.Profile.Client] = c
 			}
 		}
 	}
 	for i := range clients {
-		clients[i].KeysSent = sent[clients[i].Client]
+		c := sent[clients[i].Client]
+		clients[i].KeysSent, clients[i].RequestsSent = c.keys, c.requests
 		delete(sent, clients[i].Client)
 	}
-	for c, n := range sent {
-		if n > 0 {
-			clients = append(clients, ClientFigures{Client: c, KeysSent: n})
+	for name, c := range sent {
+		if c.keys > 0 {
+			clients = append(clients, ClientFigures{Client: name, KeysSent: c.keys, RequestsSent: c.requests})
 		}
 	}
 	sortClients(clients)
@@ -1179,9 +1202,13 @@ func (s *memcachedSockets) Read(ctx context.Context, dst []float64) error {
 // when cheap and every few hundred milliseconds when not; a walk while an
 // incident's flood opens thousands of connections took 395 ms, and is
 // read again half a second later, not 40 s. TIME_WAIT sockets live 60 s,
-// so no peak of them is missed.
+// so no peak of them is missed. At 1% a walk of 0.8 ms (most fixed arms,
+// full mode) was taken every sample, and with the scrape of a child
+// (1.1 ms) put the OOM suite's fixed arm's median sample at 2.2% of the
+// interval, past the observer's 2% (2026-12-04); at 0.4% it is walked
+// about every third sample.
 const (
-	socketsShare = 0.01
+	socketsShare = 0.004
 	socketsEvery = 500 * time.Millisecond
 )
 

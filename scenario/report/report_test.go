@@ -583,7 +583,7 @@ func TestWriteShowsWho(t *testing.T) {
 	require.NoError(t, err)
 	html, err := os.ReadFile(page)
 	require.NoError(t, err)
-	assert.Regexp(t, `(?s)<h2>Who</h2>.*<td>internal-batch</td><td>60000</td><td>60000</td><td>45000</td>.*<td>appview</td><td>545</td><td>540</td>`, string(html))
+	assert.Regexp(t, `(?s)<h2>Who</h2>.*<th>keys per request</th>.*<td>internal-batch</td><td>20000.0</td><td>60000</td><td>60000</td><td>45000</td>.*<td>appview</td><td>9.9</td><td>545</td><td>540</td>`, string(html))
 
 	var sum struct {
 		Clients []scenario.ClientFigures `json:"clients"`

@@ -152,7 +152,7 @@ func TestBatchFlood(t *testing.T) {
 		// Who did it: the report names the flooding client first, from the
 		// data plane's own per-client figures (the postmortem's lesson).
 		if assert.NotEmpty(t, res.Clients, "per-client figures of the fault window") {
-			assert.Equal(t, load.InternalBatch.Client, res.Clients[0].Client, "the flooding client asked for the most keys: %+v", res.Clients)
+			assert.Equal(t, load.InternalBatch.Client, res.Clients[0].Client, "the flooding client sent the largest requests: %+v", res.Clients)
 		}
 	})
 }

@@ -247,8 +247,8 @@ func WriteReport(t *testing.T, res *scenario.Result) {
 }
 
 // AssertTopClient fails t unless client is the first of res.Clients, the
-// client that asked for the most keys while the faults acted (counted by
-// the data plane, or sent by its load), and, where the data plane counted
+// client whose requests asked for the most keys each while the faults
+// acted (counted by the data plane, or sent by its load), and, where the data plane counted
 // any cache error then, also the client whose requests met the most: the
 // postmortem's lesson that per-client figures would have named the new
 // internal client at once, checked on the report's own table. It logs the
@@ -260,11 +260,11 @@ func AssertTopClient(t Reporter, res *scenario.Result, client string) bool {
 		return false
 	}
 	for i, c := range res.Clients[:min(3, len(res.Clients))] {
-		t.Logf("  client %d: %s keys sent %.0f, counted %.0f (failed %.0f, from the store %.0f), cache errors %.0f, requests %.0f (failed %.0f)", i+1, c.Client, c.KeysSent, c.Keys, c.KeysFailed, c.KeysFromStore, c.CacheErrors, c.Requests, c.FailedRequests)
+		t.Logf("  client %d: %s keys per request %.1f, keys sent %.0f, counted %.0f (failed %.0f, from the store %.0f), cache errors %.0f, requests %.0f sent, %.0f counted (failed %.0f)", i+1, c.Client, c.PerRequest(), c.KeysSent, c.Keys, c.KeysFailed, c.KeysFromStore, c.CacheErrors, c.RequestsSent, c.Requests, c.FailedRequests)
 	}
 	ok := true
 	if res.Clients[0].Client != client {
-		t.Errorf("%s: the report names %s as the top source of keys while the faults acted, not the flooding client %s", res.Scenario, res.Clients[0].Client, client)
+		t.Errorf("%s: the report names %s as the client of the largest requests while the faults acted, not the flooding client %s", res.Scenario, res.Clients[0].Client, client)
 		ok = false
 	}
 	top := slices.MaxFunc(res.Clients, func(a, b scenario.ClientFigures) int { return cmp.Compare(a.CacheErrors, b.CacheErrors) })
