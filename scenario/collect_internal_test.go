@@ -217,23 +217,26 @@ func TestUnreliableObserver(t *testing.T) {
 	for range 5 {
 		add(PhaseInject, 100*time.Millisecond, time.Millisecond)
 	}
-	assert.Empty(t, unreliable(tl), "1%% of the interval, on time")
+	assert.Empty(t, unreliable(tl, true), "1%% of the interval, on time")
 
 	add(PhaseInject, 500*time.Millisecond, time.Millisecond)
-	got := unreliable(tl)
+	got := unreliable(tl, true)
 	require.Len(t, got, 1)
 	assert.Contains(t, got[0], "inject: blind for 5.0 intervals")
 
 	for range 10 {
 		add(PhaseInject, 100*time.Millisecond, 5*time.Millisecond)
 	}
-	got = unreliable(tl)
+	got = unreliable(tl, true)
 	require.Len(t, got, 2)
 	assert.Contains(t, got[0], "inject: the median sample took 5.0% of the interval")
+	got = unreliable(tl, false)
+	require.Len(t, got, 1, "another process's samples: the share not judged, the gap is")
+	assert.Contains(t, got[0], "blind for")
 
 	// A bounded source's late readings are figures missing.
 	tl.Sources = []probe.SourceCost{{Metrics: []string{"a", "b", "c"}, Reads: 21, Late: 4}, {Metrics: []string{"d"}, Reads: 21, Late: 1}}
-	got = unreliable(tl)
+	got = unreliable(tl, true)
 	require.Len(t, got, 3)
 	assert.Equal(t, "a and 2 more: reading late in 4 of 21 samples, its figures missing there", got[2], "d's 1 in 21 is within 5%")
 }
