@@ -50,6 +50,9 @@ type boundedRead struct {
 // sampleStartKey keys a sample's start in the context of its reads.
 type sampleStartKey struct{}
 
+// minWait is the least a Read waits, whatever is left of its sample's.
+const minWait = 2 * time.Millisecond
+
 // NewBounded returns src read with at most wait for a reading. It fails if
 // src is nil or wait is not positive.
 func NewBounded(src Source, wait time.Duration) (*Bounded, error) {
@@ -102,7 +105,10 @@ func (b *Bounded) Read(ctx context.Context, dst []float64) error {
 	if start, ok := ctx.Value(sampleStartKey{}).(time.Time); ok {
 		until = start.Add(b.wait)
 	}
-	if d := time.Until(until); d > 0 {
+	// At least minWait each, so that a fast source read after a slow one
+	// has used the sample's wait up is not called late before its
+	// goroutine could run.
+	if d := max(time.Until(until), minWait); d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-r.done:

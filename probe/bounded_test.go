@@ -2,6 +2,7 @@ package probe_test
 
 import (
 	"context"
+	"encoding/json"
 	"math"
 	"sync/atomic"
 	"testing"
@@ -91,6 +92,16 @@ func TestSamplerCountsLateReads(t *testing.T) {
 	assert.InDelta(t, 3.0, tl.Samples[1].Values[1], 0)
 	assert.Equal(t, 1, tl.Sources[1].Late)
 	assert.Equal(t, 0, tl.Sources[0].Late)
+	assert.Equal(t, []int{1}, tl.Samples[0].Late, "the sample names its late source")
+	assert.Empty(t, tl.Samples[1].Late)
+
+	// timeline.json keeps it.
+	raw, err := json.Marshal(tl)
+	require.NoError(t, err)
+	var back probe.Timeline
+	require.NoError(t, json.Unmarshal(raw, &back))
+	assert.Equal(t, []int{1}, back.Samples[0].Late)
+	assert.Equal(t, 1, back.Sources[1].Late)
 }
 
 // Stop cancels a read in progress and waits for it; later reads fail.
@@ -143,4 +154,27 @@ func TestBoundedWaitsEndTogetherInASample(t *testing.T) {
 	assert.GreaterOrEqual(t, tl.Samples[0].Cost, wait-time.Millisecond)
 	assert.Equal(t, 1, tl.Sources[0].Late)
 	assert.Equal(t, 1, tl.Sources[1].Late)
+}
+
+// A fast source read after a slow one has used the sample's wait up is
+// not called late: each read waits at least a little for its goroutine.
+func TestBoundedFastAfterSlowIsNotLate(t *testing.T) {
+	const wait = 30 * time.Millisecond
+	slow, err := probe.NewBounded(probe.Func("slow", func() float64 { time.Sleep(3 * wait); return 1 }), wait)
+	require.NoError(t, err)
+	defer slow.Stop()
+	fast, err := probe.NewBounded(probe.Func("fast", func() float64 { return 2 }), wait)
+	require.NoError(t, err)
+	defer fast.Stop()
+	s, err := probe.NewSampler(time.Hour, slow, fast)
+	require.NoError(t, err)
+	for range 5 {
+		require.NoError(t, s.Sample(t.Context()))
+	}
+	tl := s.Timeline()
+	assert.Equal(t, 0, tl.Sources[1].Late, "the fast source: never late")
+	assert.Positive(t, tl.Sources[0].Late)
+	for _, smp := range tl.Samples {
+		assert.NotContains(t, smp.Late, 1)
+	}
 }

@@ -156,7 +156,7 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		}
 		f.count++
 	}
-	smp := Sample{At: start, Phase: s.phaseAtLocked(start), Cost: cost, Values: vals}
+	smp := Sample{At: start, Phase: s.phaseAtLocked(start), Cost: cost, Values: vals, Late: lateReads}
 	// Concurrent Samples may finish out of order; keep the timeline sorted.
 	i := len(s.tl.Samples)
 	for i > 0 && s.tl.Samples[i-1].At.After(start) {

@@ -90,7 +90,10 @@ func Prefix(prefix string, s Source) Source { return prefixed{prefix: prefix, So
 
 type processSource struct {
 	pid  func() int
-	busy Source // threads_busy, throttled
+	busy *Bounded // threads_busy, throttled and bounded
+
+	mu       sync.Mutex
+	lastBusy float64 // the last threads_busy read, carried over a late walk
 }
 
 // Pacing of threads_busy (probe.Throttle): a walk reads a procfs file per
@@ -109,6 +112,8 @@ const (
 // costs ReadProcess without its walk of the threads; threads_busy is
 // walked as busyWalkShare and busyWalkEvery allow, and is missing where
 // this process may not read the other's threads (another user's process).
+// Its walk runs bounded (NewBounded): the Source has a Stop method, to call
+// once sampling is done, which waits for a walk in progress.
 func NewProcessSource(pid int) Source { return NewProcessSourceOf(func() int { return pid }) }
 
 // NewProcessSourceOf is NewProcessSource for a process whose pid changes (a
@@ -122,12 +127,12 @@ func NewProcessSourceOf(pid func() int) Source {
 	}
 	// A walk on a saturated machine took 300 ms once (a batch-flood
 	// incident, quick run): it costs a read at most busyWalkWait, and
-	// threads_busy is missing in that sample (the read counted late).
+	// the sample carries the last walk's figure meanwhile.
 	busy, err := NewBounded(throttled, busyWalkWait)
 	if err != nil {
 		panic(err)
 	}
-	return &processSource{pid: pid, busy: busy}
+	return &processSource{pid: pid, busy: busy, lastBusy: math.NaN()}
 }
 
 func (*processSource) Metrics() []string {
@@ -147,8 +152,24 @@ func (s *processSource) Read(ctx context.Context, dst []float64) error {
 		return err
 	}
 	dst[0], dst[1], dst[2] = float64(st.Threads), float64(st.FDs), float64(st.RSSBytes)
-	return s.busy.Read(ctx, dst[3:4])
+	err = s.busy.Read(ctx, dst[3:4])
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if errors.Is(err, ErrLate) {
+		// A walk not in yet: its last reading carried, as Throttle does
+		// between walks; threads, fds and rss are read.
+		dst[3] = s.lastBusy
+		return nil
+	}
+	if err == nil {
+		s.lastBusy = dst[3]
+	}
+	return err
 }
+
+// Stop ends a threads_busy walk in progress and waits for it: a process
+// source must be stopped once its sampler is done.
+func (s *processSource) Stop() { s.busy.Stop() }
 
 // threadsBusySource reads ThreadsBusy of a pid (0: the calling process);
 // NaN when the threads are not ours to read or there is no process.

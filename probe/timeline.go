@@ -57,6 +57,10 @@ type Sample struct {
 	Cost time.Duration
 	// Values holds one value per Timeline.Metrics; NaN where a source failed.
 	Values []float64
+	// Late lists the sources (indices into Timeline.Sources) whose reading
+	// was late in this sample (a Bounded source's ErrLate): their values
+	// are missing here.
+	Late []int
 }
 
 // Phase is a named span of a run, from one mark to the next.
@@ -223,6 +227,7 @@ type sampleJSON struct {
 	Phase       string     `json:"phase,omitempty"`
 	CostSeconds float64    `json:"cost_seconds"`
 	Values      []*float64 `json:"values"`
+	Late        []int      `json:"late,omitempty"`
 }
 
 // MarshalJSON encodes t as
@@ -261,7 +266,7 @@ func (t *Timeline) MarshalJSON() ([]byte, error) {
 				vals[k] = &s.Values[k]
 			}
 		}
-		j.Samples[i] = sampleJSON{T: s.At.Sub(t.Start).Seconds(), Phase: s.Phase, CostSeconds: s.Cost.Seconds(), Values: vals}
+		j.Samples[i] = sampleJSON{T: s.At.Sub(t.Start).Seconds(), Phase: s.Phase, CostSeconds: s.Cost.Seconds(), Values: vals, Late: s.Late}
 	}
 	b, err := json.Marshal(j)
 	if err != nil {
@@ -298,7 +303,7 @@ func (t *Timeline) UnmarshalJSON(b []byte) error {
 				vals[k] = *v
 			}
 		}
-		t.Samples = append(t.Samples, Sample{At: at(s.T), Phase: s.Phase, Cost: seconds(s.CostSeconds), Values: vals})
+		t.Samples = append(t.Samples, Sample{At: at(s.T), Phase: s.Phase, Cost: seconds(s.CostSeconds), Values: vals, Late: s.Late})
 	}
 	return nil
 }

@@ -309,13 +309,27 @@ func unreliable(tl *probe.Timeline, inProcess bool) []string {
 			out = append(out, fmt.Sprintf("%s: blind for %.1f intervals between two samples (limit %.0f)", c.Phase, c.MaxGap, ObserverMaxGap))
 		}
 	}
-	for _, src := range tl.Sources {
-		if src.Reads > 0 && float64(src.Late) > ObserverLateShare*float64(src.Reads) {
-			name := src.Metrics[0]
-			if n := len(src.Metrics); n > 1 {
-				name = fmt.Sprintf("%s and %d more", name, n-1)
+	// Late readings, counted over the samples of inject and observe.
+	judged, late := 0, make([]int, len(tl.Sources))
+	for _, s := range tl.Samples {
+		if s.Phase != PhaseInject && s.Phase != PhaseObserve {
+			continue
+		}
+		judged++
+		for _, i := range s.Late {
+			if i >= 0 && i < len(late) {
+				late[i]++
 			}
-			out = append(out, fmt.Sprintf("%s: reading late in %d of %d samples, its figures missing there", name, src.Late, src.Reads))
+		}
+	}
+	for i, n := range late {
+		if judged > 0 && float64(n) > ObserverLateShare*float64(judged) {
+			src := tl.Sources[i]
+			name := src.Metrics[0]
+			if k := len(src.Metrics); k > 1 {
+				name = fmt.Sprintf("%s and %d more", name, k-1)
+			}
+			out = append(out, fmt.Sprintf("%s: reading late in %d of %d samples of inject and observe, its figures missing there", name, n, judged))
 		}
 	}
 	return out
@@ -1044,7 +1058,7 @@ func CensusOf(tgt target.Target) probe.Census {
 // memcached sockets, the data plane's metrics and the loads'; for another
 // process, its process figures (if it has one to probe) and its runtime
 // figures from its metrics, one scrape a sample (goroutinesPeak is nil).
-func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, interval time.Duration, goroutinesPeak *probe.Peak, extra ...probe.Source) (*probe.Sampler, []*probe.Bounded, error) {
+func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, interval time.Duration, goroutinesPeak *probe.Peak, extra ...probe.Source) (*probe.Sampler, []stopper, error) {
 	ap, err := netip.ParseAddrPort(env.MemcachedAddr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("memcached address %q: %w", env.MemcachedAddr, err)
@@ -1071,12 +1085,14 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	if err != nil {
 		return nil, nil, err
 	}
-	bounded := []*probe.Bounded{sockets}
+	bounded := []stopper{sockets}
 	var sources []probe.Source
 	switch tgt.PID() {
 	case target.Self:
 		// The data plane's totals are atomic loads: nothing to bound.
-		sources = append(sources, probe.NewProcessSource(0), probe.NewRuntimeSource(), goroutinesPeak, sockets, &targetSource{t: tgt})
+		proc := probe.NewProcessSource(0)
+		bounded = append(bounded, proc.(stopper)) // its threads_busy walk
+		sources = append(sources, proc, probe.NewRuntimeSource(), goroutinesPeak, sockets, &targetSource{t: tgt})
 	default:
 		// Another process: its scrape waits on its scheduler.
 		metrics, err := probe.NewBounded(&targetSource{t: tgt, runtime: true}, wait)
@@ -1090,7 +1106,9 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 			// died in between has its process figures not judged.)
 			sources = append(sources, sockets, metrics)
 		} else {
-			sources = append(sources, probe.NewProcessSourceOf(tgt.PID), sockets, metrics)
+			proc := probe.NewProcessSourceOf(tgt.PID)
+			bounded = append(bounded, proc.(stopper))
+			sources = append(sources, proc, sockets, metrics)
 		}
 	}
 	sources = append(sources, LoadSource(loads...))
@@ -1112,6 +1130,10 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	}
 	return s, bounded, nil
 }
+
+// stopper is a source with reads of its own to end once sampling is done:
+// a probe.Bounded, a process source's threads_busy walk.
+type stopper interface{ Stop() }
 
 // boundedWait is the share of the interval a sample waits, from its start,
 // for its bounded sources (probe.Bounded: the socket census, another

@@ -321,6 +321,9 @@ func (lb labelBox) place(placed []labelBox, top, bottom float64) []labelBox {
 			lb.y = cand
 		}
 	}
+	if clashes(lb) {
+		lb.y = base // no free row: where it was asked
+	}
 	return append(placed, lb)
 }
 
