@@ -28,9 +28,8 @@ var ErrLate = errors.New("reading not in within its wait")
 //
 // A source that is fast when the machine is not saturated never waits:
 // Read then costs src's read plus a goroutine's start; a Throttle's Read
-// between its reads is made in place. Stop cancels a
-// read in progress and waits for it; Read and Stop are safe for
-// concurrent use.
+// between its reads is made in place. Stop cancels a read in progress and
+// waits for it; Read and Stop are safe for concurrent use.
 type Bounded struct {
 	src  Source
 	wait time.Duration
@@ -70,8 +69,8 @@ func (b *Bounded) Metrics() []string { return b.src.Metrics() }
 
 // Read takes the reading of a read in progress or, with none, starts one,
 // and waits for it at most b's wait (in a Sampler, from the start of the
-// sample) or until ctx ends. It returns ErrLate,
-// dst's columns NaN, when the reading is not in by then.
+// sample, but never less than minWait) or until ctx ends. It returns
+// ErrLate, dst's columns NaN, when the reading is not in by then.
 func (b *Bounded) Read(ctx context.Context, dst []float64) error {
 	b.mu.Lock()
 	if b.stopped {
@@ -108,15 +107,13 @@ func (b *Bounded) Read(ctx context.Context, dst []float64) error {
 	// At least minWait each, so that a fast source read after a slow one
 	// has used the sample's wait up is not called late before its
 	// goroutine could run.
-	if d := max(time.Until(until), minWait); d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-r.done:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
+	t := time.NewTimer(max(time.Until(until), minWait))
+	select {
+	case <-r.done:
+	case <-t.C:
+	case <-ctx.Done():
 	}
+	t.Stop()
 	select {
 	case <-r.done:
 	default:

@@ -281,7 +281,7 @@ func (e Event) String() string { return e.Name + ": " + e.Detail }
 // the target is this process, whose time the sampler takes), no
 // sample may come more than ObserverMaxGap intervals after the one
 // before, and no bounded source's reading may be late (missing) in more
-// than ObserverLateShare of the run's samples.
+// than ObserverLateShare of the samples of inject and observe.
 const (
 	ObserverShare     = 0.02
 	ObserverMaxGap    = 2.0
@@ -608,13 +608,13 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		}
 		pollers = append(pollers, goroutinesPeak)
 	}
-	sampler, bounded, err := newSampler(env, tgt, loads, sc.Interval, goroutinesPeak, extra...)
+	sampler, stoppers, err := newSampler(env, tgt, loads, sc.Interval, goroutinesPeak, extra...)
 	if err != nil {
 		return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
 	}
 	defer func() { // no read of theirs outlives Run
-		for _, b := range bounded {
-			b.Stop()
+		for _, s := range stoppers {
+			s.Stop()
 		}
 	}()
 	for _, src := range extra {
@@ -1077,21 +1077,21 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	if err != nil {
 		return nil, nil, err
 	}
-	// The census and the target's metrics are the sources a saturated
-	// machine slows by hundreds of ms; each costs a sample at most
-	// boundedWait.
+	// The census, another process's metrics and a scenario's own probes
+	// are the sources a saturated machine slows by hundreds of ms: a
+	// sample waits for them together at most boundedWait of the interval.
 	wait := time.Duration(boundedWait * float64(interval))
 	sockets, err := probe.NewBounded(throttled, wait)
 	if err != nil {
 		return nil, nil, err
 	}
-	bounded := []stopper{sockets}
+	stoppers := []stopper{sockets}
 	var sources []probe.Source
 	switch tgt.PID() {
 	case target.Self:
 		// The data plane's totals are atomic loads: nothing to bound.
 		proc := probe.NewProcessSource(0)
-		bounded = append(bounded, proc.(stopper)) // its threads_busy walk
+		stoppers = append(stoppers, proc.(stopper)) // its threads_busy walk
 		sources = append(sources, proc, probe.NewRuntimeSource(), goroutinesPeak, sockets, &targetSource{t: tgt})
 	default:
 		// Another process: its scrape waits on its scheduler.
@@ -1099,7 +1099,7 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 		if err != nil {
 			return nil, nil, err
 		}
-		bounded = append(bounded, metrics)
+		stoppers = append(stoppers, metrics)
 		if tgt.PID() == target.NoProcess {
 			// An endpoint without a pid: nothing to probe but its
 			// metrics. (A child target has its pid once started; one that
@@ -1107,7 +1107,7 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 			sources = append(sources, sockets, metrics)
 		} else {
 			proc := probe.NewProcessSourceOf(tgt.PID)
-			bounded = append(bounded, proc.(stopper))
+			stoppers = append(stoppers, proc.(stopper))
 			sources = append(sources, proc, sockets, metrics)
 		}
 	}
@@ -1120,7 +1120,7 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 			if err != nil {
 				return nil, nil, err
 			}
-			bounded, src = append(bounded, b), b
+			stoppers, src = append(stoppers, b), b
 		}
 		sources = append(sources, src)
 	}
@@ -1128,7 +1128,7 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	if err != nil {
 		return nil, nil, err
 	}
-	return s, bounded, nil
+	return s, stoppers, nil
 }
 
 // stopper is a source with reads of its own to end once sampling is done:
@@ -1314,13 +1314,6 @@ func (s *targetSource) Metrics() []string {
 }
 
 func (s *targetSource) Read(ctx context.Context, dst []float64) error {
-	if s.runtime {
-		dst[len(dst)-1] = float64(s.t.Restarts()) // known even while the scrape fails
-	}
-	mctx := ctx
-	if s.runtime {
-		mctx = target.WithPeakWindow(target.WithFamilies(ctx, TargetFamilies...)) // the goroutine high-water mark's window, if the service keeps one
-	}
 	if dp := target.DataPlaneOf(s.t); dp != nil && !s.runtime {
 		// The bundled data plane in this process: its totals, read
 		// without a Gather's allocations.
@@ -1329,6 +1322,13 @@ func (s *targetSource) Read(ctx context.Context, dst []float64) error {
 		dst[4], dst[5], dst[6] = float64(t.StoreInFlight), float64(t.ConnsOpen), float64(t.PortErrors)
 		dst[7], dst[8], dst[9], dst[10] = float64(t.CacheHits), float64(t.StoreReads), float64(dp.StoreInFlightPeak()), float64(t.DialPortErrors)
 		return nil
+	}
+	if s.runtime {
+		dst[len(dst)-1] = float64(s.t.Restarts()) // known even while the scrape fails
+	}
+	mctx := ctx
+	if s.runtime {
+		mctx = target.WithPeakWindow(target.WithFamilies(ctx, TargetFamilies...)) // the goroutine high-water mark's window, if the service keeps one
 	}
 	m, err := s.t.Metrics(mctx)
 	if err != nil {
