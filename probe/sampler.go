@@ -180,21 +180,66 @@ func (s *Sampler) Mark(name string) {
 
 // phaseAtLocked returns the phase marked last at or before t: a sample
 // belongs to the phase it started in, even if a mark came while it read.
-func (s *Sampler) phaseAtLocked(t time.Time) string {
-	for i := len(s.tl.Phases) - 1; i >= 0; i-- {
-		if !s.tl.Phases[i].Start.After(t) {
-			return s.tl.Phases[i].Name
-		}
-	}
-	return ""
-}
+func (s *Sampler) phaseAtLocked(t time.Time) string { return s.tl.PhaseAt(t) }
 
 // Timeline returns a copy of what has been recorded so far. It costs a copy
-// of every sample.
+// of every sample. Where a source is an Observer, the stretches of more
+// than one and a half intervals between two samples are filled with the
+// observer's rows from between them (Sample.ObserverOnly), and the
+// observer's own cost stands for its reads; stop the observer first for
+// every row of its to be in.
 func (s *Sampler) Timeline() *Timeline {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tl.clone()
+	tl := s.tl.clone()
+	s.mu.Unlock()
+	for i, src := range s.sources {
+		if o, ok := src.(*Observer); ok {
+			late := tl.Sources[i].Late // samples that found no fresh row
+			tl.Sources[i] = o.Cost()
+			tl.Sources[i].Late += late
+			tl.fill(i, s.offsets[i], o.Rows())
+		}
+	}
+	return tl
+}
+
+// fill puts rows of the observer that is source src, its columns from
+// off, where two samples are more than 1.5 intervals apart.
+func (t *Timeline) fill(src, off int, rows []ObserverRow) {
+	if len(rows) == 0 || len(t.Samples) < 2 || t.Interval <= 0 {
+		return
+	}
+	half := t.Interval / 2
+	var out []Sample
+	r := 0
+	for k, smp := range t.Samples {
+		if k > 0 {
+			prev := t.Samples[k-1].At
+			if smp.At.Sub(prev) > 3*half {
+				for r < len(rows) && !rows[r].At.After(prev.Add(half)) {
+					r++
+				}
+				for ; r < len(rows) && rows[r].At.Before(smp.At.Add(-half)); r++ {
+					out = append(out, t.observerSample(src, off, rows[r]))
+				}
+			}
+		}
+		out = append(out, smp)
+	}
+	t.Samples = out
+}
+
+func (t *Timeline) observerSample(src, off int, row ObserverRow) Sample {
+	vals := make([]float64, len(t.Metrics))
+	for i := range vals {
+		vals[i] = math.NaN()
+	}
+	copy(vals[off:], row.Values)
+	smp := Sample{At: row.At, Phase: t.PhaseAt(row.At), Cost: row.Cost, Values: vals, ObserverOnly: true}
+	if row.Late {
+		smp.Late = []int{src}
+	}
+	return smp
 }
 
 // Last returns the latest sample recorded, a copy, and false before the

@@ -248,7 +248,7 @@ func TestTimelineCostByPhase(t *testing.T) {
 	add(800*time.Millisecond, "inject", 40*time.Millisecond) // 5 intervals late
 	got := tl.CostByPhase()
 	require.Len(t, got, 2)
-	assert.Equal(t, probe.PhaseCost{Phase: "baseline", Samples: 3, Median: 2 * time.Millisecond, P99: 3 * time.Millisecond, Max: 3 * time.Millisecond, Share: 0.02, MaxGap: 1}, got[0])
+	assert.Equal(t, probe.PhaseCost{Phase: "baseline", Samples: 3, Median: 2 * time.Millisecond, P99: 3 * time.Millisecond, Max: 3 * time.Millisecond, Share: 0.02, MaxGap: 1, SamplerGap: 1}, got[0])
 	assert.Equal(t, "inject", got[1].Phase)
 	assert.InDelta(t, 5.0, got[1].MaxGap, 1e-9)
 	assert.Equal(t, 10*time.Millisecond, got[1].Median)

@@ -38,6 +38,10 @@ type SourceCost struct {
 	// Late counts the reads of a Bounded source whose reading was not in
 	// within its wait: samples with its figures missing.
 	Late int `json:"late,omitempty"`
+	// Where says where the source was read when not in the sampler's
+	// process: "observer process 1234" for an Observer, whose reads cost
+	// the sampled process nothing.
+	Where string `json:"where,omitempty"`
 }
 
 // Mean is the average read.
@@ -61,6 +65,10 @@ type Sample struct {
 	// was late in this sample (a Bounded source's ErrLate): their values
 	// are missing here.
 	Late []int
+	// ObserverOnly marks a row of an Observer alone, put where the
+	// sampler's own samples were late (Sampler.Timeline): only the
+	// observer's figures are in it, the rest NaN; Cost is the observer's.
+	ObserverOnly bool
 }
 
 // Phase is a named span of a run, from one mark to the next.
@@ -69,6 +77,17 @@ type Phase struct {
 	Start time.Time
 	// End is the start of the next phase, or the zero time while open.
 	End time.Time
+}
+
+// PhaseAt returns the phase marked last at or before at ("" before the
+// first mark).
+func (t *Timeline) PhaseAt(at time.Time) string {
+	for i := len(t.Phases) - 1; i >= 0; i-- {
+		if !t.Phases[i].Start.After(at) {
+			return t.Phases[i].Name
+		}
+	}
+	return ""
 }
 
 // Index returns the column of metric in Samples' Values, or -1.
@@ -105,14 +124,18 @@ func (c CostSummary) String() string {
 
 // Cost summarises the cost of the samples taken.
 func (t *Timeline) Cost() CostSummary {
-	c := CostSummary{Samples: len(t.Samples)}
-	if c.Samples == 0 {
-		return c
-	}
+	var c CostSummary
 	var sum time.Duration
 	for _, s := range t.Samples {
+		if s.ObserverOnly {
+			continue
+		}
+		c.Samples++
 		sum += s.Cost
 		c.Max = max(c.Max, s.Cost)
+	}
+	if c.Samples == 0 {
+		return c
 	}
 	c.Mean = sum / time.Duration(c.Samples)
 	if t.Interval > 0 {
@@ -133,8 +156,15 @@ type PhaseCost struct {
 	Share float64 `json:"share_of_interval"`
 	// MaxGap is the longest time from a sample to the next one that fell
 	// in this phase, in intervals: 1 when the sampler kept time, 10 when it
-	// was blind for a second at a 100 ms interval.
+	// was blind for a second at a 100 ms interval. An observer's rows
+	// (ObserverOnly) count: its figures were seen.
 	MaxGap float64 `json:"max_gap_intervals"`
+	// SamplerGap is MaxGap of the sampler's own samples alone: how long
+	// the figures read in the sampled process (goroutines, heap, its
+	// counters) went unseen. ObserverRows counts the observer's rows put
+	// in between; the cost figures are of the sampler's samples alone.
+	SamplerGap   float64 `json:"sampler_gap_intervals"`
+	ObserverRows int     `json:"observer_rows,omitempty"`
 }
 
 // CostByPhase returns the sampling cost of each phase, in the order the
@@ -147,14 +177,24 @@ func (t *Timeline) CostByPhase() []PhaseCost {
 		}
 		c := PhaseCost{Phase: ph.Name}
 		var costs []time.Duration
+		var prev time.Time // the sampler's own sample before
 		for i, s := range t.Samples {
-			if s.Phase != ph.Name {
-				continue
-			}
-			costs = append(costs, s.Cost)
-			if i > 0 && t.Interval > 0 {
+			if s.Phase == ph.Name && i > 0 && t.Interval > 0 {
 				c.MaxGap = max(c.MaxGap, float64(s.At.Sub(t.Samples[i-1].At))/float64(t.Interval))
 			}
+			if s.ObserverOnly {
+				if s.Phase == ph.Name {
+					c.ObserverRows++
+				}
+				continue
+			}
+			if s.Phase == ph.Name {
+				costs = append(costs, s.Cost)
+				if !prev.IsZero() && t.Interval > 0 {
+					c.SamplerGap = max(c.SamplerGap, float64(s.At.Sub(prev))/float64(t.Interval))
+				}
+			}
+			prev = s.At
 		}
 		if len(costs) == 0 {
 			continue
@@ -228,6 +268,7 @@ type sampleJSON struct {
 	CostSeconds float64    `json:"cost_seconds"`
 	Values      []*float64 `json:"values"`
 	Late        []int      `json:"late,omitempty"`
+	Observer    bool       `json:"observer_only,omitempty"`
 }
 
 // MarshalJSON encodes t as
@@ -266,7 +307,7 @@ func (t *Timeline) MarshalJSON() ([]byte, error) {
 				vals[k] = &s.Values[k]
 			}
 		}
-		j.Samples[i] = sampleJSON{T: s.At.Sub(t.Start).Seconds(), Phase: s.Phase, CostSeconds: s.Cost.Seconds(), Values: vals, Late: s.Late}
+		j.Samples[i] = sampleJSON{T: s.At.Sub(t.Start).Seconds(), Phase: s.Phase, CostSeconds: s.Cost.Seconds(), Values: vals, Late: s.Late, Observer: s.ObserverOnly}
 	}
 	b, err := json.Marshal(j)
 	if err != nil {
@@ -303,7 +344,7 @@ func (t *Timeline) UnmarshalJSON(b []byte) error {
 				vals[k] = *v
 			}
 		}
-		t.Samples = append(t.Samples, Sample{At: at(s.T), Phase: s.Phase, Cost: seconds(s.CostSeconds), Values: vals, Late: s.Late})
+		t.Samples = append(t.Samples, Sample{At: at(s.T), Phase: s.Phase, Cost: seconds(s.CostSeconds), Values: vals, Late: s.Late, ObserverOnly: s.Observer})
 	}
 	return nil
 }

@@ -278,10 +278,12 @@ func (e Event) String() string { return e.Name + ": " + e.Detail }
 
 // Observer limits during inject and observe, what the faults are judged
 // on: a sample's median cost may take ObserverShare of the interval (where
-// the target is this process, whose time the sampler takes), no
+// the target is this process, whose time the sampler takes), and so may
+// an observer process's mean read (it takes the machine's time); no
 // sample may come more than ObserverMaxGap intervals after the one
-// before, and no bounded source's reading may be late (missing) in more
-// than ObserverLateShare of the samples of inject and observe.
+// before (an observer process's rows count: its figures were seen), and
+// no bounded source's reading may be late (missing) in more than
+// ObserverLateShare of the samples of inject and observe.
 const (
 	ObserverShare     = 0.02
 	ObserverMaxGap    = 2.0
@@ -307,6 +309,11 @@ func unreliable(tl *probe.Timeline, inProcess bool) []string {
 		}
 		if c.MaxGap > ObserverMaxGap {
 			out = append(out, fmt.Sprintf("%s: blind for %.1f intervals between two samples (limit %.0f)", c.Phase, c.MaxGap, ObserverMaxGap))
+		}
+	}
+	for _, src := range tl.Sources {
+		if src.Where != "" && tl.Interval > 0 && float64(src.Mean()) > ObserverShare*float64(tl.Interval) {
+			out = append(out, fmt.Sprintf("%s: a read took %s on average, %.1f%% of the interval (limit %.0f%%)", src.Where, src.Mean(), 100*float64(src.Mean())/float64(tl.Interval), 100*ObserverShare))
 		}
 	}
 	// Late readings, counted over the samples of inject and observe.
@@ -770,6 +777,9 @@ func Run(ctx context.Context, env *fixtures.Env, sc Scenario) (res *Result, err 
 		progress("%s: sampler: %v", sc.Name, err)
 	}
 	stopPollers()
+	for _, s := range stoppers { // an observer's rows read to their end
+		s.Stop()
+	}
 
 	// A run that stopped part-way keeps what it saw, for its report.
 	res.Loads, res.LoadSummary = collectLoads(ctx, reports, reportErrs, floods)
@@ -1073,42 +1083,62 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	// ticks every 1-10 ms, its timer is reported to the ms): only sockets
 	// past timeWaitMargin count as the run's own.
 	since = since.Add(timeWaitMargin)
-	throttled, err := probe.Throttle(&memcachedSockets{census: census, port: ap.Port(), since: since}, socketsShare, socketsEvery)
-	if err != nil {
-		return nil, nil, err
-	}
+	names := [3]string{MetricMemcachedTimeWait, MetricMemcachedTimeWaitAdded, MetricMemcachedEstablished}
 	// The census, another process's metrics and a scenario's own probes
 	// are the sources a saturated machine slows by hundreds of ms: a
 	// sample waits for them together at most boundedWait of the interval.
 	wait := time.Duration(boundedWait * float64(interval))
-	sockets, err := probe.NewBounded(throttled, wait)
-	if err != nil {
-		return nil, nil, err
-	}
-	stoppers := []stopper{sockets}
+	var stoppers []stopper
 	var sources []probe.Source
-	switch tgt.PID() {
-	case target.Self:
-		// The data plane's totals are atomic loads: nothing to bound.
-		proc := probe.NewProcessSource(0)
-		stoppers = append(stoppers, proc.(stopper)) // its threads_busy walk
-		sources = append(sources, proc, probe.NewRuntimeSource(), goroutinesPeak, sockets, &targetSource{t: tgt})
-	default:
-		// Another process: its scrape waits on its scheduler.
-		metrics, err := probe.NewBounded(&targetSource{t: tgt, runtime: true}, wait)
+	if tgt.PID() == target.Self {
+		// The process's own figures and the census, read by an observer
+		// process that a flood in this one can't keep from its reads.
+		obs, err := probe.StartObserver(probe.ObserverSpec{Interval: interval, Ports: &probe.PortSocketsSpec{
+			Names: names, Port: ap.Port(), Since: since, Share: socketsShare, Every: socketsEvery, Wait: wait,
+		}})
+		switch {
+		case err == nil:
+			// The data plane's totals are atomic loads: nothing to bound.
+			sources = append(sources, obs, probe.NewRuntimeSource(), goroutinesPeak, &targetSource{t: tgt})
+			stoppers = append(stoppers, obs)
+		case !errors.Is(err, probe.ErrNoObserver):
+			return nil, nil, err
+		}
+	}
+	if sources == nil {
+		throttled, err := probe.Throttle(probe.NewPortSocketsSource(names, census, ap.Port(), since), socketsShare, socketsEvery)
 		if err != nil {
 			return nil, nil, err
 		}
-		stoppers = append(stoppers, metrics)
-		if tgt.PID() == target.NoProcess {
-			// An endpoint without a pid: nothing to probe but its
-			// metrics. (A child target has its pid once started; one that
-			// died in between has its process figures not judged.)
-			sources = append(sources, sockets, metrics)
-		} else {
-			proc := probe.NewProcessSourceOf(tgt.PID)
-			stoppers = append(stoppers, proc.(stopper))
-			sources = append(sources, proc, sockets, metrics)
+		sockets, err := probe.NewBounded(throttled, wait)
+		if err != nil {
+			return nil, nil, err
+		}
+		stoppers = append(stoppers, sockets)
+		switch tgt.PID() {
+		case target.Self:
+			// A binary that serves no observer (its TestMain does not call
+			// fixtures.Main): this process reads its own figures.
+			proc := probe.NewProcessSource(0)
+			stoppers = append(stoppers, proc.(stopper)) // its threads_busy walk
+			sources = append(sources, proc, probe.NewRuntimeSource(), goroutinesPeak, sockets, &targetSource{t: tgt})
+		default:
+			// Another process: its scrape waits on its scheduler.
+			metrics, err := probe.NewBounded(&targetSource{t: tgt, runtime: true}, wait)
+			if err != nil {
+				return nil, nil, stopAll(stoppers, err)
+			}
+			stoppers = append(stoppers, metrics)
+			if tgt.PID() == target.NoProcess {
+				// An endpoint without a pid: nothing to probe but its
+				// metrics. (A child target has its pid once started; one that
+				// died in between has its process figures not judged.)
+				sources = append(sources, sockets, metrics)
+			} else {
+				proc := probe.NewProcessSourceOf(tgt.PID)
+				stoppers = append(stoppers, proc.(stopper))
+				sources = append(sources, proc, sockets, metrics)
+			}
 		}
 	}
 	sources = append(sources, LoadSource(loads...))
@@ -1118,7 +1148,7 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 		if _, ok := src.(*probe.Peak); !ok {
 			b, err := probe.NewBounded(src, wait)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, stopAll(stoppers, err)
 			}
 			stoppers, src = append(stoppers, b), b
 		}
@@ -1126,14 +1156,23 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	}
 	s, err := probe.NewSampler(interval, sources...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, stopAll(stoppers, err)
 	}
 	return s, stoppers, nil
 }
 
 // stopper is a source with reads of its own to end once sampling is done:
-// a probe.Bounded, a process source's threads_busy walk.
+// a probe.Bounded, a process source's threads_busy walk, an observer.
 type stopper interface{ Stop() }
+
+// stopAll stops every one of stoppers and returns err: a sampler not built
+// leaves no observer or read behind.
+func stopAll(stoppers []stopper, err error) error {
+	for _, s := range stoppers {
+		s.Stop()
+	}
+	return err
+}
 
 // boundedWait is the share of the interval a sample waits, from its start,
 // for its bounded sources (probe.Bounded: the socket census, another
@@ -1179,48 +1218,6 @@ func (s loadSource) Read(_ context.Context, dst []float64) error {
 		}
 	}
 	dst[0], dst[1], dst[2], dst[3] = float64(ok), float64(everyday+batch), float64(everyday), float64(batch)
-	return nil
-}
-
-// memcachedSockets counts this host's sockets toward memcached's port in
-// one census walk: MetricMemcachedTimeWait, MetricMemcachedTimeWaitAdded
-// (those that entered TIME_WAIT since the run began, told apart by their
-// kernel timer, probe.TimeWaitSince) and MetricMemcachedEstablished.
-// Set-up (seeding, warming the cache) and earlier runs leave TIME_WAIT
-// sockets that live on for 60 s and are not this run's doing; subtracting
-// a count taken at the start would let an earlier run's sockets, expiring
-// during this one, hide this run's. One walk instead of one per figure:
-// each walk visits the kernel's whole established hash, milliseconds on a
-// loaded machine.
-type memcachedSockets struct {
-	census probe.Census
-	port   uint16
-	since  time.Time
-}
-
-func (s *memcachedSockets) Metrics() []string {
-	return []string{MetricMemcachedTimeWait, MetricMemcachedTimeWaitAdded, MetricMemcachedEstablished}
-}
-
-func (s *memcachedSockets) Read(ctx context.Context, dst []float64) error {
-	f := probe.Filter{States: []probe.State{probe.TimeWait, probe.Established}, RemotePort: s.port}
-	own := probe.TimeWaitSince(s.since, time.Now())
-	var tw, added, est int
-	_, err := s.census.Visit(ctx, f, func(st probe.State, timer time.Duration) {
-		switch st {
-		case probe.TimeWait:
-			tw++
-			if timer > own {
-				added++
-			}
-		case probe.Established:
-			est++
-		}
-	})
-	if err != nil {
-		return err
-	}
-	dst[0], dst[1], dst[2] = float64(tw), float64(added), float64(est)
 	return nil
 }
 

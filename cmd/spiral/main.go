@@ -24,6 +24,8 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/spiral-chaos/spiral/probe"
 )
 
 // command is one subcommand of spiral.
@@ -66,6 +68,7 @@ const (
 )
 
 func main() {
+	probe.ServeObserver() // `spiral run` samples an in-process data plane through one
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

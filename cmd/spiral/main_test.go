@@ -23,6 +23,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	probe.ServeObserver()
 	goleak.VerifyTestMain(m)
 }
 

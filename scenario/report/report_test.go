@@ -639,7 +639,7 @@ func TestWriteShowsTheObserver(t *testing.T) {
 	require.NoError(t, err)
 	html, err = os.ReadFile(page)
 	require.NoError(t, err)
-	assert.Contains(t, string(html), "<b>late in 2 of 3 samples</b>")
+	assert.Contains(t, string(html), "<b>late in 2 of 3 reads</b>")
 }
 
 // A budget the target could not be judged on is shown as not judged, on
