@@ -32,3 +32,7 @@ func SetLegacyDump(on bool) (restore func()) {
 // FDsByListing is FDs' fallback for kernels that report no size on
 // /proc/PID/fd.
 func FDsByListing(dir string, self bool) (int, error) { return fdsByListing(dir, self) }
+
+// Fill is Timeline.fill: the rows of the observer that is source src, its
+// columns from off, put into t.
+func Fill(t *Timeline, src, off int, rows []ObserverRow) { t.fill(src, off, rows) }

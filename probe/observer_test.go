@@ -1,12 +1,14 @@
 package probe_test
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -79,6 +81,18 @@ func TestObserverReadsTheStarter(t *testing.T) {
 	assert.GreaterOrEqual(t, c.Reads, len(rows))
 	assert.Positive(t, c.Total)
 	assert.Contains(t, c.Where, "observer process")
+	if os.Geteuid() == 0 {
+		// As root it runs ahead of the threads it reads: every thread of
+		// its at nice -10 (field 19 of /proc/PID/task/TID/stat).
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", o.PID()))
+		require.NoError(t, err)
+		for _, task := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", o.PID(), task.Name()))
+			require.NoError(t, err)
+			fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+			assert.Equal(t, "-10", fields[16], "nice of observer thread %s", task.Name())
+		}
+	}
 }
 
 // Where the sampler's own samples are late (here a source that blocks
@@ -221,4 +235,46 @@ func stopTheWorld(t *testing.T, n int) time.Duration {
 	took := time.Since(start)
 	runtime.KeepAlive(head)
 	return took
+}
+
+// Each sample takes the observer's row nearest it, also where its own
+// read found the observer's output not read in time (late), and the
+// stretch where samples are missing gets the rows in between.
+func TestFillAlignsAndFillsFromTheRows(t *testing.T) {
+	t0 := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	iv := 100 * time.Millisecond
+	nan := math.NaN()
+	tl := &probe.Timeline{Start: t0, Interval: iv, Metrics: []string{"threads", "own"},
+		Phases: []probe.Phase{{Name: "inject", Start: t0}}}
+	tl.Samples = []probe.Sample{
+		{At: t0, Phase: "inject", Values: []float64{0, 10}},
+		{At: t0.Add(110 * time.Millisecond), Phase: "inject", Values: []float64{nan, 11}, Late: []int{0}},
+		{At: t0.Add(600 * time.Millisecond), Phase: "inject", Values: []float64{3, 16}},
+	}
+	var rows []probe.ObserverRow
+	for i := range 8 {
+		rows = append(rows, probe.ObserverRow{At: t0.Add(time.Duration(i) * iv), Values: []float64{float64(i)}, Late: i == 4})
+	}
+	probe.Fill(tl, 0, 0, rows)
+
+	var at []time.Duration
+	var threads []float64
+	for _, s := range tl.Samples {
+		at = append(at, s.At.Sub(t0))
+		threads = append(threads, s.Values[0])
+	}
+	ms := time.Millisecond
+	assert.Equal(t, []time.Duration{0, 110 * ms, 200 * ms, 300 * ms, 400 * ms, 500 * ms, 600 * ms}, at)
+	assert.Equal(t, []float64{0, 1, 2, 3, 4, 5, 6}, threads, "each sample its nearest row")
+	assert.Empty(t, tl.Samples[1].Late, "a row was there: not late")
+	assert.Equal(t, []int{0}, tl.Samples[4].Late, "the observer's own late row")
+	for i, s := range tl.Samples {
+		assert.Equal(t, i >= 2 && i <= 5, s.ObserverOnly, "sample %d", i)
+		if s.ObserverOnly {
+			assert.True(t, math.IsNaN(s.Values[1]), "the sampler's own figure is missing in the observer's rows")
+			assert.Equal(t, "inject", s.Phase)
+		}
+	}
+	assert.InDelta(t, 1.1, tl.CostByPhase()[0].MaxGap, 1e-9)
+	assert.InDelta(t, 4.9, tl.CostByPhase()[0].SamplerGap, 1e-9)
 }

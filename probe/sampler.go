@@ -183,30 +183,40 @@ func (s *Sampler) Mark(name string) {
 func (s *Sampler) phaseAtLocked(t time.Time) string { return s.tl.PhaseAt(t) }
 
 // Timeline returns a copy of what has been recorded so far. It costs a copy
-// of every sample. Where a source is an Observer, the stretches of more
-// than one and a half intervals between two samples are filled with the
-// observer's rows from between them (Sample.ObserverOnly), and the
-// observer's own cost stands for its reads; stop the observer first for
-// every row of its to be in.
+// of every sample. Where a source is an Observer, each sample takes the
+// observer's row nearest in time (within half an interval) for the
+// observer's figures, the stretches of more than one and a half intervals
+// between two samples are filled with the observer's rows from between
+// them (Sample.ObserverOnly), and the observer's own cost stands for its
+// reads, late in the samples left without its figures. Stop the observer
+// first for every row of its to be in.
 func (s *Sampler) Timeline() *Timeline {
 	s.mu.Lock()
 	tl := s.tl.clone()
 	s.mu.Unlock()
 	for i, src := range s.sources {
 		if o, ok := src.(*Observer); ok {
-			late := tl.Sources[i].Late // samples that found no fresh row
-			tl.Sources[i] = o.Cost()
-			tl.Sources[i].Late += late
 			tl.fill(i, s.offsets[i], o.Rows())
+			c := o.Cost()
+			c.Late = 0
+			for _, smp := range tl.Samples {
+				if slices.Contains(smp.Late, i) {
+					c.Late++
+				}
+			}
+			tl.Sources[i] = c
 		}
 	}
 	return tl
 }
 
-// fill puts rows of the observer that is source src, its columns from
-// off, where two samples are more than 1.5 intervals apart.
+// fill gives each sample the row of the observer that is source src (its
+// columns from off) nearest in time, and puts its rows where two samples
+// are more than 1.5 intervals apart. A sample's own reading of the
+// observer is its newest row when the sample was taken, which lags where
+// this process read the observer's output late.
 func (t *Timeline) fill(src, off int, rows []ObserverRow) {
-	if len(rows) == 0 || len(t.Samples) < 2 || t.Interval <= 0 {
+	if len(rows) == 0 || t.Interval <= 0 {
 		return
 	}
 	half := t.Interval / 2
@@ -224,9 +234,39 @@ func (t *Timeline) fill(src, off int, rows []ObserverRow) {
 				}
 			}
 		}
+		if row, ok := nearestRow(rows, smp.At, half); ok {
+			smp.Late = slices.DeleteFunc(slices.Clone(smp.Late), func(i int) bool { return i == src })
+			copy(smp.Values[off:], row.Values)
+			if row.Late && !slices.Contains(smp.Late, src) {
+				smp.Late = append(smp.Late, src)
+			}
+		}
 		out = append(out, smp)
 	}
 	t.Samples = out
+}
+
+// nearestRow returns the row of rows (in time order) nearest at, if one
+// is within d of it.
+func nearestRow(rows []ObserverRow, at time.Time, d time.Duration) (ObserverRow, bool) {
+	i, _ := slices.BinarySearchFunc(rows, at, func(r ObserverRow, t time.Time) int { return r.At.Compare(t) })
+	best, ok := ObserverRow{}, false
+	for _, j := range []int{i - 1, i} {
+		if j < 0 || j >= len(rows) {
+			continue
+		}
+		if dist := absDuration(rows[j].At.Sub(at)); dist <= d && (!ok || dist < absDuration(best.At.Sub(at))) {
+			best, ok = rows[j], true
+		}
+	}
+	return best, ok
+}
+
+func absDuration(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
 }
 
 func (t *Timeline) observerSample(src, off int, row ObserverRow) Sample {
