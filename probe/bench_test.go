@@ -374,3 +374,34 @@ func cpuTime(b *testing.B) time.Duration {
 	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkProcessFigures: what a sample costs this process to have its own
+// threads, fds, rss and threads_busy, read in-process (the process source)
+// against taken from an observer process (a copy of its newest row; the
+// observer's own reads cost another process, Observer.Cost).
+func BenchmarkProcessFigures(b *testing.B) {
+	ctx := context.Background()
+	b.Run("in-process", func(b *testing.B) {
+		src := probe.NewProcessSource(0)
+		defer src.(interface{ Stop() }).Stop()
+		dst := make([]float64, len(src.Metrics()))
+		for b.Loop() {
+			if err := src.Read(ctx, dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("observer", func(b *testing.B) {
+		o, err := probe.StartObserver(probe.ObserverSpec{Interval: 10 * time.Millisecond})
+		require.NoError(b, err)
+		defer o.Stop()
+		dst := make([]float64, len(o.Metrics()))
+		require.Eventually(b, func() bool { return o.Read(ctx, dst) == nil }, 10*time.Second, time.Millisecond)
+		for b.Loop() {
+			if err := o.Read(ctx, dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(o.Cost().Mean().Nanoseconds()), "observer-ns/row")
+	})
+}
