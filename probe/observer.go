@@ -254,17 +254,24 @@ func (o *Observer) Rows() []ObserverRow {
 }
 
 // Cost states what the observer's reads cost, in its own process: a read
-// per row, late where a row's port census was.
+// per row, late where a row's port census was; its Median is the median
+// row's.
 func (o *Observer) Cost() SourceCost {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	c := SourceCost{Metrics: slices.Clone(o.metrics), Reads: len(o.rows), Where: fmt.Sprintf("observer process %d", o.PID())}
+	costs := make([]time.Duration, 0, len(o.rows))
 	for _, r := range o.rows {
 		c.Total += r.Cost
 		c.Max = max(c.Max, r.Cost)
 		if r.Late {
 			c.Late++
 		}
+		costs = append(costs, r.Cost)
+	}
+	if len(costs) > 0 {
+		slices.Sort(costs)
+		c.Median = costs[(len(costs)-1)/2]
 	}
 	return c
 }

@@ -40,8 +40,9 @@ type SourceCost struct {
 	Late int `json:"late,omitempty"`
 	// Where says where the source was read when not in the sampler's
 	// process: "observer process 1234" for an Observer, whose reads cost
-	// the sampled process nothing.
-	Where string `json:"where,omitempty"`
+	// the sampled process nothing; Median is then its median read.
+	Where  string        `json:"where,omitempty"`
+	Median time.Duration `json:"median_ns,omitempty"`
 }
 
 // Mean is the average read.

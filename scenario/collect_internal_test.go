@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -249,6 +250,22 @@ func TestUnreliableObserver(t *testing.T) {
 	got = unreliable(tl, true)
 	require.Len(t, got, 3, "%q", got)
 	assert.Equal(t, "a and 2 more: reading late in 2 of 16 samples of inject and observe, its figures missing there", got[2])
+
+	// An observer process's median read is judged as a sample is; the
+	// observer's rows in a gap make the gap no blind spot.
+	tl.Sources[1].Where, tl.Sources[1].Median = "observer process 7", 3*time.Millisecond
+	got = unreliable(tl, false)
+	require.Len(t, got, 3, "%q", got)
+	assert.Equal(t, "observer process 7: the median read took 3.0% of the interval (limit 2%)", got[1])
+	tl.Sources[1].Median = time.Millisecond
+	gapEnd := tl.Samples[10].At // the sample 5 intervals after the one before
+	for k := 1; k <= 4; k++ {
+		tl.Samples = append(tl.Samples, probe.Sample{At: gapEnd.Add(time.Duration(-k) * 100 * time.Millisecond), Phase: PhaseInject, ObserverOnly: true})
+	}
+	slices.SortFunc(tl.Samples, func(a, b probe.Sample) int { return a.At.Compare(b.At) })
+	got = unreliable(tl, false)
+	require.Len(t, got, 1, "%q", got)
+	assert.Contains(t, got[0], "a and 2 more: reading late")
 }
 
 // For a target out of this process only a figure it never gave is not

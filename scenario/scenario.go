@@ -279,7 +279,7 @@ func (e Event) String() string { return e.Name + ": " + e.Detail }
 // Observer limits during inject and observe, what the faults are judged
 // on: a sample's median cost may take ObserverShare of the interval (where
 // the target is this process, whose time the sampler takes), and so may
-// an observer process's mean read (it takes the machine's time); no
+// an observer process's median read (it takes the machine's time); no
 // sample may come more than ObserverMaxGap intervals after the one
 // before (an observer process's rows count: its figures were seen), and
 // no bounded source's reading may be late (missing) in more than
@@ -312,8 +312,8 @@ func unreliable(tl *probe.Timeline, inProcess bool) []string {
 		}
 	}
 	for _, src := range tl.Sources {
-		if src.Where != "" && tl.Interval > 0 && float64(src.Mean()) > ObserverShare*float64(tl.Interval) {
-			out = append(out, fmt.Sprintf("%s: a read took %s on average, %.1f%% of the interval (limit %.0f%%)", src.Where, src.Mean(), 100*float64(src.Mean())/float64(tl.Interval), 100*ObserverShare))
+		if src.Where != "" && tl.Interval > 0 && float64(src.Median) > ObserverShare*float64(tl.Interval) {
+			out = append(out, fmt.Sprintf("%s: the median read took %.1f%% of the interval (limit %.0f%%)", src.Where, 100*float64(src.Median)/float64(tl.Interval), 100*ObserverShare))
 		}
 	}
 	// Late readings, counted over the samples of inject and observe.
