@@ -34,6 +34,16 @@ type AbortLimits struct {
 	// to count, so that one failure among a load's first requests does not
 	// trip it. Defaults to DefaultAbortMinRequests.
 	MinRequests int `json:"min_requests,omitempty"`
+	// Excuse, when set, reports whether a watched request that ended at
+	// the given time failed by a fault's design rather than through the
+	// floods: a stage that resets every connection to the store fails
+	// every request it meets, whatever the floods do. Such a request is
+	// left out of the Window, for the error rate and the p99 alike; a
+	// request still in flight is judged by its age as ever. Nil: none.
+	Excuse func(ended time.Time) bool `json:"-"`
+	// Excused says which requests Excuse leaves out, for reports and
+	// summary.json ("ended while the store's connections were reset").
+	Excused string `json:"excused,omitempty"`
 }
 
 // Defaults of AbortLimits.
@@ -87,6 +97,9 @@ func (l AbortLimits) Validate() error {
 	if l.MinRequests < 0 {
 		errs = append(errs, fmt.Errorf("abort: MinRequests is %d: can't be negative", l.MinRequests))
 	}
+	if l.Excuse != nil && l.Excused == "" {
+		errs = append(errs, errors.New("abort: an Excuse must say which requests it leaves out (Excused)"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -114,7 +127,11 @@ func (l AbortLimits) String() string {
 	if l.P99 > 0 {
 		conds = append(conds, "p99 > "+l.P99.String())
 	}
-	return fmt.Sprintf("%s over %v (at least %d requests)", strings.Join(conds, ", "), l.Window, l.MinRequests)
+	str := fmt.Sprintf("%s over %v (at least %d requests)", strings.Join(conds, ", "), l.Window, l.MinRequests)
+	if l.Excuse != nil && l.Excused != "" {
+		str += ", not counting requests that " + l.Excused
+	}
+	return str
 }
 
 // Abort conditions, as Trip.Condition names them.
@@ -295,6 +312,9 @@ func (a *Abort) check(now time.Time) (Trip, bool) {
 	for i, l := range a.watch {
 		ended, next, inFlight := l.since(a.cursors[i], now)
 		a.cursors[i] = next
+		if a.limits.Excuse != nil {
+			ended = slices.DeleteFunc(ended, func(r endedRequest) bool { return a.limits.Excuse(r.at) })
+		}
 		a.ended = append(a.ended, ended...)
 		for _, age := range inFlight {
 			if a.limits.P99 > 0 && age > a.limits.P99 {

@@ -236,6 +236,63 @@ func TestAbortTripsOnP99FromRequestsInFlight(t *testing.T) {
 	assert.NotEmpty(t, rep.Stopped)
 }
 
+// Requests that end while the Excuse holds (a fault failing them by
+// design) are left out: failures then trip nothing, and the same failures
+// trip the abort once the excuse has ended.
+func TestAbortLeavesOutExcusedRequests(t *testing.T) {
+	noLeaks(t)
+	b := newBackend(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	everyday, flood := everydayLoad(t, b), floodLoad(t, b)
+	var mu sync.Mutex
+	var from, until time.Time // the excuse: requests that ended in [from, until), until zero: open
+	limits := load.AbortLimits{ErrorRate: 0.05, Window: time.Second, MinRequests: 20, Excused: "ended while the test failed them",
+		Excuse: func(ended time.Time) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return !from.IsZero() && !ended.Before(from) && (until.IsZero() || ended.Before(until))
+		}}
+	assert.Equal(t, "error rate > 5% over 1s (at least 20 requests), not counting requests that ended while the test failed them", limits.String())
+	a, err := load.NewAbort(limits, []*load.Load{everyday}, []*load.Load{flood})
+	require.NoError(t, err)
+	start(t, ctx, everyday)
+	start(t, ctx, flood)
+	abortDone := make(chan struct{})
+	go func() { defer close(abortDone); a.Run(ctx) }()
+	defer func() { cancel(); <-abortDone }()
+
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	from = time.Now()
+	mu.Unlock()
+	b.failing.Store(true)
+	time.Sleep(1500 * time.Millisecond) // past the Window: every request in it failed, excused
+	select {
+	case <-a.Tripped():
+		t.Fatal("the abort tripped on excused failures")
+	default:
+	}
+	require.Positive(t, everyday.Stats().Errors, "everyday requests failed meanwhile")
+	mu.Lock()
+	until = time.Now()
+	mu.Unlock()
+	select {
+	case <-a.Tripped():
+	case <-time.After(tripWithin):
+		t.Fatalf("no abort %v after the excuse ended while requests kept failing", tripWithin)
+	}
+	trip, _ := a.Trip()
+	assert.Equal(t, load.AbortErrorRate, trip.Condition)
+	assert.False(t, trip.At.Before(until))
+}
+
+// An Excuse must say what it excuses.
+func TestAbortExcuseIsNamed(t *testing.T) {
+	err := load.AbortLimits{ErrorRate: 0.05, Excuse: func(time.Time) bool { return false }}.Validate()
+	require.ErrorContains(t, err, "Excused")
+}
+
 // Failures below the limit, or too few requests to judge, trip nothing;
 // the flood keeps sending.
 func TestAbortHoldsWithinItsLimits(t *testing.T) {

@@ -18,6 +18,7 @@ package slowstore
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -138,13 +139,79 @@ func proxied(t *testing.T, env *fixtures.Env) (*fixtures.Env, *netfault.Proxy) {
 }
 
 // slowStore returns the stages on px: latency, then bandwidth, then
-// resets.
-func slowStore(px *netfault.Proxy, at [3]time.Duration) (*faults.Sequence, error) {
+// resets, the last marked in time by resets.
+func slowStore(px *netfault.Proxy, at [3]time.Duration, resets *resetStage) (*faults.Sequence, error) {
+	resets.Fault = px.ResetPeer(0)
 	return faults.NewSequence("slow store",
 		faults.Stage{At: at[0], Fault: px.Latency(storeLatency, 0)},
 		faults.Stage{At: at[1], Fault: px.Bandwidth(storeBandwidth)},
-		faults.Stage{At: at[2], Fault: px.ResetPeer(0)},
+		faults.Stage{At: at[2], Fault: resets},
 	)
+}
+
+// resetStage is the slow store's last stage, the proxy resetting every
+// connection to the store, with the time it was in: with the cache cold,
+// every everyday request that meets it fails, by design, whatever the
+// floods do. From its Inject to resetTail past its Recover it excuses
+// them from the abort limits (load.AbortLimits.Excuse).
+type resetStage struct {
+	faults.Fault
+	mu          sync.Mutex
+	from, until time.Time // until is zero while the resets are in
+}
+
+// resetTail is how long after the resets end the data plane still fails
+// requests: its CQL session reconnects once a second (fixtures'
+// NewCluster), and the last failed everyday request ended 0.99 s after
+// the resets ended in each of 3 arms with Spiral's own containers, 0.88 s
+// in one against external backends (2026-12-06, quick); two reconnects.
+const resetTail = 2 * time.Second
+
+func (r *resetStage) Inject(ctx context.Context) error {
+	r.mu.Lock()
+	r.from, r.until = time.Now(), time.Time{}
+	r.mu.Unlock()
+	return r.Fault.Inject(ctx)
+}
+
+func (r *resetStage) Recover(ctx context.Context) error {
+	err := r.Fault.Recover(ctx)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil && !r.from.IsZero() && r.until.IsZero() {
+		r.until = time.Now().Add(resetTail)
+	}
+	return err
+}
+
+// excuses reports whether a request that ended at ended met the resets.
+func (r *resetStage) excuses(ended time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.from.IsZero() && !ended.Before(r.from) && (r.until.IsZero() || ended.Before(r.until))
+}
+
+// abortLimits returns the limits a run's floods (the batch load) are held
+// to. The everyday requests that meet the resets fail by design (96% of
+// those that ended in a 5 s window of the fixed arm, with Spiral's own
+// containers), so against services Spiral does not own the default 5%
+// stopped every fixed arm there (21.9-45.5% when it tripped, 0.1 s into
+// the resets): the resets' failures are left out instead, and the error
+// rate is judged on the rest of the run as load.ExternalAbort judges it.
+// The p99 limit is the fixed arm's own budget, fixedP99: the store is
+// slowed by Spiral's proxy, not by the floods, and the fixed arm's
+// everyday p99 reached 3.18 s (above load.ExternalAbort's 3 s), within
+// the requests' loadTimeout. Against Spiral's own containers no limit
+// applies, as for every scenario, but the $SPIRAL_ABORT_* variables that
+// arm one there leave the resets' failures out too.
+func abortLimits(external bool, resets *resetStage) *load.AbortLimits {
+	l := load.AbortLimits{}
+	if external {
+		l = load.ExternalAbort
+		l.P99 = time.Duration(fixedP99 * float64(time.Second))
+	}
+	l.Excuse, l.Excused = resets.excuses, "ended while the store's connections were reset or within "+resetTail.String()+" after"
+	return &l
 }
 
 // keepCold keeps memcached cold until t ends, so that the keys the data
@@ -212,8 +279,8 @@ func keepCold(t *testing.T, env *fixtures.Env) {
 const coldCacheInterval = 50 * time.Millisecond
 
 // slowScenario returns the run of cfg through a slow store behind px, with
-// memcached cold.
-func slowScenario(name string, cfg dataplane.Config, px *netfault.Proxy) scenario.Scenario {
+// memcached cold; external says the backends are not Spiral's own.
+func slowScenario(name string, cfg dataplane.Config, px *netfault.Proxy, external bool) scenario.Scenario {
 	ph, at := phases()
 	every := load.Background
 	every.Rate, every.BatchMin, every.BatchMax, every.KeySpace, every.Timeout = everydayRate, 1, everydayKeys, posts, loadTimeout
@@ -225,15 +292,17 @@ func slowScenario(name string, cfg dataplane.Config, px *netfault.Proxy) scenari
 	run := ph.Baseline + ph.Inject + ph.Observe + ph.Recover
 	every.MaxRequests = int(2 * every.Rate * run.Seconds())
 	batch.MaxRequests = int(2 * batch.Rate * run.Seconds())
+	resets := &resetStage{}
 	return scenario.Scenario{
 		Name:       "slow-store/" + name,
 		Config:     cfg,
 		Seed:       scenario.SeedFromEnv(1),
 		Data:       fixtures.SeedSpec{Posts: posts},
 		Background: []load.Profile{every, batch},
-		Faults:     []scenario.FaultFunc{func(scenario.Harness) (faults.Fault, error) { return slowStore(px, at) }},
+		Faults:     []scenario.FaultFunc{func(scenario.Harness) (faults.Fault, error) { return slowStore(px, at, resets) }},
 		Phases:     ph,
 		Budgets:    budgets(),
+		Abort:      abortLimits(external, resets),
 	}
 }
 
@@ -283,7 +352,7 @@ func TestSlowStore(t *testing.T) {
 	t.Run("fixed", func(t *testing.T) {
 		penv, px := proxied(t, env)
 		keepCold(t, env)
-		res := suite.RunUnderTest(t, penv, slowScenario("fixed", suite.FixedConfig(t), px))
+		res := suite.RunUnderTest(t, penv, slowScenario("fixed", suite.FixedConfig(t), px, env.External()))
 		logFigures(t, res)
 		assert.Empty(t, res.Violations, "the fixed data plane must hold every budget while the store is slow")
 		for _, l := range res.LoadSummary {
@@ -310,7 +379,7 @@ func TestSlowStore(t *testing.T) {
 		keepCold(t, env)
 		cfg := dataplane.DefaultConfig()
 		cfg.StoreConcurrency = 0
-		res := suite.RunControl(t, penv, slowScenario("regression-unbounded-store", cfg, px))
+		res := suite.RunControl(t, penv, slowScenario("regression-unbounded-store", cfg, px, env.External()))
 		if res == nil {
 			return // caught by the abort limits
 		}
@@ -323,7 +392,7 @@ func TestSlowStore(t *testing.T) {
 	t.Run("incident", func(t *testing.T) {
 		penv, px := proxied(t, env)
 		keepCold(t, env)
-		res := suite.RunControl(t, penv, slowScenario("incident", dataplane.IncidentConfig(), px))
+		res := suite.RunControl(t, penv, slowScenario("incident", dataplane.IncidentConfig(), px, env.External()))
 		if res == nil {
 			return // caught by the abort limits
 		}

@@ -1,6 +1,7 @@
 package suite
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -30,4 +31,22 @@ func TestForgetKeys(t *testing.T) {
 	require.NoError(t, err, "a key not named is kept")
 
 	require.Error(t, ForgetKeys(t.Context(), []string{"127.0.0.1:1"}, keys), "a server that can't be reached is an error")
+	require.ErrorContains(t, ForgetKeys(t.Context(), env.MemcachedAddrs, []string{"spiral:forget:a b"}), "not a memcached key")
+
+	// A sweep's worth of keys, pipelined on one connection: every one is
+	// answered and forgotten.
+	many := make([]string, 5_000)
+	for i := range many {
+		many[i] = fmt.Sprintf("spiral:forget:many:%d", i)
+		if i%2 == 0 { // half set, half already missing
+			require.NoError(t, mc.Set(&memcache.Item{Key: many[i], Value: []byte("v")}))
+		}
+	}
+	require.NoError(t, ForgetKeys(t.Context(), env.MemcachedAddrs, many))
+	for i := 0; i < len(many); i += 250 {
+		_, err := mc.Get(many[i])
+		require.ErrorIs(t, err, memcache.ErrCacheMiss, "%s forgotten", many[i])
+	}
+	_, err = mc.Get("spiral:forget:kept")
+	require.NoError(t, err, "a key not named is still kept")
 }
