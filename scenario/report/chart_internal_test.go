@@ -1,6 +1,7 @@
 package report
 
 import (
+	"encoding/json"
 	"math"
 	"regexp"
 	"strconv"
@@ -161,4 +162,22 @@ func TestReadableDurations(t *testing.T) {
 	} {
 		assert.Equal(t, want, readable(d), "%d ns", int64(d))
 	}
+}
+
+// A budget whose figure is missing in every sample of its phases has no
+// peak: 0 and not judged, never -Inf, which index.json can't hold.
+func TestPeakOverAllMissing(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	tl := &probe.Timeline{Start: t0, Metrics: []string{"x"}, Samples: []probe.Sample{
+		{At: t0, Phase: "inject", Values: []float64{math.NaN()}},
+		{At: t0.Add(time.Second), Phase: "recover", Values: []float64{7}},
+	}}
+	peak, judged := peakOver(tl, probe.Limit("x", 1, "inject"))
+	assert.False(t, judged)
+	assert.Zero(t, peak)
+	_, err := json.Marshal(BudgetResult{Peak: peak})
+	require.NoError(t, err)
+	peak, judged = peakOver(tl, probe.Limit("x", 1))
+	assert.True(t, judged)
+	assert.Equal(t, 7.0, peak)
 }

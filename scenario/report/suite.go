@@ -248,6 +248,9 @@ func peakOver(tl *probe.Timeline, b probe.Budget) (float64, bool) {
 			peak, found = v, true
 		}
 	}
+	if !found {
+		return 0, false // no -Inf: index.json could not be written
+	}
 	return peak, found
 }
 
