@@ -124,7 +124,8 @@ assemble() {
 	local libs
 	libs=$( {
 		printf '%s\n' "${elfs[@]}" | grep '^/usr/lib\|^/lib' || true
-		{ ldd "${elfs[@]}" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
+		# (ldd of several files heads each one's list with "path:", not a library)
+		{ ldd "${elfs[@]}" 2>/dev/null || true; } | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $1 !~ /:$/ {print $1}'
 	} | sort -u)
 	for l in $libs; do
 		local real dest
