@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/spiral-chaos/spiral/proc"
 )
 
 // Observer is a process of its own that reads a process's operating-system
@@ -47,7 +49,7 @@ type Observer struct {
 	metrics []string
 	cmd     *exec.Cmd
 	stdin   io.Closer
-	stderr  *tailBuffer
+	stderr  *proc.Tail
 	done    chan struct{} // closed once the rows are read to their end
 
 	mu      sync.Mutex
@@ -148,7 +150,7 @@ func StartObserver(spec ObserverSpec) (*Observer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start observer: %w", err)
 	}
-	o := &Observer{spec: spec, metrics: spec.metrics(), stderr: &tailBuffer{max: 4 << 10}, done: make(chan struct{})}
+	o := &Observer{spec: spec, metrics: spec.metrics(), stderr: &proc.Tail{Max: 4 << 10}, done: make(chan struct{})}
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), observerEnv+"="+string(b))
 	cmd.Stderr = o.stderr
@@ -181,7 +183,7 @@ func StartObserver(spec ObserverSpec) (*Observer, error) {
 		_ = stdin.Close()
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, fmt.Errorf("start observer: %w%s", err, o.stderr.said())
+		return nil, fmt.Errorf("start observer: %w%s", err, o.stderr.Said())
 	}
 	go o.readRows(r)
 	return o, nil
@@ -326,7 +328,7 @@ func (o *Observer) readRows(r *bufio.Reader) {
 		if err != nil {
 			o.mu.Lock()
 			if o.readErr == nil && !o.stopped {
-				o.readErr = fmt.Errorf("stopped on its own%s", o.stderr.said())
+				o.readErr = fmt.Errorf("stopped on its own%s", o.stderr.Said())
 			}
 			o.mu.Unlock()
 			return
@@ -467,32 +469,4 @@ func raisePriority() {
 			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, observerNice)
 		}
 	}
-}
-
-// tailBuffer keeps the last max bytes written to it: an observer's
-// standard error, for the error that says why it stopped.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if over := len(t.b) - t.max; over > 0 {
-		t.b = t.b[over:]
-	}
-	return len(p), nil
-}
-
-// said is ": " and what was written, trimmed, or "" if nothing was.
-func (t *tailBuffer) said() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if s := bytes.TrimSpace(t.b); len(s) > 0 {
-		return ": " + string(s)
-	}
-	return ""
 }

@@ -156,7 +156,9 @@ func (s *Sampler) Sample(ctx context.Context) error {
 		}
 		f.count++
 	}
-	smp := Sample{At: start, Phase: s.phaseAtLocked(start), Cost: cost, Values: vals, Late: lateReads}
+	// A sample belongs to the phase it started in, even if a mark came
+	// while it read.
+	smp := Sample{At: start, Phase: s.tl.PhaseAt(start), Cost: cost, Values: vals, Late: lateReads}
 	// Concurrent Samples may finish out of order; keep the timeline sorted.
 	i := len(s.tl.Samples)
 	for i > 0 && s.tl.Samples[i-1].At.After(start) {
@@ -177,10 +179,6 @@ func (s *Sampler) Mark(name string) {
 	}
 	s.tl.Phases = append(s.tl.Phases, Phase{Name: name, Start: now})
 }
-
-// phaseAtLocked returns the phase marked last at or before t: a sample
-// belongs to the phase it started in, even if a mark came while it read.
-func (s *Sampler) phaseAtLocked(t time.Time) string { return s.tl.PhaseAt(t) }
 
 // Timeline returns a copy of what has been recorded so far. It costs a copy
 // of every sample. Where a source is an Observer, each sample takes the

@@ -474,7 +474,7 @@ type supChild struct {
 	addr    chan string
 	exited  chan struct{} // closed once reaped and output drained
 	waitErr error
-	out     *supTail
+	out     *Tail
 }
 
 // spawn starts one child, places it in the cgroup and sends the start byte.
@@ -558,7 +558,7 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 		stdin:   inW,
 		addr:    make(chan string, 1),
 		exited:  make(chan struct{}),
-		out:     &supTail{},
+		out:     &Tail{Max: supOutputTail},
 	}
 	s.curStart, s.curPid = ch.start, cmd.Process.Pid
 	s.notify()
@@ -580,7 +580,7 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 				ch.addr <- strings.TrimSpace(a)
 				continue
 			}
-			ch.out.add(line)
+			_, _ = ch.out.Write([]byte(line + "\n"))
 		}
 	}()
 	go func() {
@@ -697,26 +697,4 @@ func (s *Supervisor) healthOK(ctx context.Context, url string) bool {
 	}
 	_ = resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
-}
-
-// supTail keeps the last supOutputTail bytes of a child's output lines.
-type supTail struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (t *supTail) add(line string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, line...)
-	t.buf = append(t.buf, '\n')
-	if over := len(t.buf) - supOutputTail; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-}
-
-func (t *supTail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
 }

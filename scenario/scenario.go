@@ -1090,9 +1090,10 @@ func newSampler(env *fixtures.Env, tgt target.Target, loads []LoadCounters, inte
 	wait := time.Duration(boundedWait * float64(interval))
 	var stoppers []stopper
 	var sources []probe.Source
-	if tgt.PID() == target.Self {
-		// The process's own figures and the census, read by an observer
-		// process that a flood in this one can't keep from its reads.
+	if tgt.PID() == target.Self && census.In == nil {
+		// The process's own figures and the census (of this namespace,
+		// the observer's too), read by an observer process that a flood
+		// in this one can't keep from its reads.
 		obs, err := probe.StartObserver(probe.ObserverSpec{Interval: interval, Ports: &probe.PortSocketsSpec{
 			Names: names, Port: ap.Port(), Since: since, Share: socketsShare, Every: socketsEvery, Wait: wait,
 		}})
