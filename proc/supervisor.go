@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -76,6 +77,9 @@ const (
 	supDefaultBackoff      = 100 * time.Millisecond
 	supDefaultMaxBackoff   = 2 * time.Second
 	supDefaultStartTimeout = 10 * time.Second
+	// supHealthBody bounds how much of a failed health answer a ChildExit
+	// keeps: the error a data plane names there fits.
+	supHealthBody = 300
 	// supHealthPoll is the pause between health checks of a starting
 	// child; a Go child listens within milliseconds of its start byte.
 	supHealthPoll = 20 * time.Millisecond
@@ -109,6 +113,12 @@ type ChildExit struct {
 	// Unhealthy says the Supervisor killed the child because it was not
 	// healthy within StartTimeout.
 	Unhealthy bool
+	// LastHealth is the child's last answer to a health check that failed
+	// before it was first healthy ("503: memcached: dial tcp ...: connect:
+	// cannot assign requested address", or the request's error), at most
+	// supHealthBody bytes; empty if none failed. LastHealthAt is its time.
+	LastHealth   string
+	LastHealthAt time.Time
 	// Recovery is the time from this exit to the next healthy child when
 	// this exit ended a healthy spell (zero until then, and for exits
 	// during an outage or from Stop). It includes the backoff.
@@ -139,6 +149,9 @@ func (e ChildExit) String() string {
 		b.WriteString(" (stopped)")
 	case e.Unhealthy:
 		b.WriteString(" (not healthy in time)")
+		if e.LastHealth != "" {
+			fmt.Fprintf(&b, " (its last health check: %s)", e.LastHealth)
+		}
 	}
 	if !e.ExitedAt.IsZero() && !e.StartedAt.IsZero() {
 		fmt.Fprintf(&b, " after %v", e.ExitedAt.Sub(e.StartedAt).Round(time.Millisecond))
@@ -599,7 +612,7 @@ func (s *Supervisor) spawn(ctx context.Context, useCgroupFD bool) (*supChild, er
 // watch follows one child from start to exit: health check, then wait.
 func (s *Supervisor) watch(ctx context.Context, ch *supChild) ChildExit {
 	e := ChildExit{Start: ch.start, Pid: ch.cmd.Process.Pid, StartedAt: ch.started}
-	healthyAt, unhealthy := s.awaitHealthy(ctx, ch)
+	healthyAt, unhealthy := s.awaitHealthy(ctx, ch, &e)
 	if unhealthy {
 		e.Unhealthy = true
 		_ = ch.cmd.Process.Kill()
@@ -643,7 +656,7 @@ func (s *Supervisor) watch(ctx context.Context, ch *supChild) ChildExit {
 // awaitHealthy waits for the child's address, then polls its health path.
 // It returns when the child is healthy (its time), has exited, ctx is done,
 // or StartTimeout passed (unhealthy).
-func (s *Supervisor) awaitHealthy(ctx context.Context, ch *supChild) (time.Time, bool) {
+func (s *Supervisor) awaitHealthy(ctx context.Context, ch *supChild, e *ChildExit) (time.Time, bool) {
 	timeout := time.NewTimer(s.cfg.StartTimeout)
 	defer timeout.Stop()
 	var addr string
@@ -660,7 +673,11 @@ func (s *Supervisor) awaitHealthy(ctx context.Context, ch *supChild) (time.Time,
 	tick := time.NewTicker(supHealthPoll)
 	defer tick.Stop()
 	for {
-		if s.healthOK(ctx, url) {
+		ok, answer := s.healthCheck(ctx, url)
+		if !ok && ctx.Err() == nil {
+			e.LastHealth, e.LastHealthAt = answer, time.Now()
+		}
+		if ok {
 			now := time.Now()
 			s.mu.Lock()
 			s.healthy, s.addr = true, addr
@@ -686,15 +703,29 @@ func (s *Supervisor) awaitHealthy(ctx context.Context, ch *supChild) (time.Time,
 	}
 }
 
-func (s *Supervisor) healthOK(ctx context.Context, url string) bool {
+// healthCheck asks url once: whether the answer was 200 and, when it was
+// not, what it was (status and the body's start, or the request's error).
+func (s *Supervisor) healthCheck(ctx context.Context, url string) (bool, string) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return false
+		return false, err.Error()
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return false
+		return false, truncate(err.Error(), supHealthBody)
 	}
-	_ = resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode == http.StatusOK {
+		return true, ""
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, supHealthBody))
+	return false, truncate(fmt.Sprintf("%d: %s", resp.StatusCode, strings.TrimSpace(string(body))), supHealthBody)
+}
+
+// truncate cuts s to at most n bytes, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

@@ -300,3 +300,30 @@ func TestOOMSupervisorWithoutChildProtocol(t *testing.T) {
 	requireOOMNothingLeft(t, sup, cg, []int{exits[0].Pid}, nil)
 	t.Log(fmt.Sprint(exits[0]))
 }
+
+// TestSupervisorKeepsTheFailedHealthAnswer: a child that answers its
+// health path with an error is killed at StartTimeout, and its exit keeps
+// the answer (status and body), which says why it was not healthy.
+func TestSupervisorKeepsTheFailedHealthAnswer(t *testing.T) {
+	noLeaks(t)
+	cg := newOOMCgroup(t, oomTestLimit)
+	sup, err := proc.NewSupervisor(proc.SupervisorConfig{
+		Cgroup:       cg,
+		Command:      oomChild.Command,
+		HealthPath:   "/no-such-path", // the child's mux answers 404
+		MaxRestarts:  -1,
+		StartTimeout: time.Second,
+	})
+	require.NoError(t, err)
+	t.Cleanup(sup.Stop)
+	require.Error(t, sup.Start(t.Context()))
+	exits := sup.Exits()
+	require.Len(t, exits, 1)
+	e := exits[0]
+	assert.True(t, e.Unhealthy)
+	assert.Equal(t, "404: 404 page not found", e.LastHealth)
+	assert.False(t, e.LastHealthAt.Before(e.StartedAt), "the answer came after the start")
+	assert.False(t, e.LastHealthAt.After(e.ExitedAt), "the answer came before the exit")
+	assert.Contains(t, e.String(), "its last health check: 404: 404 page not found")
+	requireOOMNothingLeft(t, sup, cg, []int{e.Pid}, nil)
+}
