@@ -2,6 +2,7 @@ package deathspiral
 
 import (
 	"context"
+	"math"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spiral-chaos/spiral/probe"
+	"github.com/spiral-chaos/spiral/proc"
 	"github.com/spiral-chaos/spiral/scenario"
 	"github.com/spiral-chaos/spiral/suites/internal/suite"
 )
@@ -18,15 +20,15 @@ import (
 // "can't dial" link. No engine is needed.
 func TestSpiralReadsTheChain(t *testing.T) {
 	rows := []row{
-		{0, 0, 40, 8, 0.002, 0, 1},           // baseline
-		{0, 0, 20_000, 60, 0.09, 0, 1},       // inject: threads up, GC up
-		{900, 900, 28_000, 3_000, 0.1, 0, 1}, // ports exhausted
-		{0, 0, 28_100, 0, 0, 1, 1},           // killed
-		{0, 0, 28_100, 9, 0.001, 1, 2},       // restarted
-		{0, 14, 28_100, 9, 0.001, 1, 2},      // its dials find no port
-		{0, 14, 1_000, 9, 0.001, 1, 2},       // TIME_WAIT expired
+		{0, 0, 40, 28_000, 8, 0.002, 0, 1},      // baseline
+		{0, 0, 20_000, 5_000, 60, 0.09, 0, 1},   // inject: threads up, GC up
+		{900, 900, 28_000, 0, 3_000, 0.1, 0, 1}, // ports exhausted
+		{0, 0, 28_100, 0, 0, 0, 1, 1},           // killed
+		{0, 0, 28_100, 0, 9, 0.001, 1, 2},       // restarted
+		{0, 14, 28_100, 0, 9, 0.001, 1, 2},      // its dials find no port
+		{0, 14, 1_000, 27_000, 9, 0.001, 1, 2},  // TIME_WAIT expired
 	}
-	res := timeline(t, rows[:1], rows[1:])
+	res := timeline(t, rows[:1], rows[1:], nil)
 	chain := res.Events
 	var names []string
 	for _, e := range chain {
@@ -34,30 +36,72 @@ func TestSpiralReadsTheChain(t *testing.T) {
 	}
 	assert.Equal(t, []string{linkThreads, linkGC, linkPorts, linkOOM, linkRestart, linkRedial}, sortedByTime(chain, names))
 	e, _ := find(chain, linkRedial)
-	assert.Contains(t, e.Detail, "child 2's 14 memcached dials found no free port; 28100 TIME_WAIT")
+	assert.Contains(t, e.Detail, "child 2's 14 memcached dials found no free port; 28100 ports held by TIME_WAIT sockets, 0 free")
 	e, _ = find(chain, linkThreads)
 	assert.Contains(t, e.Detail, "60 OS threads, 7.5x the baseline's 8")
+	e, _ = find(chain, linkPorts)
+	assert.Contains(t, e.Detail, "0 ports free toward memcached, 28000 held by TIME_WAIT sockets; 900 lookups failed")
 
 	// The restarted child dials: the chain ends at the restart.
 	rows[5].dialErrs = 0
 	rows[6].dialErrs = 0
-	res = timeline(t, rows[:1], rows[1:])
+	res = timeline(t, rows[:1], rows[1:], nil)
 	_, ok := find(res.Events, linkRedial)
 	assert.False(t, ok, "no failed dial after the restart: %v", res.Events)
 }
 
+// The kernel's record alone shows exhaustion (the starved child's counter
+// never read), and the supervisor's record alone shows the restart that
+// can't dial (its health check's answer): a chain is read whole from them.
+func TestSpiralReadsTheKernelAndTheSupervisor(t *testing.T) {
+	nan := math.NaN()
+	rows := []row{
+		{0, 0, 40, 28_000, 8, 0.002, 0, 1},        // baseline
+		{nan, nan, 20_000, 3_000, 60, 0.09, 0, 1}, // inject, the child starved
+		{nan, nan, 26_000, 0, 3_000, nan, 0, 1},   // no port free: exhausted
+		{nan, nan, 28_100, 0, nan, nan, 1, 1},     // killed
+		{nan, nan, 28_100, 0, 9, nan, 1, 2},       // restarted, starved too
+		{nan, nan, nan, nan, 9, nan, 1, 2},        // its health check fails, the census late
+		{nan, nan, 28_100, 0, 9, nan, 1, 3},       // killed as unhealthy, restarted
+	}
+	res := timeline(t, rows[:1], rows[1:], nil)
+	_, ok := find(res.Events, linkRedial)
+	require.False(t, ok, "no record of a failed dial yet: %v", res.Events)
+	e, ok := find(res.Events, linkPorts)
+	require.True(t, ok, "exhaustion read from the free ports: %v", res.Events)
+	assert.Contains(t, e.Detail, "0 ports free toward memcached, 26000 held by TIME_WAIT sockets; ? lookups failed")
+
+	failed := res.Timeline.Samples[6].At
+	exits := []proc.ChildExit{
+		{Start: 1, OOMKilled: true, LastHealthAt: res.Timeline.Samples[1].At, LastHealth: "503: memcached: dial tcp 127.0.0.1:11211: connect: " + noPort}, // before the kill: not the restart's
+		{Start: 2, Unhealthy: true, LastHealthAt: failed, LastHealth: "503: memcached: dial tcp 127.0.0.1:11211: connect: " + noPort},
+	}
+	res.Events = spiral(res, exits)
+	e, ok = find(res.Events, linkRedial)
+	require.True(t, ok, "the failed restart read from the supervisor: %v", res.Events)
+	assert.Equal(t, failed, e.At)
+	assert.Contains(t, e.Detail, "child 2's health check could not dial memcached")
+	assert.Contains(t, e.Detail, "28100 ports held by TIME_WAIT sockets, 0 free")
+
+	// A health check that failed for another reason is no failed dial.
+	exits[1].LastHealth = "503: cql store: timeout"
+	res.Events = spiral(res, exits)
+	_, ok = find(res.Events, linkRedial)
+	assert.False(t, ok, "a store failure is not a failed dial: %v", res.Events)
+}
+
 // row is one sample's figures.
-type row struct{ portErrs, dialErrs, tw, threads, gc, kills, starts float64 }
+type row struct{ portErrs, dialErrs, tw, free, threads, gc, kills, starts float64 }
 
 // timeline samples rows, baseline then inject, into a Result as the runner
-// leaves it, Events read by spiral.
-func timeline(t *testing.T, baseline, inject []row) *scenario.Result {
+// leaves it, Events read by spiral with exits.
+func timeline(t *testing.T, baseline, inject []row, exits []proc.ChildExit) *scenario.Result {
 	t.Helper()
 	var cur row
 	src := func(name string, v *float64) probe.Source { return probe.Func(name, func() float64 { return *v }) }
 	s, err := probe.NewSampler(time.Second,
 		src(scenario.MetricPortErrors, &cur.portErrs), src(scenario.MetricDialPortErrors, &cur.dialErrs),
-		src(metricTimeWait, &cur.tw), src(probe.MetricThreads, &cur.threads), src(probe.MetricGCCPUFraction, &cur.gc),
+		src(metricTimeWait, &cur.tw), src(metricPortsFree, &cur.free), src(probe.MetricThreads, &cur.threads), src(probe.MetricGCCPUFraction, &cur.gc),
 		src(suite.MetricOOMKills, &cur.kills), src(metricStarts, &cur.starts))
 	require.NoError(t, err)
 	for _, ph := range []struct {
@@ -72,7 +116,7 @@ func timeline(t *testing.T, baseline, inject []row) *scenario.Result {
 	}
 	tl := s.Timeline()
 	res := &scenario.Result{Started: tl.Start, Timeline: tl, Peaks: scenario.Peaks(tl)}
-	res.Events = spiral(res)
+	res.Events = spiral(res, exits)
 	return res
 }
 

@@ -40,7 +40,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,6 +55,7 @@ import (
 	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/fixtures"
 	"github.com/spiral-chaos/spiral/load"
+	"github.com/spiral-chaos/spiral/netns"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/proc"
 	"github.com/spiral-chaos/spiral/scenario"
@@ -63,9 +67,18 @@ func TestMain(m *testing.M) { fixtures.Main(m) }
 
 // Metrics this suite adds to the runner's.
 const (
-	// metricTimeWait counts the namespace's TIME_WAIT sockets toward
-	// memcached: the ports they hold.
+	// metricTimeWait counts the namespace's ephemeral ports toward
+	// memcached held by TIME_WAIT sockets only.
 	metricTimeWait = "ns_memcached_time_wait"
+	// metricPortsFree counts the namespace's ephemeral ports a dial toward
+	// memcached can still take: the range less those held by a socket
+	// toward memcached in any state (probe.Headroom). 0 is exhaustion, as
+	// the kernel sees it: every connect(2) fails with EADDRNOTAVAIL.
+	metricPortsFree = "ns_memcached_ports_free"
+	// metricCgroupMemory is the child's memory cgroup's usage: its
+	// processes' memory and the kernel's on their behalf (socket buffers,
+	// thread stacks), what the OOM killer weighs against cgroupLimit.
+	metricCgroupMemory = "cgroup_memory_bytes"
 	// metricStarts counts the children the supervisor started.
 	metricStarts = "child_starts"
 	// metricSinkOverwhelmed is 1 once the sink drains slower than the
@@ -78,11 +91,14 @@ const (
 	// lookup is a cache hit while memcached can be dialled.
 	posts = 2_000
 	// cgroupLimit is the child's memory limit: room for the fixed data
-	// plane's batches and for the incident's first, not for the threads
-	// its blocked writers hold once the sink is overwhelmed (about 40 KiB
-	// of RSS each: 5,440 of them took 250 MB in a run at 512 MiB, which
-	// was not killed).
-	cgroupLimit = 256 << 20
+	// plane (its cgroup peaked at 31 MB of RSS) and for the incident's
+	// flood before the sink is overwhelmed (its cgroup at 100-120 MB, RSS
+	// up to 147 MB in 5 runs), not for the threads its blocked writers
+	// hold after (1,600-3,300 of them took it past 220 MB). At 256 MiB the
+	// kill came 20-30 s after the ports ran out, when the flood's first
+	// TIME_WAIT sockets had begun to expire, and the restart found ports
+	// free in 2 of 4 runs.
+	cgroupLimit = 192 << 20
 	// childGOMEMLIMIT: the collector works harder as memory nears it.
 	childGOMEMLIMIT = cgroupLimit - 32<<20
 	// The sink: about 50 lines fit in its pipe, drained at about 25 lines
@@ -90,10 +106,6 @@ const (
 	// before (stallOnExhaustion).
 	sinkPipeBytes        = 16 << 10
 	sinkDrainBytesPerSec = 8 << 10
-	// portsHeld is how many of the namespace's 28,232 ephemeral ports
-	// its sockets toward memcached must hold before the sink is
-	// overwhelmed: 99%, where dials start to find none free.
-	portsHeld = 28_000
 	// spiralThreads is how many times its baseline OS threads the
 	// incident's must reach: the "at least 5x".
 	spiralThreads = 5
@@ -115,6 +127,20 @@ const (
 	// that can't dial memcached is killed and started again after it, so
 	// the crash loop shows within TIME_WAIT's minute.
 	startTimeout = 5 * time.Second
+	// injectFor is how long the flood lasts. The incident's ports run out
+	// 39-45 s into it on 2 cores, the child is killed 10-25 s after its
+	// sink is overwhelmed, and the flood must still be coming when the
+	// restarted child comes up: in 2 runs where it had ended (50 s, the
+	// kill at 50-52 s) the restart dialled into the few ports the kill
+	// left free (28,232 less 27,056-27,976 TIME_WAIT) and stayed healthy.
+	injectFor = 80 * time.Second
+	// overwhelmAfter is when the sink is overwhelmed at the latest, for an
+	// arm whose ports never run out (the fixed data plane), after the
+	// incident's ports have run out: overwhelmed 30 s into inject, 5-10 s
+	// before exhaustion, the incident's sink blocked the writers of the
+	// dials and reads that time out first, and the child was killed once
+	// with 700 ports still free (2 runs).
+	overwhelmAfter = 50 * time.Second
 )
 
 // budgets must all hold for the fixed data plane.
@@ -129,19 +155,12 @@ var budgets = []probe.Budget{
 	probe.Limit(metricTimeWait, 100),
 }
 
-// envDeathSpiral opts in to the suite while its incident arm does not yet
-// reproduce the whole chain here.
-const envDeathSpiral = "SPIRAL_DEATHSPIRAL"
-
 func TestDeathSpiral(t *testing.T) {
 	if scenario.Mode() == "quick" {
 		t.Skip("the death spiral runs in full mode (make chaos, SPIRAL_MODE=full): a restart into TIME_WAIT needs TIME_WAIT's minute")
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("the death spiral needs root: a memory cgroup and a child in memcached's network namespace")
-	}
-	if os.Getenv(envDeathSpiral) != "1" {
-		t.Skipf("%s=1 runs it: on this kind of machine (2 cores) the incident child has not yet exhausted the namespace's 28,232 ports before it was killed (TIME_WAIT peaked at 14,000-20,000 in 5 runs), and, with a sink that keeps up until the ports are nearly gone, at 18,400-19,900 in 2 runs, the flood held back by the two cores it shares with memcached and the observer), so the chain stops short of the ports and of the failed restart", envDeathSpiral)
 	}
 	env := fixtures.Shared(t)
 	bin, err := target.BuildDataPlane(t.Context(), t.TempDir())
@@ -158,7 +177,10 @@ func TestDeathSpiral(t *testing.T) {
 		for _, e := range chain {
 			t.Logf("  %s", e)
 		}
-		for _, m := range []string{scenario.MetricPortErrors, suite.MetricOOMKills, metricStarts} {
+		// Its port errors are counted by the child, whose metrics are seldom
+		// read while the flood starves it and which the kill then takes:
+		// exhaustion is judged from the kernel's record too (linkPorts).
+		for _, m := range []string{metricTimeWait, suite.MetricOOMKills, metricStarts} {
 			assert.True(t, res.Violated(m), "the incident data plane must be caught by %s; peaks %v", m, res.Peaks[m])
 		}
 		// Each link is seen; the causes come before the kill, and the kill,
@@ -240,7 +262,7 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 	t.Cleanup(func() { assert.NoError(t, sink.Close(), "close the sink") })
 	cg := suite.MemoryCgroup(t, cgroupLimit)
 
-	phases := scenario.Phases{Baseline: 5 * time.Second, Inject: 50 * time.Second, Observe: 15 * time.Second, Recover: 10 * time.Second}
+	phases := scenario.Phases{Baseline: 5 * time.Second, Inject: injectFor, Observe: 15 * time.Second, Recover: 10 * time.Second}
 	tgt, err := target.NewExec(target.ExecConfig{
 		Path: path, Args: args,
 		Env:   []string{fmt.Sprintf("GOMEMLIMIT=%dMiB", childGOMEMLIMIT>>20)},
@@ -266,11 +288,8 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 	if config == "fixed" {
 		runner = suite.Run
 	}
-	census := probe.Census{In: mc.NS.Do}
-	overwhelm := &stallOnExhaustion{sink: sink, latest: phases.Inject * 4 / 5, held: func(ctx context.Context) (int, error) {
-		c, err := census.Count(ctx, probe.Filter{RemotePort: 11211})
-		return c.Total(), err
-	}}
+	ports := &portsSource{ns: mc.NS, dest: netip.MustParseAddrPort(mc.Addr)}
+	overwhelm := &stallOnExhaustion{sink: sink, latest: overwhelmAfter, ports: ports}
 	res := runner(t, env, scenario.Scenario{
 		Name: "death-spiral/" + config, Config: cfg, Target: tgt, Seed: seed,
 		Background: []load.Profile{bg},
@@ -280,16 +299,17 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 		},
 		Probes: func(h scenario.Harness) []probe.Source {
 			return append(suite.SinkProbes(sink)(h),
-				probe.FuncErr(metricTimeWait, func(ctx context.Context) (float64, error) {
-					c, err := census.Count(ctx, probe.Filter{States: []probe.State{probe.TimeWait}, RemotePort: 11211})
-					return float64(c.Get(probe.TimeWait)), err
-				}),
+				ports,
 				suite.OOMKills(cg),
+				probe.FuncErr(metricCgroupMemory, func(context.Context) (float64, error) {
+					n, err := cg.Usage()
+					return float64(n), err
+				}),
 				probe.Func(metricSinkOverwhelmed, func() float64 { return b2f(overwhelm.Overwhelmed()) }),
 				probe.Func(metricStarts, func() float64 { return float64(tgt.Supervisor().Stats().Starts) }),
 			)
 		},
-		Events: spiral,
+		Events: func(res *scenario.Result) []scenario.Event { return spiral(res, tgt.Supervisor().Exits()) },
 		Phases: phases, Budgets: budgets,
 		ValidateTimeout: 90 * time.Second, // TIME_WAIT's minute, then a healthy child
 	})
@@ -297,8 +317,8 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 	a.kills, err = cg.OOMKills()
 	require.NoError(t, err)
 	if res != nil {
-		t.Logf("%s: peaks: failed dials (no port) %v; TIME_WAIT %v; threads %v; GC %v; OOM kills %v; starts %v",
-			res.Scenario, res.Peaks[scenario.MetricDialPortErrors], res.Peaks[metricTimeWait], res.Peaks[probe.MetricThreads],
+		t.Logf("%s: peaks: failed dials (no port) %v; TIME_WAIT %v; ports free (lowest) %v; threads %v; GC %v; OOM kills %v; starts %v",
+			res.Scenario, res.Peaks[scenario.MetricDialPortErrors], res.Peaks[metricTimeWait], lowest(res, metricPortsFree), res.Peaks[probe.MetricThreads],
 			res.Peaks[probe.MetricGCCPUFraction], res.Peaks[suite.MetricOOMKills], res.Peaks[metricStarts])
 	}
 	for _, e := range a.exits {
@@ -311,18 +331,19 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 // up with the errors of an everyday day, the few dials that time out while
 // the flood first arrives included, and is overwhelmed by the flood of
 // errors that exhaustion brings, a line for every key of every batch.
-// Inject watches the namespace's sockets toward memcached and injects sink
-// (it drains slower than the lines come) once they hold portsHeld ports,
-// or once latest has passed, whichever comes first, so that an arm whose
-// ports never run out (the fixed data plane) meets the slow sink too;
-// Recover stops the watch and recovers sink.
+// Inject watches the namespace's free ports toward memcached (ports, as
+// the sampler last read them) and injects sink (it drains slower than the
+// lines come) once none is left, or once latest has passed, whichever
+// comes first, so that an arm whose ports never run out (the fixed data
+// plane) meets the slow sink too; Recover stops the watch and recovers
+// sink.
 //
 // A sink slowed from the start instead blocks those first time-outs'
 // writers, and their threads and memory had the child OOM-killed with
 // 14,000-20,000 TIME_WAIT sockets, before the ports ran out (5 runs).
 type stallOnExhaustion struct {
 	sink   *faults.Sink
-	held   func(context.Context) (int, error)
+	ports  *portsSource
 	latest time.Duration
 
 	overwhelmed atomic.Bool
@@ -331,7 +352,7 @@ type stallOnExhaustion struct {
 }
 
 func (f *stallOnExhaustion) Name() string {
-	return fmt.Sprintf("%s once %d ports are held or after %v", f.sink.Name(), portsHeld, f.latest)
+	return fmt.Sprintf("%s once no port toward memcached is free or after %v", f.sink.Name(), f.latest)
 }
 
 // Overwhelmed reports whether the sink has been slowed.
@@ -348,26 +369,20 @@ func (f *stallOnExhaustion) Inject(ctx context.Context) error {
 		defer tick.Stop()
 		deadline := time.After(f.latest)
 		for {
-			late := false
 			select {
 			case <-ctx.Done():
 				f.done <- nil
 				return
 			case <-deadline:
-				late = true
 			case <-tick.C:
+				if free, ok := f.ports.Free(); !ok || free > 0 {
+					continue
+				}
 			}
-			n, err := f.held(ctx)
-			if err != nil && ctx.Err() == nil {
-				f.done <- fmt.Errorf("%s: count the ports held: %w", f.Name(), err)
-				return
-			}
-			if late || n >= portsHeld {
-				err := f.sink.Inject(ctx)
-				f.overwhelmed.Store(err == nil)
-				f.done <- err
-				return
-			}
+			err := f.sink.Inject(ctx)
+			f.overwhelmed.Store(err == nil)
+			f.done <- err
+			return
 		}
 	}()
 	return nil
@@ -381,6 +396,38 @@ func (f *stallOnExhaustion) Recover(ctx context.Context) error {
 	err := <-f.done
 	f.cancel = nil
 	return errors.Join(err, f.sink.Recover(ctx))
+}
+
+// portsSource reads, from one census of the namespace's sockets per
+// sample, metricTimeWait and metricPortsFree toward dest, and keeps the
+// last free figure for stallOnExhaustion. The census and the sysctls it
+// reads (the namespace's own port range) run inside the namespace.
+type portsSource struct {
+	ns   *netns.NS
+	dest netip.AddrPort
+	free atomic.Int64 // last read + 1; 0 before the first
+}
+
+func (p *portsSource) Metrics() []string { return []string{metricTimeWait, metricPortsFree} }
+
+func (p *portsSource) Read(ctx context.Context, dst []float64) error {
+	var h probe.Headroom
+	err := p.ns.Do(func() (err error) {
+		h, err = probe.Census{}.Headroom(ctx, p.dest)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	p.free.Store(int64(h.Free) + 1)
+	dst[0], dst[1] = float64(h.HeldTimeWait), float64(h.Free)
+	return nil
+}
+
+// Free is the free ports at the last read, and whether there was one.
+func (p *portsSource) Free() (int, bool) {
+	v := p.free.Load()
+	return int(v - 1), v > 0
 }
 
 func b2f(b bool) float64 {
@@ -425,14 +472,17 @@ const (
 	linkRedial  = "restart can't dial"
 )
 
-// spiral finds each link of the chain in res's timeline: the first sample
-// where it holds.
-func spiral(res *scenario.Result) []scenario.Event {
+// spiral finds each link of the chain in res's timeline, the first sample
+// where it holds, and in the supervisor's exits: a restarted child whose
+// health check failed for want of a port fails to dial as surely as one
+// that counts the failed dials, and it says so while its metrics may not
+// be read (its runtime starved by the flood it meets).
+func spiral(res *scenario.Result, exits []proc.ChildExit) []scenario.Event {
 	tl := res.Timeline
 	col := func(m string) []float64 { return tl.Series(m) }
 	base := func(m string) float64 { return res.Peaks[m][scenario.PhaseBaseline] }
 	dialErrs := col(scenario.MetricDialPortErrors)
-	portErrs, tw, threads, gc, kills, starts := col(scenario.MetricPortErrors), col(metricTimeWait), col(probe.MetricThreads), col(probe.MetricGCCPUFraction), col(suite.MetricOOMKills), col(metricStarts)
+	portErrs, tw, free, threads, gc, kills, starts := col(scenario.MetricPortErrors), col(metricTimeWait), col(metricPortsFree), col(probe.MetricThreads), col(probe.MetricGCCPUFraction), col(suite.MetricOOMKills), col(metricStarts)
 	at := func(i int) time.Time { return tl.Samples[i].At }
 	var out []scenario.Event
 	first := func(name string, from int, cond func(i int) bool, detail func(i int) string) int {
@@ -444,9 +494,30 @@ func spiral(res *scenario.Result) []scenario.Event {
 		}
 		return -1
 	}
-	ok := func(s []float64, i int) bool { return s != nil && !math.IsNaN(s[i]) }
-	first(linkPorts, 0, func(i int) bool { return ok(portErrs, i) && portErrs[i] > 0 }, func(i int) string {
-		return fmt.Sprintf("%.0f dials found no free port; %.0f TIME_WAIT sockets toward memcached", portErrs[i], tw[i])
+	ok := func(s []float64, i int) bool { return s != nil && i >= 0 && !math.IsNaN(s[i]) }
+	// read is the sample nearest i where s was read (the census can be
+	// late while the child starves the machine), -1 if none.
+	read := func(s []float64, i int) int {
+		for d := 0; d < len(tl.Samples); d++ {
+			for _, j := range []int{i - d, i + d} {
+				if j >= 0 && j < len(tl.Samples) && ok(s, j) {
+					return j
+				}
+			}
+		}
+		return -1
+	}
+	num := func(s []float64, i int) string {
+		if !ok(s, i) {
+			return "?"
+		}
+		return fmt.Sprintf("%.0f", s[i])
+	}
+	// Exhaustion is seen by the kernel (no port of the range free) or by
+	// the child (a dial failed for want of one), whichever comes first: the
+	// starved child's metrics are often not read while it lasts.
+	first(linkPorts, 0, func(i int) bool { return ok(free, i) && free[i] <= 0 || ok(portErrs, i) && portErrs[i] > 0 }, func(i int) string {
+		return fmt.Sprintf("%s ports free toward memcached, %s held by TIME_WAIT sockets; %s lookups failed for want of a port", num(free, i), num(tw, i), num(portErrs, i))
 	})
 	first(linkThreads, 0, func(i int) bool { return ok(threads, i) && threads[i] >= spiralThreads*base(probe.MetricThreads) }, func(i int) string {
 		return fmt.Sprintf("%.0f OS threads, %.1fx the baseline's %.0f", threads[i], threads[i]/base(probe.MetricThreads), base(probe.MetricThreads))
@@ -459,6 +530,7 @@ func spiral(res *scenario.Result) []scenario.Event {
 		return fmt.Sprintf("%.0f OOM kill(s) in the child's cgroup", kills[i])
 	})
 	if oom < 0 {
+		slices.SortStableFunc(out, byTime)
 		return out
 	}
 	before := 1.0 // children started before the kill
@@ -469,15 +541,64 @@ func spiral(res *scenario.Result) []scenario.Event {
 		return fmt.Sprintf("child %.0f started", starts[i])
 	})
 	if restart < 0 {
+		slices.SortStableFunc(out, byTime)
 		return out
 	}
 	// The restarted child is a new process: its counter starts at 0, so any
 	// failed dial it counts is its own.
+	var redial []scenario.Event
 	first(linkRedial, restart, func(i int) bool {
-		return ok(dialErrs, i) && dialErrs[i] > 0 && starts[i] > before && tw[i] > 1000
+		return ok(dialErrs, i) && dialErrs[i] > 0 && starts[i] > before && ok(tw, i) && tw[i] > 1000
 	}, func(i int) string {
-		return fmt.Sprintf("child %.0f's %.0f memcached dials found no free port; %.0f TIME_WAIT sockets still hold them", starts[i], dialErrs[i], tw[i])
+		return fmt.Sprintf("child %.0f's %.0f memcached dials found no free port; %.0f ports held by TIME_WAIT sockets, %s free", starts[i], dialErrs[i], tw[i], num(free, i))
 	})
+	if e, found := find(out, linkRedial); found {
+		redial = append(redial, e)
+		out = out[:len(out)-1]
+	}
+	for _, e := range exits {
+		if float64(e.Start) <= before || e.LastHealthAt.IsZero() || !strings.Contains(e.LastHealth, noPort) || e.LastHealthAt.Before(at(restart)) {
+			continue
+		}
+		j := nearest(tl, e.LastHealthAt)
+		redial = append(redial, scenario.Event{Name: linkRedial, At: e.LastHealthAt,
+			Detail: fmt.Sprintf("child %d's health check could not dial memcached (%s); %s ports held by TIME_WAIT sockets, %s free", e.Start, e.LastHealth, num(tw, read(tw, j)), num(free, read(free, j)))})
+		break
+	}
+	if len(redial) > 0 {
+		slices.SortStableFunc(redial, byTime)
+		out = append(out, redial[0])
+	}
+	slices.SortStableFunc(out, byTime) // the report lists them as they happened
+	return out
+}
+
+func byTime(a, b scenario.Event) int { return a.At.Compare(b.At) }
+
+// noPort is how connect(2)'s EADDRNOTAVAIL reads in a Go error.
+const noPort = "cannot assign requested address"
+
+// nearest is the index of tl's sample nearest t.
+func nearest(tl *probe.Timeline, t time.Time) int {
+	i, _ := slices.BinarySearchFunc(tl.Samples, t, func(s probe.Sample, t time.Time) int { return s.At.Compare(t) })
+	if i == len(tl.Samples) || i > 0 && t.Sub(tl.Samples[i-1].At) < tl.Samples[i].At.Sub(t) {
+		i--
+	}
+	return i
+}
+
+// lowest is the lowest figure of m per phase: Peaks holds the highest.
+func lowest(res *scenario.Result, m string) map[string]float64 {
+	out := map[string]float64{}
+	s := res.Timeline.Series(m)
+	for i, smp := range res.Timeline.Samples {
+		if s == nil || math.IsNaN(s[i]) {
+			continue
+		}
+		if v, seen := out[smp.Phase]; !seen || s[i] < v {
+			out[smp.Phase] = s[i]
+		}
+	}
 	return out
 }
 
