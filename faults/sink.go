@@ -81,6 +81,11 @@ type SinkConfig struct {
 	Stall bool
 	// Mode is how writers reach the pipe. Defaults to SinkDirect.
 	Mode SinkMode
+	// Tee, if set, is given every byte the drain reads out of the pipe, in
+	// order, on the drain's goroutine: what the sink's reader would see
+	// (a log shipper's view of the lines). It must not block; its error is
+	// ignored. Defaults to nil: drained bytes are discarded.
+	Tee io.Writer
 }
 
 // SinkStats are a Sink's counters since NewSink.
@@ -467,6 +472,9 @@ func (s *Sink) drain() {
 		}
 		n, err := s.r.Read(buf[:chunk])
 		s.bytesDrained.Add(int64(n))
+		if n > 0 && s.cfg.Tee != nil {
+			_, _ = s.cfg.Tee.Write(buf[:n])
+		}
 		if st == drainThrottle && n > 0 {
 			pause := time.Duration(float64(n) / float64(s.cfg.DrainBytesPerSec) * float64(time.Second))
 			t := time.NewTimer(pause)

@@ -3,9 +3,12 @@ package faults_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -293,3 +296,43 @@ func TestSinkWriteEndBlocksAChildsStderr(t *testing.T) {
 	_, err = faults.ThreadsInWriteOf(0, 2)
 	require.Error(t, err)
 }
+
+// TestSinkTeeSeesWhatIsDrained: Tee gets every byte written, in order,
+// as the drain reads it, freely and throttled alike.
+func TestSinkTeeSeesWhatIsDrained(t *testing.T) {
+	noLeaks(t)
+	var mu sync.Mutex
+	var got bytes.Buffer
+	tee := writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return got.Write(p)
+	})
+	s := newSink(t, faults.SinkConfig{DrainBytesPerSec: 256 << 10, PipeBytes: 4096, Tee: tee})
+	var want bytes.Buffer
+	write := func(from, to int) {
+		for i := from; i < to; i++ {
+			line := fmt.Appendf(nil, "line %d %s\n", i, strings.Repeat("x", i%200))
+			want.Write(line)
+			_, err := s.Write(line)
+			require.NoError(t, err)
+		}
+	}
+	write(0, 500)
+	require.NoError(t, s.Inject(t.Context()))
+	write(500, 1000) // throttled
+	require.NoError(t, s.Recover(t.Context()))
+	write(1000, 1500)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return got.Len() == want.Len()
+	}, 10*time.Second, 10*time.Millisecond, "the drain reads every byte written")
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, want.String(), got.String())
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
