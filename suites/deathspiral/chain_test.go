@@ -2,6 +2,7 @@ package deathspiral
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -76,7 +77,7 @@ func TestSpiralReadsTheKernelAndTheSupervisor(t *testing.T) {
 		{Start: 1, OOMKilled: true, LastHealthAt: res.Timeline.Samples[1].At, LastHealth: "503: memcached: dial tcp 127.0.0.1:11211: connect: " + noPort}, // before the kill: not the restart's
 		{Start: 2, Unhealthy: true, LastHealthAt: failed, LastHealth: "503: memcached: dial tcp 127.0.0.1:11211: connect: " + noPort},
 	}
-	res.Events = spiral(res, exits)
+	res.Events = spiral(res, records{exits: exits, lines: &portLines{}})
 	e, ok = find(res.Events, linkRedial)
 	require.True(t, ok, "the failed restart read from the supervisor: %v", res.Events)
 	assert.Equal(t, failed, e.At)
@@ -85,7 +86,7 @@ func TestSpiralReadsTheKernelAndTheSupervisor(t *testing.T) {
 
 	// A health check that failed for another reason is no failed dial.
 	exits[1].LastHealth = "503: cql store: timeout"
-	res.Events = spiral(res, exits)
+	res.Events = spiral(res, records{exits: exits, lines: &portLines{}})
 	_, ok = find(res.Events, linkRedial)
 	assert.False(t, ok, "a store failure is not a failed dial: %v", res.Events)
 }
@@ -116,7 +117,7 @@ func timeline(t *testing.T, baseline, inject []row, exits []proc.ChildExit) *sce
 	}
 	tl := s.Timeline()
 	res := &scenario.Result{Started: tl.Start, Timeline: tl, Peaks: scenario.Peaks(tl)}
-	res.Events = spiral(res, exits)
+	res.Events = spiral(res, records{exits: exits, lines: &portLines{}})
 	return res
 }
 
@@ -130,4 +131,48 @@ func sortedByTime(events []scenario.Event, names []string) []string {
 		}
 	}
 	return names
+}
+
+// The service's own log lines, as the sink's reader got them, show both
+// exhaustion and the restart that can't dial, at the times they were
+// logged, when nothing else read them.
+func TestSpiralReadsTheServicesLogLines(t *testing.T) {
+	nan := math.NaN()
+	rows := []row{
+		{0, 0, 40, 28_000, 8, 0.002, 0, 1},        // baseline
+		{nan, nan, 20_000, 3_000, 60, 0.09, 0, 1}, // inject, the child starved
+		{nan, nan, 26_000, 100, 3_000, nan, 0, 1}, // the census a little behind
+		{nan, nan, 28_100, 0, nan, nan, 1, 1},     // killed
+		{nan, nan, 28_100, 0, 9, nan, 1, 2},       // restarted
+		{nan, nan, 28_100, 0, 9, nan, 1, 2},       // its dials fail, unread
+		{nan, nan, 20_000, 8_000, 9, nan, 1, 2},   // TIME_WAIT expired
+	}
+	res := timeline(t, rows[:1], rows[1:], nil)
+	s := res.Timeline.Samples
+	lines := &portLines{}
+	logLine := func(at time.Time, kind, err string) string {
+		return fmt.Sprintf(`{"time":%q,"level":"ERROR","msg":"failed to get post cache item","kind":%q,"error":%q}`+"\n", at.Format(time.RFC3339Nano), kind, err)
+	}
+	exhausted := s[2].At.Add(-time.Nanosecond) // before the census saw it
+	redialled := s[5].At
+	text := logLine(s[1].At, "connect_timeout", "memcache: connect timeout to 127.0.0.1:11211") +
+		logLine(exhausted, "addr_not_avail", "dial tcp 127.0.0.1:11211: connect: "+noPort) +
+		logLine(redialled, "addr_not_avail", "dial tcp 127.0.0.1:11211: connect: "+noPort)
+	for len(text) > 0 { // in pieces, lines split across writes
+		n := min(37, len(text))
+		_, err := lines.Write([]byte(text[:n]))
+		require.NoError(t, err)
+		text = text[n:]
+	}
+	assert.Equal(t, 2, lines.Count(), "the time-out is no port error")
+
+	res.Events = spiral(res, records{lines: lines})
+	e, ok := find(res.Events, linkPorts)
+	require.True(t, ok, "%v", res.Events)
+	assert.True(t, exhausted.Equal(e.At), "the logged time %v, before the census's sample; got %v", exhausted, e.At)
+	assert.Contains(t, e.Detail, "the service logged its first dial that found no port (2 such lines in the run)")
+	e, ok = find(res.Events, linkRedial)
+	require.True(t, ok, "%v", res.Events)
+	assert.True(t, redialled.Equal(e.At), "the logged time %v; got %v", redialled, e.At)
+	assert.Contains(t, e.Detail, "the restarted service logged a dial that found no port (1 such lines after the restart); 28100 ports held by TIME_WAIT sockets, 0 free")
 }

@@ -17,22 +17,27 @@
 // in a memory cgroup, joins that namespace (target.ExecConfig.NS). Its load
 // reaches it through a forwarder from the machine's loopback; its CQL
 // store is forwarded in. Every figure comes from the kernel's or the
-// runtime's own records: the namespace's TIME_WAIT sockets (sock_diag),
-// the child's failed dials (its dp_memcached_port_errors_total), its OS
-// threads (/proc), its GC share (its /metrics), the cgroup's OOM kills and
-// the supervisor's restarts.
+// runtime's own records: the namespace's sockets toward memcached and the
+// ports of its range they hold (sock_diag, inside the namespace), the
+// child's failed dials (its counters, and its log lines as the sink's
+// reader gets them, each with the time it was logged), its OS threads
+// (/proc), its GC share (its /metrics), the cgroup's memory and OOM kills,
+// and the supervisor's restarts and health checks.
 //
-//   - incident (dataplane.IncidentConfig): must show the chain, in order:
-//     ports exhausted, OS threads at least spiralThreads times the
+//   - incident (dataplane.IncidentConfig): must show each link of the
+//     chain: ports exhausted, OS threads at least spiralThreads times the
 //     baseline's, GC share up, an OOM kill, a restart, and a restarted
-//     child failing to dial memcached while the namespace still holds
-//     thousands of TIME_WAIT sockets. The report lists each link with its
-//     time (Result.Events).
+//     child failing to dial memcached while the namespace's TIME_WAIT
+//     sockets still hold the ports; exhaustion and the threads before the
+//     kill, the kill, the restart and the failed dial in that order. The
+//     report lists each link with its time (Result.Events).
 //   - fixed (dataplane.DefaultConfig): the same load and faults: no port
-//     error, no OOM kill, no restart, threads and TIME_WAIT within budget.
+//     error, no OOM kill, no restart, threads, memory and TIME_WAIT within
+//     budget.
 //
-// It runs in full mode (make chaos) only: a restart into TIME_WAIT needs
-// the minute TIME_WAIT lasts.
+// It runs in full mode (make chaos) only, as root: a restart into
+// TIME_WAIT needs the minute TIME_WAIT lasts, and the child its cgroup and
+// memcached's namespace.
 package deathspiral
 
 import (
@@ -79,6 +84,9 @@ const (
 	// processes' memory and the kernel's on their behalf (socket buffers,
 	// thread stacks), what the OOM killer weighs against cgroupLimit.
 	metricCgroupMemory = "cgroup_memory_bytes"
+	// metricPortLines counts the service's log lines, as the sink's reader
+	// got them, that said a dial found no port (portLines).
+	metricPortLines = "sink_port_error_lines"
 	// metricStarts counts the children the supervisor started.
 	metricStarts = "child_starts"
 	// metricSinkOverwhelmed is 1 once the sink drains slower than the
@@ -91,14 +99,13 @@ const (
 	// lookup is a cache hit while memcached can be dialled.
 	posts = 2_000
 	// cgroupLimit is the child's memory limit: room for the fixed data
-	// plane (its cgroup peaked at 31 MB of RSS) and for the incident's
-	// flood before the sink is overwhelmed (its cgroup at 100-120 MB, RSS
-	// up to 147 MB in 5 runs), not for the threads its blocked writers
-	// hold after (1,600-3,300 of them took it past 220 MB). At 256 MiB the
-	// kill came 20-30 s after the ports ran out, when the flood's first
-	// TIME_WAIT sockets had begun to expire, and the restart found ports
-	// free in 2 of 4 runs.
-	cgroupLimit = 192 << 20
+	// plane (its cgroup peaked at 18 MB) and for the incident's flood before
+	// the sink is overwhelmed, not for the threads its blocked writers hold
+	// after (1,600-3,300 of them took it past 220 MB). Before, the
+	// incident's cgroup held 100-120 MB in most runs and climbed to 199 MB
+	// in one (goroutines of batches their client had given up on): at
+	// 192 MiB that run was killed before its ports ran out.
+	cgroupLimit = 256 << 20
 	// childGOMEMLIMIT: the collector works harder as memory nears it.
 	childGOMEMLIMIT = cgroupLimit - 32<<20
 	// The sink: about 50 lines fit in its pipe, drained at about 25 lines
@@ -128,19 +135,23 @@ const (
 	// the crash loop shows within TIME_WAIT's minute.
 	startTimeout = 5 * time.Second
 	// injectFor is how long the flood lasts. The incident's ports run out
-	// 39-45 s into it on 2 cores, the child is killed 10-25 s after its
-	// sink is overwhelmed, and the flood must still be coming when the
-	// restarted child comes up: in 2 runs where it had ended (50 s, the
-	// kill at 50-52 s) the restart dialled into the few ports the kill
-	// left free (28,232 less 27,056-27,976 TIME_WAIT) and stayed healthy.
-	injectFor = 80 * time.Second
-	// overwhelmAfter is when the sink is overwhelmed at the latest, for an
-	// arm whose ports never run out (the fixed data plane), after the
-	// incident's ports have run out: overwhelmed 30 s into inject, 5-10 s
-	// before exhaustion, the incident's sink blocked the writers of the
-	// dials and reads that time out first, and the child was killed once
-	// with 700 ports still free (2 runs).
-	overwhelmAfter = 50 * time.Second
+	// 29-56 s into it on 2 cores and the child is killed 2-33 s after its
+	// sink is overwhelmed; the flood must still be coming when the
+	// restarted child comes up, or it dials into the ports the expiring
+	// TIME_WAIT sockets free and stays healthy (2 runs with a 50 s flood).
+	injectFor = 100 * time.Second
+	// overwhelmAfter is when the sink is overwhelmed in an arm whose
+	// ports are not running out (the fixed data plane: 28,140 of 28,232
+	// free at the lowest), so that it meets the slow sink too; an arm with
+	// fewer than overwhelmNearlyOut ports free then waits for exhaustion
+	// until overwhelmLast. The incident's ports ran out 29-45 s into the
+	// flood, and once more than 50 s (454 free then). Overwhelmed 30 s into
+	// inject, 5-10 s before exhaustion, the incident's sink blocked the
+	// writers of the dials and reads that time out first, and the child
+	// was killed with 700 ports still free.
+	overwhelmAfter     = 50 * time.Second
+	overwhelmNearlyOut = 28_232 / 20 // 5% of the range
+	overwhelmLast      = 65 * time.Second
 )
 
 // budgets must all hold for the fixed data plane.
@@ -151,8 +162,13 @@ var budgets = []probe.Budget{
 	probe.Limit(metricStarts, 1),
 	probe.Limit(probe.MetricThreadsBusy, suite.ThreadsBusyBudget),
 	// The fixed data plane reuses its pooled connections: it closes
-	// none into TIME_WAIT (measured: see the test's log).
+	// none into TIME_WAIT. The 57-61 ports held by TIME_WAIT in its runs
+	// (5 runs, full mode) were all left by the warm-up's reads, before the
+	// baseline.
 	probe.Limit(metricTimeWait, 100),
+	// Its cgroup peaked at 18.4 MB (1 run, full mode); the incident's is
+	// killed at cgroupLimit.
+	probe.Limit(metricCgroupMemory, 40<<20),
 }
 
 func TestDeathSpiral(t *testing.T) {
@@ -201,6 +217,9 @@ func TestDeathSpiral(t *testing.T) {
 				assert.False(t, b.At.Before(a.At), "%s (%.1f s) comes after %s (%.1f s)", pair[1], b.At.Sub(res.Started).Seconds(), pair[0], a.At.Sub(res.Started).Seconds())
 			}
 		}
+		// The postmortem's lesson: per-client figures name the new internal
+		// client at once, by the size of its requests and its cache errors.
+		suite.AssertTopClient(t, res, load.InternalBatch.Client)
 		var unhealthy int
 		for _, e := range a.exits {
 			if e.Unhealthy {
@@ -257,7 +276,8 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 	}
 	require.NoError(t, warm(t.Context(), env, mc))
 
-	sink, err := faults.NewSink(faults.SinkConfig{DrainBytesPerSec: sinkDrainBytesPerSec, PipeBytes: sinkPipeBytes, Mode: faults.SinkDirect})
+	lines := &portLines{}
+	sink, err := faults.NewSink(faults.SinkConfig{DrainBytesPerSec: sinkDrainBytesPerSec, PipeBytes: sinkPipeBytes, Mode: faults.SinkDirect, Tee: lines})
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, sink.Close(), "close the sink") })
 	cg := suite.MemoryCgroup(t, cgroupLimit)
@@ -289,7 +309,7 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 		runner = suite.Run
 	}
 	ports := &portsSource{ns: mc.NS, dest: netip.MustParseAddrPort(mc.Addr)}
-	overwhelm := &stallOnExhaustion{sink: sink, latest: overwhelmAfter, ports: ports}
+	overwhelm := &stallOnExhaustion{sink: sink, ports: ports, latest: overwhelmAfter, last: overwhelmLast, nearlyOut: overwhelmNearlyOut}
 	res := runner(t, env, scenario.Scenario{
 		Name: "death-spiral/" + config, Config: cfg, Target: tgt, Seed: seed,
 		Background: []load.Profile{bg},
@@ -306,10 +326,13 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 					return float64(n), err
 				}),
 				probe.Func(metricSinkOverwhelmed, func() float64 { return b2f(overwhelm.Overwhelmed()) }),
+				probe.Func(metricPortLines, func() float64 { return float64(lines.Count()) }),
 				probe.Func(metricStarts, func() float64 { return float64(tgt.Supervisor().Stats().Starts) }),
 			)
 		},
-		Events: func(res *scenario.Result) []scenario.Event { return spiral(res, tgt.Supervisor().Exits()) },
+		Events: func(res *scenario.Result) []scenario.Event {
+			return spiral(res, records{exits: tgt.Supervisor().Exits(), lines: lines})
+		},
 		Phases: phases, Budgets: budgets,
 		ValidateTimeout: 90 * time.Second, // TIME_WAIT's minute, then a healthy child
 	})
@@ -333,18 +356,19 @@ func runArm(t *testing.T, env *fixtures.Env, config string, cfg dataplane.Config
 // errors that exhaustion brings, a line for every key of every batch.
 // Inject watches the namespace's free ports toward memcached (ports, as
 // the sampler last read them) and injects sink (it drains slower than the
-// lines come) once none is left, or once latest has passed, whichever
-// comes first, so that an arm whose ports never run out (the fixed data
-// plane) meets the slow sink too; Recover stops the watch and recovers
-// sink.
+// lines come) once none is left. An arm whose ports are not running out
+// (more than nearlyOut free at latest: the fixed data plane) meets the
+// slow sink at latest; one whose ports are nearly out then waits for
+// exhaustion until last. Recover stops the watch and recovers sink.
 //
 // A sink slowed from the start instead blocks those first time-outs'
 // writers, and their threads and memory had the child OOM-killed with
 // 14,000-20,000 TIME_WAIT sockets, before the ports ran out (5 runs).
 type stallOnExhaustion struct {
-	sink   *faults.Sink
-	ports  *portsSource
-	latest time.Duration
+	sink         *faults.Sink
+	ports        *portsSource
+	latest, last time.Duration
+	nearlyOut    int
 
 	overwhelmed atomic.Bool
 	cancel      context.CancelFunc
@@ -352,7 +376,7 @@ type stallOnExhaustion struct {
 }
 
 func (f *stallOnExhaustion) Name() string {
-	return fmt.Sprintf("%s once no port toward memcached is free or after %v", f.sink.Name(), f.latest)
+	return fmt.Sprintf("%s once no port toward memcached is free, or after %v with over %d free, or after %v", f.sink.Name(), f.latest, f.nearlyOut, f.last)
 }
 
 // Overwhelmed reports whether the sink has been slowed.
@@ -364,20 +388,21 @@ func (f *stallOnExhaustion) Inject(ctx context.Context) error {
 	}
 	ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	f.done = make(chan error, 1)
+	began := time.Now()
 	go func() {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		deadline := time.After(f.latest)
 		for {
 			select {
 			case <-ctx.Done():
 				f.done <- nil
 				return
-			case <-deadline:
 			case <-tick.C:
-				if free, ok := f.ports.Free(); !ok || free > 0 {
-					continue
-				}
+			}
+			free, read := f.ports.Free()
+			since := time.Since(began)
+			if !(read && free <= 0 || since >= f.last || since >= f.latest && (!read || free > f.nearlyOut)) {
+				continue
 			}
 			err := f.sink.Inject(ctx)
 			f.overwhelmed.Store(err == nil)
@@ -472,35 +497,35 @@ const (
 	linkRedial  = "restart can't dial"
 )
 
-// spiral finds each link of the chain in res's timeline, the first sample
-// where it holds, and in the supervisor's exits: a restarted child whose
-// health check failed for want of a port fails to dial as surely as one
-// that counts the failed dials, and it says so while its metrics may not
-// be read (its runtime starved by the flood it meets).
-func spiral(res *scenario.Result, exits []proc.ChildExit) []scenario.Event {
+// records are what the supervisor and the sink's reader kept of a run,
+// beside its timeline.
+type records struct {
+	// exits are the supervisor's records of the children that ended.
+	exits []proc.ChildExit
+	// lines are the service's log lines that said a dial found no port.
+	lines *portLines
+}
+
+// spiral finds each link of the chain in res's timeline, at the first
+// sample where it holds, and in rec. Exhaustion and the restart that can't
+// dial are each read from every record that can show them, the earliest
+// taken: the kernel's census, the child's counters (seldom read while the
+// flood starves it, and lost when it is killed), its log lines (each with
+// the time it was logged), and its health check's answer.
+func spiral(res *scenario.Result, rec records) []scenario.Event {
 	tl := res.Timeline
 	col := func(m string) []float64 { return tl.Series(m) }
 	base := func(m string) float64 { return res.Peaks[m][scenario.PhaseBaseline] }
 	dialErrs := col(scenario.MetricDialPortErrors)
 	portErrs, tw, free, threads, gc, kills, starts := col(scenario.MetricPortErrors), col(metricTimeWait), col(metricPortsFree), col(probe.MetricThreads), col(probe.MetricGCCPUFraction), col(suite.MetricOOMKills), col(metricStarts)
 	at := func(i int) time.Time { return tl.Samples[i].At }
-	var out []scenario.Event
-	first := func(name string, from int, cond func(i int) bool, detail func(i int) string) int {
-		for i := from; i < len(tl.Samples); i++ {
-			if cond(i) {
-				out = append(out, scenario.Event{Name: name, At: at(i), Detail: detail(i)})
-				return i
-			}
-		}
-		return -1
-	}
-	ok := func(s []float64, i int) bool { return s != nil && i >= 0 && !math.IsNaN(s[i]) }
+	ok := func(s []float64, i int) bool { return s != nil && i >= 0 && i < len(s) && !math.IsNaN(s[i]) }
 	// read is the sample nearest i where s was read (the census can be
 	// late while the child starves the machine), -1 if none.
 	read := func(s []float64, i int) int {
 		for d := 0; d < len(tl.Samples); d++ {
 			for _, j := range []int{i - d, i + d} {
-				if j >= 0 && j < len(tl.Samples) && ok(s, j) {
+				if ok(s, j) {
 					return j
 				}
 			}
@@ -508,67 +533,103 @@ func spiral(res *scenario.Result, exits []proc.ChildExit) []scenario.Event {
 		return -1
 	}
 	num := func(s []float64, i int) string {
-		if !ok(s, i) {
-			return "?"
+		if j := read(s, i); j >= 0 {
+			return fmt.Sprintf("%.0f", s[j])
 		}
-		return fmt.Sprintf("%.0f", s[i])
+		return "?"
 	}
-	// Exhaustion is seen by the kernel (no port of the range free) or by
-	// the child (a dial failed for want of one), whichever comes first: the
-	// starved child's metrics are often not read while it lasts.
-	first(linkPorts, 0, func(i int) bool { return ok(free, i) && free[i] <= 0 || ok(portErrs, i) && portErrs[i] > 0 }, func(i int) string {
-		return fmt.Sprintf("%s ports free toward memcached, %s held by TIME_WAIT sockets; %s lookups failed for want of a port", num(free, i), num(tw, i), num(portErrs, i))
+	exact := func(s []float64, i int) string {
+		if ok(s, i) {
+			return fmt.Sprintf("%.0f", s[i])
+		}
+		return "?"
+	}
+	ports := func(t time.Time) string {
+		i := nearest(tl, t)
+		return fmt.Sprintf("%s ports held by TIME_WAIT sockets, %s free", num(tw, i), num(free, i))
+	}
+	var out []scenario.Event
+	// firstSample is the event name at the first sample from from on where
+	// cond holds, and its index; -1 if none.
+	firstSample := func(name string, from int, cond func(i int) bool, detail func(i int) string) (scenario.Event, int) {
+		for i := max(from, 0); i < len(tl.Samples); i++ {
+			if cond(i) {
+				return scenario.Event{Name: name, At: at(i), Detail: detail(i)}, i
+			}
+		}
+		return scenario.Event{}, -1
+	}
+	// earliest adds the earliest of the events found, if any.
+	earliest := func(found ...scenario.Event) {
+		found = slices.DeleteFunc(found, func(e scenario.Event) bool { return e.Name == "" })
+		if len(found) > 0 {
+			out = append(out, slices.MinFunc(found, byTime))
+		}
+	}
+	add := func(name string, from int, cond func(i int) bool, detail func(i int) string) int {
+		e, i := firstSample(name, from, cond, detail)
+		earliest(e)
+		return i
+	}
+
+	// Ports: the kernel finds none of the range free, or the child counts
+	// or logs a dial that found none.
+	kernel, _ := firstSample(linkPorts, 0, func(i int) bool { return ok(free, i) && free[i] <= 0 || ok(portErrs, i) && portErrs[i] > 0 }, func(i int) string {
+		return fmt.Sprintf("%s ports free toward memcached, %s held by TIME_WAIT sockets; %s lookups failed for want of a port", exact(free, i), exact(tw, i), exact(portErrs, i))
 	})
-	first(linkThreads, 0, func(i int) bool { return ok(threads, i) && threads[i] >= spiralThreads*base(probe.MetricThreads) }, func(i int) string {
+	var logged scenario.Event
+	if t, n, found := rec.lines.FirstAfter(time.Time{}); found {
+		logged = scenario.Event{Name: linkPorts, At: t, Detail: fmt.Sprintf("the service logged its first dial that found no port (%d such lines in the run); %s", n, ports(t))}
+	}
+	earliest(kernel, logged)
+	add(linkThreads, 0, func(i int) bool { return ok(threads, i) && threads[i] >= spiralThreads*base(probe.MetricThreads) }, func(i int) string {
 		return fmt.Sprintf("%.0f OS threads, %.1fx the baseline's %.0f", threads[i], threads[i]/base(probe.MetricThreads), base(probe.MetricThreads))
 	})
 	gcBase := base(probe.MetricGCCPUFraction)
-	first(linkGC, 0, func(i int) bool { return ok(gc, i) && gc[i] >= max(3*gcBase, 0.05) }, func(i int) string {
+	add(linkGC, 0, func(i int) bool { return ok(gc, i) && gc[i] >= max(3*gcBase, 0.05) }, func(i int) string {
 		return fmt.Sprintf("GC share %.3f, baseline %.3f", gc[i], gcBase)
 	})
-	oom := first(linkOOM, 0, func(i int) bool { return ok(kills, i) && kills[i] > 0 }, func(i int) string {
+	oom := add(linkOOM, 0, func(i int) bool { return ok(kills, i) && kills[i] > 0 }, func(i int) string {
 		return fmt.Sprintf("%.0f OOM kill(s) in the child's cgroup", kills[i])
 	})
-	if oom < 0 {
-		slices.SortStableFunc(out, byTime)
-		return out
-	}
+	restart := -1
 	before := 1.0 // children started before the kill
-	if oom > 0 && ok(starts, oom-1) {
-		before = starts[oom-1]
+	if oom >= 0 {
+		if j := oom - 1; ok(starts, j) {
+			before = starts[j]
+		}
+		restart = add(linkRestart, oom, func(i int) bool { return ok(starts, i) && starts[i] > before }, func(i int) string {
+			return fmt.Sprintf("child %.0f started", starts[i])
+		})
 	}
-	restart := first(linkRestart, oom, func(i int) bool { return ok(starts, i) && starts[i] > before }, func(i int) string {
-		return fmt.Sprintf("child %.0f started", starts[i])
-	})
 	if restart < 0 {
 		slices.SortStableFunc(out, byTime)
 		return out
 	}
-	// The restarted child is a new process: its counter starts at 0, so any
-	// failed dial it counts is its own.
-	var redial []scenario.Event
-	first(linkRedial, restart, func(i int) bool {
-		return ok(dialErrs, i) && dialErrs[i] > 0 && starts[i] > before && ok(tw, i) && tw[i] > 1000
+
+	// The restart can't dial: a restarted child counts a dial that found no
+	// port (a new process: its counter starts at 0), logs one (a line
+	// logged after the restart is the new child's: the old one is dead), or
+	// answers its health check with one.
+	since := at(restart)
+	counted, _ := firstSample(linkRedial, restart, func(i int) bool {
+		return ok(dialErrs, i) && dialErrs[i] > 0 && ok(starts, i) && starts[i] > before
 	}, func(i int) string {
-		return fmt.Sprintf("child %.0f's %.0f memcached dials found no free port; %.0f ports held by TIME_WAIT sockets, %s free", starts[i], dialErrs[i], tw[i], num(free, i))
+		return fmt.Sprintf("child %.0f's %.0f memcached dials found no free port; %s", starts[i], dialErrs[i], ports(at(i)))
 	})
-	if e, found := find(out, linkRedial); found {
-		redial = append(redial, e)
-		out = out[:len(out)-1]
+	logged = scenario.Event{}
+	if t, n, found := rec.lines.FirstAfter(since); found {
+		logged = scenario.Event{Name: linkRedial, At: t, Detail: fmt.Sprintf("the restarted service logged a dial that found no port (%d such lines after the restart); %s", n, ports(t))}
 	}
-	for _, e := range exits {
-		if float64(e.Start) <= before || e.LastHealthAt.IsZero() || !strings.Contains(e.LastHealth, noPort) || e.LastHealthAt.Before(at(restart)) {
-			continue
+	var answered scenario.Event
+	for _, e := range rec.exits {
+		if float64(e.Start) > before && !e.LastHealthAt.Before(since) && strings.Contains(e.LastHealth, noPort) {
+			answered = scenario.Event{Name: linkRedial, At: e.LastHealthAt,
+				Detail: fmt.Sprintf("child %d's health check could not dial memcached (%s); %s", e.Start, e.LastHealth, ports(e.LastHealthAt))}
+			break
 		}
-		j := nearest(tl, e.LastHealthAt)
-		redial = append(redial, scenario.Event{Name: linkRedial, At: e.LastHealthAt,
-			Detail: fmt.Sprintf("child %d's health check could not dial memcached (%s); %s ports held by TIME_WAIT sockets, %s free", e.Start, e.LastHealth, num(tw, read(tw, j)), num(free, read(free, j)))})
-		break
 	}
-	if len(redial) > 0 {
-		slices.SortStableFunc(redial, byTime)
-		out = append(out, redial[0])
-	}
+	earliest(counted, logged, answered)
 	slices.SortStableFunc(out, byTime) // the report lists them as they happened
 	return out
 }
