@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/spiral-chaos/spiral/faults"
 	"github.com/spiral-chaos/spiral/probe"
 	"github.com/spiral-chaos/spiral/proc"
 	"github.com/spiral-chaos/spiral/scenario"
@@ -175,4 +176,46 @@ func TestSpiralReadsTheServicesLogLines(t *testing.T) {
 	require.True(t, ok, "%v", res.Events)
 	assert.True(t, redialled.Equal(e.At), "the logged time %v; got %v", redialled, e.At)
 	assert.Contains(t, e.Detail, "the restarted service logged a dial that found no port (1 such lines after the restart); 28100 ports held by TIME_WAIT sockets, 0 free")
+}
+
+// The sink is overwhelmed once no port is free; an arm whose ports are not
+// running out meets it at latest; one nearly out waits for exhaustion
+// until last. No engine is needed: the ports are set by hand.
+func TestStallOnExhaustion(t *testing.T) {
+	const latest, last = 400 * time.Millisecond, 1200 * time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		free     []int // set in turn, 100 ms apart
+		min, max time.Duration
+	}{
+		{"exhausted early", []int{5_000, 0}, 90 * time.Millisecond, latest},
+		{"not running out", []int{28_000}, latest, latest + 250*time.Millisecond},
+		{"nearly out waits", []int{28_000, 5_000, 1_000}, last, last + 250*time.Millisecond},
+		{"nearly out, then exhausted", []int{28_000, 5_000, 1_000, 1_000, 1_000, 1_000, 1_000, 0}, latest + 250*time.Millisecond, last},
+		{"no reading", nil, latest, latest + 250*time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sink, err := faults.NewSink(faults.SinkConfig{DrainBytesPerSec: 1 << 10, PipeBytes: 4096})
+			require.NoError(t, err)
+			t.Cleanup(func() { assert.NoError(t, sink.Close()) })
+			ports := &portsSource{}
+			f := &stallOnExhaustion{sink: sink, ports: ports, latest: latest, last: last, nearlyOut: 1_411}
+			began := time.Now()
+			require.NoError(t, f.Inject(t.Context()))
+			var at time.Duration
+			for i := 0; at == 0 && time.Since(began) < 2*last; i++ {
+				if i%10 == 0 && i/10 < len(tc.free) {
+					ports.free.Store(int64(tc.free[i/10]) + 1)
+				}
+				if f.Overwhelmed() {
+					at = time.Since(began)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			require.NotZero(t, at, "the sink was overwhelmed")
+			assert.GreaterOrEqual(t, at, tc.min)
+			assert.LessOrEqual(t, at, tc.max)
+			require.NoError(t, f.Recover(t.Context()))
+		})
+	}
 }

@@ -100,12 +100,17 @@ const (
 	posts = 2_000
 	// cgroupLimit is the child's memory limit: room for the fixed data
 	// plane (its cgroup peaked at 18 MB) and for the incident's flood before
-	// the sink is overwhelmed, not for the threads its blocked writers hold
-	// after (1,600-3,300 of them took it past 220 MB). Before, the
-	// incident's cgroup held 100-120 MB in most runs and climbed to 199 MB
-	// in one (goroutines of batches their client had given up on): at
-	// 192 MiB that run was killed before its ports ran out.
-	cgroupLimit = 256 << 20
+	// its ports run out (108-199 MB), not for the threads its blocked
+	// writers hold after (1,600-3,900 of them took it past 250 MB). The
+	// limit also sets how long a restarted child lives: once exhausted,
+	// connect(2) scans the whole range for every dial and the incident
+	// child all but stops, until the flood's first TIME_WAIT sockets
+	// expire 60 s into it; the rush that follows is what kills it in most
+	// runs, and the restart finds the ports those sockets freed. A
+	// restarted child then fails to dial only once it has taken them
+	// again: at 256 MiB the restarted children were killed first in 2 of
+	// 7 runs (at 192 MiB, one child was killed before its ports ran out).
+	cgroupLimit = 320 << 20
 	// childGOMEMLIMIT: the collector works harder as memory nears it.
 	childGOMEMLIMIT = cgroupLimit - 32<<20
 	// The sink: about 50 lines fit in its pipe, drained at about 25 lines
@@ -134,21 +139,19 @@ const (
 	// that can't dial memcached is killed and started again after it, so
 	// the crash loop shows within TIME_WAIT's minute.
 	startTimeout = 5 * time.Second
-	// injectFor is how long the flood lasts. The incident's ports run out
-	// 29-56 s into it on 2 cores and the child is killed 2-33 s after its
-	// sink is overwhelmed; the flood must still be coming when the
-	// restarted child comes up, or it dials into the ports the expiring
-	// TIME_WAIT sockets free and stays healthy (2 runs with a 50 s flood).
+	// injectFor is how long the flood lasts: the restarted children must
+	// meet it (with a 50 s flood, 2 runs' restarts dialled into the ports
+	// the expiring TIME_WAIT sockets freed and stayed healthy), and a crash
+	// loop of several restarts is the postmortem's "up and down".
 	injectFor = 100 * time.Second
 	// overwhelmAfter is when the sink is overwhelmed in an arm whose
-	// ports are not running out (the fixed data plane: 28,140 of 28,232
+	// ports are not running out (the fixed data plane: 28,135 of 28,232
 	// free at the lowest), so that it meets the slow sink too; an arm with
 	// fewer than overwhelmNearlyOut ports free then waits for exhaustion
-	// until overwhelmLast. The incident's ports ran out 29-45 s into the
-	// flood, and once more than 50 s (454 free then). Overwhelmed 30 s into
-	// inject, 5-10 s before exhaustion, the incident's sink blocked the
-	// writers of the dials and reads that time out first, and the child
-	// was killed with 700 ports still free.
+	// until overwhelmLast. The incident's ports ran out 27-56 s into the
+	// flood. Overwhelmed 30 s into the flood, before exhaustion, the
+	// incident's sink blocked the writers of the dials and reads that time
+	// out first, and the child was killed with 700 ports still free.
 	overwhelmAfter     = 50 * time.Second
 	overwhelmNearlyOut = 28_232 / 20 // 5% of the range
 	overwhelmLast      = 65 * time.Second
@@ -401,7 +404,9 @@ func (f *stallOnExhaustion) Inject(ctx context.Context) error {
 			}
 			free, read := f.ports.Free()
 			since := time.Since(began)
-			if !(read && free <= 0 || since >= f.last || since >= f.latest && (!read || free > f.nearlyOut)) {
+			exhausted := read && free <= 0
+			notRunningOut := since >= f.latest && (!read || free > f.nearlyOut)
+			if !exhausted && !notRunningOut && since < f.last {
 				continue
 			}
 			err := f.sink.Inject(ctx)
