@@ -189,9 +189,9 @@ type Scenario struct {
 	// stopped when it ends: Probes must not start it.
 	Probes func(h Harness) []probe.Source
 	// Events, if set, reads what happened, in order, from the finished
-	// run (its timeline, peaks and loads): the links of a chain of
-	// failures, each with its time. Result.Events holds them, and the
-	// report lists them.
+	// run (its timeline, peaks and loads, and whatever records the
+	// scenario kept beside them): the links of a chain of failures, each
+	// with its time. Result.Events holds them, and the report lists them.
 	Events func(res *Result) []Event
 	// Phases are the phase durations.
 	Phases Phases

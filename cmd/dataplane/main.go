@@ -70,6 +70,7 @@ type options struct {
 	listen          string
 	config          string
 	ablate          string
+	maxIdleConns    int
 	memcached       []string
 	cql             []string
 	keyspace        string
@@ -98,6 +99,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.listen, "listen", envOr(target.EnvListen, "127.0.0.1:0"), "`address` to serve on (port 0: any free port, printed once listening; default $"+target.EnvListen+" or 127.0.0.1:0)")
 	fs.StringVar(&o.config, "config", "fixed", "data plane configuration: fixed (dataplane.DefaultConfig), incident (dataplane.IncidentConfig) or setlimit (dataplane.PostmortemFixConfig: the incident with the postmortem's SetLimit alone)")
 	fs.StringVar(&o.ablate, "ablate", "", "with -config fixed, turn this `knob` back to the incident's value, the rest kept fixed: "+strings.Join(dataplane.KnobNames(), ", "))
+	fs.IntVar(&o.maxIdleConns, "memcache-max-idle-conns", 0, "memcached idle pool size (Config.MemcacheMaxIdleConns) in place of the configuration's: a regression of one knob; 0 keeps the configuration's")
 	fs.StringVar(&memcached, "memcached", memcached, "memcached servers, comma-separated `host:port` (default $"+fixtures.EnvMemcachedAddrs+")")
 	fs.StringVar(&cql, "cql", cql, "CQL store contact points, comma-separated `host:port` (default $"+fixtures.EnvCQLHosts+")")
 	fs.StringVar(&o.keyspace, "keyspace", envOr(fixtures.EnvKeyspace, fixtures.DefaultKeyspace), "CQL `keyspace` holding the tables (default $"+fixtures.EnvKeyspace+")")
@@ -119,6 +121,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		} else if _, err := dataplane.Ablate(dataplane.DefaultConfig(), o.ablate); err != nil {
 			errs = append(errs, fmt.Errorf("-ablate: %w", err))
 		}
+	}
+	if o.maxIdleConns < 0 {
+		errs = append(errs, fmt.Errorf("-memcache-max-idle-conns %d: want 1 or more, or 0 for the configuration's", o.maxIdleConns))
 	}
 	o.memcached, o.cql = fixtures.SplitList(memcached), fixtures.SplitList(cql)
 	if len(o.memcached) == 0 {
@@ -155,12 +160,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// serve builds the data plane, serves it until ctx ends, then shuts down.
-func serve(ctx context.Context, o options, stdout io.Writer) error {
+// dataplaneConfig is the configuration o names: -config, then -ablate
+// and -memcache-max-idle-conns applied (both checked by parseFlags).
+func (o options) dataplaneConfig() dataplane.Config {
 	cfg := configs[o.config]()
 	if o.ablate != "" {
-		cfg, _ = dataplane.Ablate(cfg, o.ablate) // checked by parseFlags
+		cfg, _ = dataplane.Ablate(cfg, o.ablate)
 	}
+	if o.maxIdleConns > 0 {
+		cfg.MemcacheMaxIdleConns = o.maxIdleConns
+	}
+	return cfg
+}
+
+// serve builds the data plane, serves it until ctx ends, then shuts down.
+func serve(ctx context.Context, o options, stdout io.Writer) error {
+	cfg := o.dataplaneConfig()
 	sink, closeSink, err := openSink(o.logSink)
 	if err != nil {
 		return err

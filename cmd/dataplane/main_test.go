@@ -41,6 +41,7 @@ func TestBadFlags(t *testing.T) {
 		{"bad address", []string{"-memcached", "localhost", "-cql", "127.0.0.1:2"}, []string{`address "localhost"`}},
 		{"extra argument", append(backends, "serve"), []string{"unexpected arguments"}},
 		{"bad timeout", append([]string{"-shutdown-timeout", "0s"}, backends...), []string{"-shutdown-timeout 0s"}},
+		{"bad idle pool", append([]string{"-memcache-max-idle-conns", "-4"}, backends...), []string{"-memcache-max-idle-conns -4: want 1 or more"}},
 		{"unknown flag", []string{"-port", "80"}, []string{"flag provided but not defined: -port"}},
 	}
 	for _, tc := range cases {
@@ -58,6 +59,21 @@ func TestBadFlags(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	assert.Equal(t, 0, run(t.Context(), []string{"-h"}, &stdout, &stderr), "help is no error")
 	assert.Contains(t, stderr.String(), "-listen")
+}
+
+// -memcache-max-idle-conns replaces the configuration's idle pool and
+// nothing else; 0 keeps it.
+func TestIdlePoolFlag(t *testing.T) {
+	backends := []string{"-memcached", "127.0.0.1:1", "-cql", "127.0.0.1:2"}
+	o, err := parseFlags(append([]string{"-config", "fixed", "-memcache-max-idle-conns", "4"}, backends...), io.Discard)
+	require.NoError(t, err)
+	want := dataplane.DefaultConfig()
+	want.MemcacheMaxIdleConns = 4
+	assert.Equal(t, want, o.dataplaneConfig())
+
+	o, err = parseFlags(append([]string{"-config", "incident"}, backends...), io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, dataplane.IncidentConfig(), o.dataplaneConfig())
 }
 
 // The binary, started as a suite would start a child target, serves the

@@ -317,7 +317,7 @@ code{background:#f4f4f4;padding:2px 4px}
 {{if .Res.Aborted}}<p class="failed">aborted: {{.Res.Aborted}}; the floods were stopped at once and the run went on to recover</p>{{end}}
 {{if .Res.Error}}<p class="failed">the run failed: {{.Res.Error}}</p>{{end}}
 {{if .Res.Unreliable}}<p class="failed">the observer may have distorted or missed what it judged: {{range .Res.Unreliable}}{{.}}; {{end}}</p>{{end}}
-{{if .Events}}<h2>What happened</h2><p>In order, from the kernel's and the runtime's own records, each at the first sample that showed it.</p><table class="events"><tr><th>#</th><th>what</th><th>when (from the run's start)</th><th>phase</th><th>seen</th></tr>{{range $i, $e := .Events}}<tr><td>{{inc $i}}</td><td>{{$e.Name}}</td><td>{{$e.At}}</td><td>{{$e.Phase}}</td><td>{{$e.Detail}}</td></tr>{{end}}</table>{{end}}
+{{if .Events}}<h2>What happened</h2><p>In order, from the kernel's and the runtime's own records, each when the first record showed it.</p><table class="events"><tr><th>#</th><th>what</th><th>when (from the run's start)</th><th>phase</th><th>seen</th></tr>{{range $i, $e := .Events}}<tr><td>{{inc $i}}</td><td>{{$e.Name}}</td><td>{{$e.At}}</td><td>{{$e.Phase}}</td><td>{{$e.Detail}}</td></tr>{{end}}</table>{{end}}
 {{if .Violations}}<h2>Violations</h2><ul>{{range .Violations}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.NotJudged}}<h2>Not judged</h2><p>The target does not expose what these budgets read; they are neither held nor violated.</p><ul>{{range .Res.NotJudged}}<li>{{.}}</li>{{end}}</ul>{{end}}
 {{if .Res.ValidateError}}<p class="failed">{{.Res.ValidateError}}</p>{{end}}

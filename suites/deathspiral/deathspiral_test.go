@@ -31,6 +31,9 @@
 //     sockets still hold the ports; exhaustion and the threads before the
 //     kill, the kill, the restart and the failed dial in that order. The
 //     report lists each link with its time (Result.Events).
+//   - regression-pool: the fixed configuration with an idle pool of 4,
+//     nothing else changed: must be caught by the fixed arm's budgets
+//     (ports left in TIME_WAIT).
 //   - fixed (dataplane.DefaultConfig): the same load and faults: no port
 //     error, no OOM kill, no restart, threads, memory and TIME_WAIT within
 //     budget.
@@ -48,6 +51,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -135,6 +139,9 @@ const (
 	// on the slow sink and stop sending. The data plane keeps working on a
 	// batch its client gave up on (the fixed one answers in 0.1-0.4 s).
 	floodTimeout = 2 * time.Second
+	// regressionIdleConns is the regression arm's idle pool: a quarter of
+	// the chunk reads a fixed request makes at once.
+	regressionIdleConns = 4
 	// startTimeout bounds a restarted child's wait for health: a child
 	// that can't dial memcached is killed and started again after it, so
 	// the crash loop shows within TIME_WAIT's minute.
@@ -230,6 +237,21 @@ func TestDeathSpiral(t *testing.T) {
 			}
 		}
 		t.Logf("exits: %d, of them %d not healthy in %v (the crash loop)", len(a.exits), unhealthy, startTimeout)
+	})
+
+	// regression-pool: the fixed configuration with an idle pool of 4, a
+	// quarter of the 16 chunk reads a request makes at once (batchflood's
+	// regression), nothing else changed. It must be caught by the fixed
+	// arm's budgets: each batch closes connections into TIME_WAIT.
+	t.Run("regression-pool", func(t *testing.T) {
+		cfg := dataplane.DefaultConfig()
+		cfg.MemcacheMaxIdleConns = regressionIdleConns
+		a := runArm(t, env, "regression-pool", cfg, bin, bundled("-config", "fixed", "-memcache-max-idle-conns", strconv.Itoa(regressionIdleConns)), seed)
+		res := a.res
+		if res == nil {
+			return // caught by the abort limits
+		}
+		assert.True(t, res.Violated(metricTimeWait), "an idle pool below the request bound must be caught leaving ports in TIME_WAIT; peaks %v", res.Peaks[metricTimeWait])
 	})
 
 	t.Run("fixed", func(t *testing.T) {
