@@ -113,7 +113,8 @@ const (
 	// runs, and the restart finds the ports those sockets freed. A
 	// restarted child then fails to dial only once it has taken them
 	// again: at 256 MiB the restarted children were killed first in 2 of
-	// 7 runs (at 192 MiB, one child was killed before its ports ran out).
+	// 4 runs, at 320 MiB in 1 of 11 (at 192 MiB, one child was killed
+	// before its ports ran out).
 	cgroupLimit = 320 << 20
 	// childGOMEMLIMIT: the collector works harder as memory nears it.
 	childGOMEMLIMIT = cgroupLimit - 32<<20
