@@ -36,7 +36,7 @@ func TestSpiralReadsTheChain(t *testing.T) {
 	for _, e := range chain {
 		names = append(names, e.Name)
 	}
-	assert.Equal(t, []string{linkThreads, linkGC, linkPorts, linkOOM, linkRestart, linkRedial}, sortedByTime(chain, names))
+	assert.Equal(t, []string{linkThreads, linkGC, linkPorts, linkOOM, linkRestart, linkRedial}, names, "listed as they happened")
 	e, _ := find(chain, linkRedial)
 	assert.Contains(t, e.Detail, "child 2's 14 memcached dials found no free port; 28100 ports held by TIME_WAIT sockets, 0 free")
 	e, _ = find(chain, linkThreads)
@@ -120,18 +120,6 @@ func timeline(t *testing.T, baseline, inject []row, exits []proc.ChildExit) *sce
 	res := &scenario.Result{Started: tl.Start, Timeline: tl, Peaks: scenario.Peaks(tl)}
 	res.Events = spiral(res, records{exits: exits, lines: &portLines{}})
 	return res
-}
-
-// sortedByTime returns names in the order of their events' times (ties
-// in the order found).
-func sortedByTime(events []scenario.Event, names []string) []string {
-	for i := 1; i < len(events); i++ {
-		for j := i; j > 0 && events[j].At.Before(events[j-1].At); j-- {
-			events[j], events[j-1] = events[j-1], events[j]
-			names[j], names[j-1] = names[j-1], names[j]
-		}
-	}
-	return names
 }
 
 // The service's own log lines, as the sink's reader got them, show both

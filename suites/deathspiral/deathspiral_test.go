@@ -540,7 +540,15 @@ type records struct {
 // taken: the kernel's census, the child's counters (seldom read while the
 // flood starves it, and lost when it is killed), its log lines (each with
 // the time it was logged), and its health check's answer.
+// The events are listed as they happened, as the report shows them.
 func spiral(res *scenario.Result, rec records) []scenario.Event {
+	out := links(res, rec)
+	slices.SortStableFunc(out, byTime)
+	return out
+}
+
+// links is spiral's events in the order they are looked for.
+func links(res *scenario.Result, rec records) []scenario.Event {
 	tl := res.Timeline
 	col := func(m string) []float64 { return tl.Series(m) }
 	base := func(m string) float64 { return res.Peaks[m][scenario.PhaseBaseline] }
@@ -631,7 +639,6 @@ func spiral(res *scenario.Result, rec records) []scenario.Event {
 		})
 	}
 	if restart < 0 {
-		slices.SortStableFunc(out, byTime)
 		return out
 	}
 
@@ -658,7 +665,6 @@ func spiral(res *scenario.Result, rec records) []scenario.Event {
 		}
 	}
 	earliest(counted, logged, answered)
-	slices.SortStableFunc(out, byTime) // the report lists them as they happened
 	return out
 }
 
